@@ -1,0 +1,65 @@
+# llmstream — build, run, test. Every target works from a fresh clone with Python 3.10+, gcc and PyPI.
+PYTHON   ?= python3
+VENV     := .venv
+PY       := $(VENV)/bin/python
+PIP      := $(PY) -m pip
+# FEATURE picks the default model family for `make run`; `make FEATURE=x build` remembers it in .feature.
+FEATURE  ?= $(shell cat .feature 2>/dev/null || echo phi-2)
+HOST     ?= 127.0.0.1
+PORT     ?= 3030
+THREADS  ?=
+CONTEXT_TYPE ?= general
+MODEL_REPO ?=
+MODEL_FILE ?=
+TOKENIZER_REPO ?=
+MODEL_PATH ?=
+TOKENIZER_PATH ?=
+PYTEST_ARGS ?=
+
+NATIVE := $(wildcard csrc/*.c csrc/*.h llmstream/*.pyx llmstream/*.pxi llmstream/*.pxd) setup.py pyproject.toml
+
+.PHONY: build run demo test bench clean update venv
+
+$(VENV)/bin/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel "Cython>=3.0" "numpy>=1.24"
+
+$(VENV)/.built: $(VENV)/bin/activate $(NATIVE)
+	$(PIP) install -q --no-build-isolation -e ".[test]"
+	$(PY) setup.py -q build_ext --inplace
+	touch $@
+
+build: $(VENV)/.built
+	@case "$(FEATURE)" in phi-2|mistral|llama) ;; *) echo "FEATURE must be phi-2, mistral or llama (got '$(FEATURE)')"; exit 2;; esac
+	@echo "$(FEATURE)" > .feature
+	@echo "built llmstream (FEATURE=$(FEATURE)); 'make run' serves it on $(HOST):$(PORT)"
+
+run: $(VENV)/.built
+	$(PY) -m llmstream.cli serve --feature "$(FEATURE)" --host "$(HOST)" --port "$(PORT)" \
+	  --context-type "$(CONTEXT_TYPE)" \
+	  $(if $(THREADS),--threads "$(THREADS)") \
+	  $(if $(MODEL_REPO),--model-repo "$(MODEL_REPO)") \
+	  $(if $(MODEL_FILE),--model-file "$(MODEL_FILE)") \
+	  $(if $(TOKENIZER_REPO),--tokenizer-repo "$(TOKENIZER_REPO)") \
+	  $(if $(MODEL_PATH),--model "$(MODEL_PATH)") \
+	  $(if $(TOKENIZER_PATH),--tokenizer "$(TOKENIZER_PATH)")
+
+demo: $(VENV)/.built
+	$(PY) -m llmstream.cli demo --host "$(HOST)" --port "$(PORT)"
+
+test: $(VENV)/.built
+	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+bench: $(VENV)/.built
+	$(PY) -m llmstream.cli bench $(BENCH_ARGS)
+
+update: $(VENV)/bin/activate
+	$(PIP) install -q --upgrade pip setuptools wheel Cython numpy
+	$(PIP) install -q --upgrade --upgrade-strategy eager --no-build-isolation -e ".[test]"
+	$(PY) setup.py -q build_ext --inplace
+	touch $(VENV)/.built
+
+clean:
+	rm -rf build $(VENV) .feature *.egg-info llmstream/*.so llmstream/_ops.c .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

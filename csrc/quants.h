@@ -1,0 +1,49 @@
+/* quants.h — the quantized-tensor API the rest of llmstream calls.
+ *
+ * Type ids are GGML's (they are what GGUF files store). Block layouts live in formats.h.
+ * Every entry point dispatches at run time to the AVX2/FMA kernel when the CPU has it
+ * (cpu.c), else to the scalar reference in quants.c; ls_set_simd() forces a level (tests).
+ *
+ * Matmul protocol (what llama.cpp does too): activations x (n,) are converted once per matmul
+ * to the weight type's "vec_dot type" (Q8_0, Q8_1, Q8_K, F16, BF16 or F32) with
+ * ls_quantize_row(), then each weight row is dotted with it by ls_vec_dot().
+ */
+#ifndef LLMSTREAM_QUANTS_H
+#define LLMSTREAM_QUANTS_H
+#include <stddef.h>
+#include <stdint.h>
+
+enum ls_type {
+    LS_TYPE_F32 = 0, LS_TYPE_F16 = 1,
+    LS_TYPE_Q4_0 = 2, LS_TYPE_Q4_1 = 3, LS_TYPE_Q5_0 = 6, LS_TYPE_Q5_1 = 7,
+    LS_TYPE_Q8_0 = 8, LS_TYPE_Q8_1 = 9,
+    LS_TYPE_Q2_K = 10, LS_TYPE_Q3_K = 11, LS_TYPE_Q4_K = 12, LS_TYPE_Q5_K = 13,
+    LS_TYPE_Q6_K = 14, LS_TYPE_Q8_K = 15,
+    LS_TYPE_BF16 = 30,
+};
+
+enum ls_simd { LS_SIMD_SCALAR = 0, LS_SIMD_AVX2 = 1 };
+
+/* 1 when the type is one llmstream can read (weights or activations), else 0. */
+int     ls_type_known(int type);
+/* Elements per block (1 for F32/F16/BF16) and bytes per block. 0 for an unknown type. */
+int64_t ls_blck_size(int type);
+size_t  ls_type_size(int type);
+/* Bytes of a row of n elements (n must be a multiple of the block size). */
+size_t  ls_row_size(int type, int64_t n);
+/* The type activations are converted to before ls_vec_dot with weights of `type`; -1 if unknown. */
+int     ls_vec_dot_type(int type);
+
+/* x (n,) f32 -> y: one row in `type`. Defined for the vec_dot types: F32, F16, BF16, Q8_0, Q8_1, Q8_K. */
+void    ls_quantize_row(int type, const float *x, void *y, int64_t n);
+/* x: one row of n elements in `type` -> y (n,) f32. Defined for every known type. */
+void    ls_dequantize_row(int type, const void *x, float *y, int64_t n);
+/* sum_i w[i] * x[i] over n elements: w one row in `type`, x one row in ls_vec_dot_type(type). */
+float   ls_vec_dot(int type, int64_t n, const void *w, const void *x);
+
+/* SIMD level in use; ls_set_simd returns the level actually set (AVX2 only when the CPU has it). */
+int     ls_get_simd(void);
+int     ls_set_simd(int level);
+int     ls_cpu_has_avx2(void);
+
+#endif

@@ -1,0 +1,11 @@
+from llmstream import _ops
+
+
+def test_effective_threads_honours_omp_num_threads(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert _ops.effective_threads() == 3
+    _ops.set_threads(1)
+    try:
+        assert _ops.effective_threads() == 1
+    finally:
+        _ops.set_threads(0)
