@@ -35,3 +35,6 @@ def set_threads(int n):
     """Use n threads (n <= 0 goes back to the default of effective_threads())."""
     global _threads
     _threads = n if n > 0 else 0
+
+
+include "_quants.pxi"
