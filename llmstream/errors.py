@@ -1,0 +1,14 @@
+"""Typed errors. Everything a user can cause (a file, a request, a setting) raises one of these, with a
+message that says what was wrong and what to do; the server maps them to HTTP statuses in one place."""
+
+
+class LLMStreamError(Exception):
+    """Base of every error llmstream raises on purpose."""
+
+
+class GGUFError(LLMStreamError):
+    """A GGUF file is malformed, truncated or uses something llmstream cannot read."""
+
+
+class ModelError(LLMStreamError):
+    """A model file is readable but not a model llmstream can run (architecture, shapes, config)."""
