@@ -48,10 +48,10 @@ ext = Extension(
     include_dirs=["csrc", np.get_include()],
     extra_compile_args=compile_args,
     extra_link_args=link_args,
-    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+                   ("LS_OPENMP", "1" if OPENMP else "0")],
 )
 
 setup(
-    ext_modules=cythonize([ext], language_level=3,
-                          compile_time_env={"HAVE_OPENMP": OPENMP}),
+    ext_modules=cythonize([ext], language_level=3),
 )

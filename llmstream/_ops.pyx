@@ -1,24 +1,52 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False, nonecheck=False
 """Native core of llmstream: thin nogil wrappers over csrc/, parallelised with OpenMP prange.
 
-Every function takes C-contiguous numpy arrays and documents their shapes. Python code above this
-module orchestrates per layer; anything per element or per row happens here or in C.
+Every function takes C-contiguous numpy arrays and documents their shapes; outputs are written into
+caller-owned buffers so the decode loop allocates nothing. Python above this module orchestrates per
+layer; anything per element or per row happens here or in C.
 """
 import os
 
-cimport cython
-from cython.parallel cimport prange, parallel
-cimport openmp
+from cython.parallel cimport prange, parallel, threadid
+from libc.stdint cimport uint8_t, uint16_t, int32_t, int64_t
 
-IF HAVE_OPENMP:
-    pass
+cdef extern from *:
+    """
+    #ifndef LS_OPENMP
+    #define LS_OPENMP 0
+    #endif
+    """
+    int LS_OPENMP
 
-_threads = 0
+cdef extern from "quants.h" nogil:
+    int ls_type_known(int type)
+    int64_t ls_blck_size(int type)
+    size_t ls_type_size(int type)
+    size_t ls_row_size(int type, int64_t n)
+    int ls_vec_dot_type(int type)
+    void ls_quantize_row(int type, const float *x, void *y, int64_t n)
+    void ls_dequantize_row(int type, const void *x, float *y, int64_t n)
+    float ls_vec_dot(int type, int64_t n, const void *w, const void *x)
+    int ls_get_simd()
+    int ls_set_simd(int level)
+    int ls_cpu_has_avx2()
+
+cdef extern from "ops.h" nogil:
+    void ls_rmsnorm(const float *x, const float *w, float *y, int n, float eps)
+    void ls_layernorm(const float *x, const float *w, const float *b, float *y, int n, float eps)
+    void ls_rope(float *x, int n_head, int head_dim, int n_rot, int pos, float freq_base, int neox)
+    void ls_swiglu(float *gate, const float *up, int n)
+    void ls_gelu(float *x, int n)
+    void ls_attn_head(const float *q, const uint16_t *k, const uint16_t *v, size_t kv_stride,
+                      int first_key, int n_keys, int head_dim, float scale,
+                      float *scores, uint16_t *q16, float *vrow, float *out)
+
+cdef int _threads = 0
 
 
 def openmp_enabled():
     """True when the extension was built with OpenMP."""
-    return bool(HAVE_OPENMP)
+    return bool(LS_OPENMP)
 
 
 def effective_threads():
@@ -35,6 +63,154 @@ def set_threads(int n):
     """Use n threads (n <= 0 goes back to the default of effective_threads())."""
     global _threads
     _threads = n if n > 0 else 0
+
+
+cdef inline void _check(bint ok, str msg) except *:
+    if not ok:
+        raise ValueError(msg)
+
+
+def vec_dot_row_bytes(int wtype, int64_t n_in):
+    """Bytes of one activation row of n_in elements converted for weights of type wtype."""
+    cdef int vdt = ls_vec_dot_type(wtype)
+    _check(vdt >= 0, f"unknown tensor type {wtype}")
+    return ls_row_size(vdt, n_in)
+
+
+def matmul(const uint8_t[:, ::1] w, int wtype, const float[:, ::1] x, float[:, ::1] y,
+           uint8_t[::1] xq):
+    """W (n_out, n_in) @ x (T, n_in) -> y (T, n_out).
+
+    w: raw rows of the weight tensor in wtype (n_out, row_bytes); x is converted once to the
+    type's vec_dot format in xq (scratch, >= T * vec_dot_row_bytes(wtype, n_in) bytes), then every
+    weight row is dotted with every token row. Threads split the output rows statically."""
+    cdef int64_t T = x.shape[0], n_in = x.shape[1], n_out = w.shape[0]
+    cdef int vdt = ls_vec_dot_type(wtype)
+    _check(vdt >= 0, f"unknown tensor type {wtype}")
+    cdef size_t rs = ls_row_size(vdt, n_in)
+    _check(<size_t>w.shape[1] == ls_row_size(wtype, n_in),
+           f"weight rows are {w.shape[1]} bytes, expected {ls_row_size(wtype, n_in)} for {n_in} inputs")
+    _check(y.shape[0] == T and y.shape[1] == n_out, "output shape mismatch")
+    _check(<size_t>xq.shape[0] >= T * rs, "activation scratch too small")
+    cdef int nt = effective_threads()
+    cdef int64_t t, r
+    if T == 0:
+        return
+    with nogil, parallel(num_threads=nt):
+        for t in prange(T, schedule="static"):
+            ls_quantize_row(vdt, &x[t, 0], &xq[t * rs], n_in)
+        for r in prange(n_out, schedule="static"):
+            for t in range(T):
+                y[t, r] = ls_vec_dot(wtype, n_in, &w[r, 0], &xq[t * rs])
+
+
+def get_rows(const uint8_t[:, ::1] w, int wtype, const int32_t[::1] ids, float[:, ::1] out):
+    """Embedding lookup: rows ids (T,) of W (n_rows, n) in wtype -> out (T, n) f32."""
+    cdef int64_t T = ids.shape[0], n = out.shape[1], i
+    _check(out.shape[0] >= T, "output too small")
+    _check(<size_t>w.shape[1] == ls_row_size(wtype, n), "row size mismatch")
+    for i in range(T):
+        if ids[i] < 0 or ids[i] >= w.shape[0]:
+            raise ValueError(f"token id {ids[i]} is out of range for a vocabulary of {w.shape[0]}")
+    with nogil:
+        for i in range(T):
+            ls_dequantize_row(wtype, &w[ids[i], 0], &out[i, 0], n)
+
+
+def rmsnorm(const float[:, ::1] x, const float[::1] w, float[:, ::1] y, float eps):
+    """x (T, n) -> y (T, n) = x / sqrt(mean(x²) + eps) * w."""
+    cdef int64_t T = x.shape[0], t
+    cdef int n = <int>x.shape[1]
+    _check(w.shape[0] == n and y.shape[1] == n and y.shape[0] >= T, "rmsnorm shape mismatch")
+    for t in prange(T, nogil=True, schedule="static", num_threads=effective_threads()):
+        ls_rmsnorm(&x[t, 0], &w[0], &y[t, 0], n, eps)
+
+
+def layernorm(const float[:, ::1] x, const float[::1] w, const float[::1] b, float[:, ::1] y,
+              float eps):
+    """x (T, n) -> y (T, n) = (x - mean) / sqrt(var + eps) * w + b."""
+    cdef int64_t T = x.shape[0], t
+    cdef int n = <int>x.shape[1]
+    _check(w.shape[0] == n and b.shape[0] == n and y.shape[1] == n and y.shape[0] >= T,
+           "layernorm shape mismatch")
+    for t in prange(T, nogil=True, schedule="static", num_threads=effective_threads()):
+        ls_layernorm(&x[t, 0], &w[0], &b[0], &y[t, 0], n, eps)
+
+
+def rope(float[:, ::1] x, int n_head, int head_dim, int n_rot, int pos0, float freq_base,
+         bint neox):
+    """x (T, n_head*head_dim) in place: token t is at position pos0 + t."""
+    cdef int64_t T = x.shape[0], t
+    _check(x.shape[1] >= n_head * head_dim and 0 < n_rot <= head_dim and n_rot % 2 == 0,
+           "rope shape mismatch")
+    for t in prange(T, nogil=True, schedule="static", num_threads=effective_threads()):
+        ls_rope(&x[t, 0], n_head, head_dim, n_rot, <int>(pos0 + t), freq_base, neox)
+
+
+def swiglu(float[:, ::1] gate, const float[:, ::1] up):
+    """gate (T, n) = silu(gate) * up (T, n)."""
+    cdef int64_t T = gate.shape[0], t
+    cdef int n = <int>gate.shape[1]
+    _check(up.shape[0] == T and up.shape[1] == n, "swiglu shape mismatch")
+    for t in prange(T, nogil=True, schedule="static", num_threads=effective_threads()):
+        ls_swiglu(&gate[t, 0], &up[t, 0], n)
+
+
+def gelu(float[:, ::1] x):
+    """x (T, n) in place: tanh-form GELU."""
+    cdef int64_t T = x.shape[0], t
+    cdef int n = <int>x.shape[1]
+    for t in prange(T, nogil=True, schedule="static", num_threads=effective_threads()):
+        ls_gelu(&x[t, 0], n)
+
+
+def store_kv(const float[:, ::1] x, uint16_t[:, ::1] cache, int pos0):
+    """x (T, n_kv*head_dim) f32 -> cache rows pos0 .. pos0+T-1 (f16)."""
+    cdef int64_t T = x.shape[0], n = x.shape[1], t
+    _check(cache.shape[1] == n, "kv width mismatch")
+    _check(pos0 >= 0 and pos0 + T <= cache.shape[0],
+           f"positions {pos0}..{pos0 + T - 1} exceed the KV cache of {cache.shape[0]}")
+    with nogil:
+        for t in range(T):
+            ls_quantize_row(1, &x[t, 0], &cache[pos0 + t, 0], n)
+
+
+def attention(const float[:, ::1] q, const uint16_t[:, ::1] kc, const uint16_t[:, ::1] vc,
+              float[:, ::1] out, int pos0, int n_head, int n_head_kv, int head_dim, float scale,
+              int window, float[:, ::1] scratch, uint16_t[:, ::1] q16):
+    """Causal attention of T query tokens at positions pos0.. over the cache.
+
+    q (T, n_head*head_dim); kc, vc (n_ctx, n_head_kv*head_dim) f16; out (T, n_head*head_dim).
+    Query head h reads KV head h // (n_head / n_head_kv) (grouped-query attention). Token at
+    position p sees keys max(0, p - window + 1) .. p (window <= 0: no sliding window).
+    Per-thread scratch: scratch (threads, n_ctx + 2*head_dim) f32, q16 (threads, head_dim)."""
+    cdef int64_t T = q.shape[0], n_ctx = kc.shape[0], i
+    cdef int group = n_head // n_head_kv
+    cdef size_t stride = kc.shape[1]
+    _check(n_head % n_head_kv == 0, "n_head must be a multiple of n_head_kv")
+    _check(q.shape[1] == n_head * head_dim and out.shape[1] == n_head * head_dim and out.shape[0] >= T,
+           "attention q/out shape mismatch")
+    _check(kc.shape[1] == n_head_kv * head_dim and vc.shape[1] == kc.shape[1] and vc.shape[0] == n_ctx,
+           "attention cache shape mismatch")
+    _check(pos0 >= 0 and pos0 + T <= n_ctx, "positions exceed the KV cache")
+    _check(scratch.shape[1] >= n_ctx + 2 * head_dim and q16.shape[1] >= head_dim
+           and q16.shape[0] == scratch.shape[0], "attention scratch too small")
+    cdef int nt = min(effective_threads(), <int>scratch.shape[0])
+    cdef int tid, h, p, first
+    cdef int64_t t
+    cdef float *s
+    for i in prange(T * n_head, nogil=True, schedule="static", num_threads=nt):
+        tid = threadid()
+        t = i // n_head
+        h = <int>(i % n_head)
+        p = <int>(pos0 + t)
+        first = 0
+        if window > 0 and p - window + 1 > 0:
+            first = p - window + 1
+        s = &scratch[tid, 0]
+        ls_attn_head(&q[t, h * head_dim], &kc[0, (h // group) * head_dim],
+                     &vc[0, (h // group) * head_dim], stride, first, p + 1, head_dim, scale,
+                     s, &q16[tid, 0], s + n_ctx, &out[t, h * head_dim])
 
 
 include "_quants.pxi"

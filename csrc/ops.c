@@ -1,0 +1,113 @@
+/* ops.c — norms, RoPE, activations and attention, written to follow llama.cpp's CPU numerics
+ * (f16 KV cache with f16 queries for Q·K, RoPE angles by repeated multiplication, GELU through
+ * an f16 table), so that logits agree with llama.cpp's to within float rounding. */
+#include <math.h>
+#include <string.h>
+
+#include "ops.h"
+#include "quants.h"
+
+/* x (n,), w (n,) -> y (n,) = x / sqrt(mean(x²) + eps) * w          (RMSNorm, llama) */
+void ls_rmsnorm(const float *x, const float *w, float *y, int n, float eps) {
+    double ss = 0.0;
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    const float scale = 1.0f / sqrtf((float)(ss / n) + eps);
+    for (int i = 0; i < n; i++) y[i] = x[i] * scale * w[i];
+}
+
+/* x (n,), w (n,), b (n,) -> y (n,) = (x - mean) / sqrt(var + eps) * w + b      (LayerNorm, phi-2) */
+void ls_layernorm(const float *x, const float *w, const float *b, float *y, int n, float eps) {
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) sum += x[i];
+    const float mean = (float)(sum / n);
+    double ss = 0.0;
+    for (int i = 0; i < n; i++) {
+        const float d = x[i] - mean;
+        y[i] = d;
+        ss += (double)d * d;
+    }
+    const float scale = 1.0f / sqrtf((float)(ss / n) + eps);
+    for (int i = 0; i < n; i++) y[i] = y[i] * scale * w[i] + b[i];
+}
+
+/* x (n_head, head_dim) at position pos, rotated in place on its first n_rot dims:
+ *   θ_i = pos · base^(-2i/n_rot), i < n_rot/2
+ *   interleaved (llama.cpp layout): pairs (x[2i], x[2i+1]);  neox / rotate-half: (x[i], x[i+n_rot/2])
+ *   (a, b) -> (a cos θ - b sin θ, a sin θ + b cos θ); dims >= n_rot are left as they are. */
+void ls_rope(float *x, int n_head, int head_dim, int n_rot, int pos, float freq_base, int neox) {
+    const float theta_scale = powf(freq_base, -2.0f / (float)n_rot);
+    const int half = n_rot / 2;
+    for (int h = 0; h < n_head; h++) {
+        float *v = x + (size_t)h * head_dim;
+        float theta = (float)pos;
+        for (int i = 0; i < half; i++) {
+            const float c = cosf(theta), s = sinf(theta);
+            const int i0 = neox ? i : 2 * i;
+            const int i1 = neox ? i + half : 2 * i + 1;
+            const float a = v[i0], b = v[i1];
+            v[i0] = a * c - b * s;
+            v[i1] = a * s + b * c;
+            theta *= theta_scale;
+        }
+    }
+}
+
+/* gate (n,), up (n,) -> gate = silu(gate) * up = gate / (1 + e^-gate) * up      (SwiGLU) */
+void ls_swiglu(float *gate, const float *up, int n) {
+    for (int i = 0; i < n; i++) {
+        const float g = gate[i];
+        gate[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+/* x (n,) in place: GELU, tanh form: 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³))).
+ * llama.cpp evaluates it through a table indexed by the f16 value of x holding f16 results;
+ * we do the same conversion so both round alike. */
+static float gelu_f32(float x) {
+    const float c = 0.79788456080286535587989211986876f;
+    return 0.5f * x * (1.0f + tanhf(c * x * (1.0f + 0.044715f * x * x)));
+}
+
+void ls_gelu(float *x, int n) {
+    for (int i = 0; i < n; i++) {
+        const float v = x[i];
+        if (v <= -10.0f) { x[i] = 0.0f; continue; }
+        if (v >= 10.0f) continue;
+        uint16_t h;
+        float r;
+        ls_quantize_row(LS_TYPE_F16, &v, &h, 1);
+        ls_dequantize_row(LS_TYPE_F16, &h, &r, 1);
+        r = gelu_f32(r);
+        ls_quantize_row(LS_TYPE_F16, &r, &h, 1);
+        ls_dequantize_row(LS_TYPE_F16, &h, &x[i], 1);
+    }
+}
+
+/* One query head against the cache:
+ *   q (head_dim,) f32; k, v: f16 rows j = first_key .. n_keys-1, row j at k + j*kv_stride
+ *   s_j = scale · (f16(q) · k_j);  p = softmax(s);  out (head_dim,) = Σ_j p_j v_j
+ * Scratch: scores (n_keys,), q16 (head_dim,), vrow (head_dim,). */
+void ls_attn_head(const float *q, const uint16_t *k, const uint16_t *v, size_t kv_stride,
+                  int first_key, int n_keys, int head_dim, float scale,
+                  float *scores, uint16_t *q16, float *vrow, float *out) {
+    ls_quantize_row(LS_TYPE_F16, q, q16, head_dim);
+    float mx = -INFINITY;
+    for (int j = first_key; j < n_keys; j++) {
+        const float s = scale * ls_vec_dot(LS_TYPE_F16, head_dim, k + (size_t)j * kv_stride, q16);
+        scores[j] = s;
+        if (s > mx) mx = s;
+    }
+    double sum = 0.0;
+    for (int j = first_key; j < n_keys; j++) {
+        const float e = expf(scores[j] - mx);
+        scores[j] = e;
+        sum += e;
+    }
+    const float inv = (float)(1.0 / sum);
+    memset(out, 0, sizeof(float) * head_dim);
+    for (int j = first_key; j < n_keys; j++) {
+        const float p = scores[j] * inv;
+        ls_dequantize_row(LS_TYPE_F16, v + (size_t)j * kv_stride, vrow, head_dim);
+        for (int d = 0; d < head_dim; d++) out[d] += p * vrow[d];
+    }
+}

@@ -1,0 +1,16 @@
+/* ops.h — the non-matmul hot path: norms, RoPE, activations, attention over the f16 KV cache.
+ * All functions are pure C, thread-safe, allocation-free; parallelism is the caller's (Cython prange). */
+#ifndef LLMSTREAM_OPS_H
+#define LLMSTREAM_OPS_H
+#include <stddef.h>
+#include <stdint.h>
+
+void ls_rmsnorm(const float *x, const float *w, float *y, int n, float eps);
+void ls_layernorm(const float *x, const float *w, const float *b, float *y, int n, float eps);
+void ls_rope(float *x, int n_head, int head_dim, int n_rot, int pos, float freq_base, int neox);
+void ls_swiglu(float *gate, const float *up, int n);
+void ls_gelu(float *x, int n);
+void ls_attn_head(const float *q, const uint16_t *k, const uint16_t *v, size_t kv_stride,
+                  int first_key, int n_keys, int head_dim, float scale,
+                  float *scores, uint16_t *q16, float *vrow, float *out);
+#endif

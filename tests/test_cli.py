@@ -1,0 +1,38 @@
+"""The command line, run as users run it (a subprocess)."""
+import subprocess
+import sys
+
+import numpy as np
+
+from conftest import shared_path
+
+
+def run_cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "llmstream.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=300, **kw)
+
+
+def test_logits_command_matches_llama_cpp_reference(tmp_path):
+    ref_dir = shared_path("reference")
+    ref = np.load(ref_dir / "reference.npz")
+    tokens = np.concatenate([ref["phi2-Q8_0/tokens"], ref["phi2-Q8_0/greedy"][:-1]])
+    out = tmp_path / "logits.npy"
+    r = run_cli("logits", "--model", ref_dir / "phi2-Q8_0.candle.gguf",
+                "--config", ref_dir / "phi2.config.json",
+                "--tokens", ",".join(map(str, tokens)), "--prefill", 37, "--out", out)
+    assert r.returncode == 0, r.stderr
+    got = np.load(out)
+    expected = ref["phi2-Q8_0/logits"]
+    assert got.shape == expected.shape and got.dtype == np.float32
+    assert np.sqrt(np.mean(((got - expected) / expected.std()) ** 2)) < 0.03
+
+
+def test_logits_command_errors_are_one_line(tmp_path):
+    r = run_cli("logits", "--model", tmp_path / "missing.gguf", "--tokens", "1,2", "--out",
+                tmp_path / "x.npy")
+    assert r.returncode == 2
+    assert "cannot open the model file" in r.stderr and "Traceback" not in r.stderr
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 40)
+    r = run_cli("logits", "--model", bad, "--tokens", "1", "--out", tmp_path / "x.npy")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and str(bad) in r.stderr
