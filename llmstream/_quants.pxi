@@ -1,1 +1,175 @@
 # Wrappers over csrc/quants.h (dequantize, quantize, vec_dot, SIMD level); included by _ops.pyx.
+#
+# Every function validates type ids and buffer sizes and raises ValueError before calling C, so the
+# kernels never read or write out of bounds. Rows are 1-D C-contiguous buffers of raw GGML blocks
+# (uint8) or float32 values.
+from libc.stdint cimport uint8_t, int64_t
+
+import numpy as np
+
+cdef extern from "quants.h" nogil:
+    int ls_type_known(int type)
+    int64_t ls_blck_size(int type)
+    size_t ls_type_size(int type)
+    size_t ls_row_size(int type, int64_t n)
+    int ls_vec_dot_type(int type)
+    void ls_quantize_row(int type, const float *x, void *y, int64_t n)
+    void ls_dequantize_row(int type, const void *x, float *y, int64_t n)
+    float ls_vec_dot(int type, int64_t n, const void *w, const void *x)
+    int ls_get_simd()
+    int ls_set_simd(int level)
+    int ls_cpu_has_avx2()
+
+cdef extern from "quants_impl.h" nogil:
+    int ls_simd_has_vec_dot(int type)
+    int ls_simd_has_quantize(int type)
+
+# GGML type ids llmstream knows (quants.h enum ls_type).
+TYPE_F32 = 0
+TYPE_F16 = 1
+TYPE_Q4_0 = 2
+TYPE_Q4_1 = 3
+TYPE_Q5_0 = 6
+TYPE_Q5_1 = 7
+TYPE_Q8_0 = 8
+TYPE_Q8_1 = 9
+TYPE_Q2_K = 10
+TYPE_Q3_K = 11
+TYPE_Q4_K = 12
+TYPE_Q5_K = 13
+TYPE_Q6_K = 14
+TYPE_Q8_K = 15
+TYPE_BF16 = 30
+
+TYPE_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1",
+              10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 30: "BF16"}
+
+# Activation types ls_quantize_row can produce (the "vec_dot types").
+ACTIVATION_TYPES = (0, 1, 30, 8, 9, 15)
+
+SIMD_SCALAR = 0
+SIMD_AVX2 = 1
+
+
+cdef int _check_type(int type) except -1:
+    if not ls_type_known(type):
+        raise ValueError(f"unknown GGML type id {type}; known ids: "
+                         + ", ".join(f"{k} ({v})" for k, v in TYPE_NAMES.items()))
+    return 0
+
+
+cdef int _check_n(int type, int64_t n) except -1:
+    cdef int64_t blck = ls_blck_size(type)
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if n % blck != 0:
+        raise ValueError(f"n={n} is not a multiple of the {TYPE_NAMES[type]} block size {blck}")
+    return 0
+
+
+def type_info(int type):
+    """(elements per block, bytes per block, vec_dot type id) of GGML type `type`.
+
+    The vec_dot type is what activations are converted to (quantize_row) before vec_dot with weights
+    of this type. Raises ValueError for a type id llmstream does not know.
+    """
+    _check_type(type)
+    return (int(ls_blck_size(type)), int(ls_type_size(type)), int(ls_vec_dot_type(type)))
+
+
+def row_size(int type, int64_t n):
+    """Bytes of one row of n elements of `type` (n a multiple of the block size)."""
+    _check_type(type)
+    _check_n(type, n)
+    return int(ls_row_size(type, n))
+
+
+def dequantize_row(int type, const uint8_t[::1] data, int64_t n):
+    """Dequantize one row: `data` (row_size(type, n),) uint8 raw blocks -> (n,) float32.
+
+    Raises ValueError for an unknown type, an n that is not a whole number of blocks, or a buffer
+    whose length is not exactly the row size.
+    """
+    _check_type(type)
+    _check_n(type, n)
+    cdef size_t need = ls_row_size(type, n)
+    if <size_t>data.shape[0] != need:
+        raise ValueError(f"{TYPE_NAMES[type]} row of {n} elements needs {need} bytes, got {data.shape[0]}")
+    out = np.empty(n, dtype=np.float32)
+    cdef float[::1] o = out
+    if n > 0:
+        with nogil:
+            ls_dequantize_row(type, &data[0], &o[0], n)
+    return out
+
+
+def quantize_row(int type, const float[::1] x):
+    """Convert activations `x` (n,) float32 to one row of `type` -> (row_size(type, n),) uint8.
+
+    `type` must be an activation (vec_dot) type: F32, F16, BF16, Q8_0, Q8_1 or Q8_K; rounding is
+    exactly that of llama.cpp's reference quantizers. n must be a multiple of the block size.
+    """
+    _check_type(type)
+    if type not in ACTIVATION_TYPES:
+        raise ValueError(f"quantize_row converts activations only; {TYPE_NAMES[type]} is not one of "
+                         + ", ".join(TYPE_NAMES[t] for t in ACTIVATION_TYPES))
+    cdef int64_t n = x.shape[0]
+    _check_n(type, n)
+    out = np.empty(ls_row_size(type, n), dtype=np.uint8)
+    cdef uint8_t[::1] o = out
+    if n > 0:
+        with nogil:
+            ls_quantize_row(type, &x[0], &o[0], n)
+    return out
+
+
+def vec_dot(int type, int64_t n, const uint8_t[::1] w, const uint8_t[::1] xq):
+    """sum_i w[i] * x[i] over n elements -> float.
+
+    `w` is one row of weights of `type` (row_size(type, n) bytes); `xq` is the activations already
+    converted with quantize_row(type_info(type)[2], x) (row_size of the vec_dot type, n elements).
+    """
+    _check_type(type)
+    _check_n(type, n)
+    cdef int xt = ls_vec_dot_type(type)
+    cdef size_t need_w = ls_row_size(type, n)
+    cdef size_t need_x = ls_row_size(xt, n)
+    if <size_t>w.shape[0] != need_w:
+        raise ValueError(f"{TYPE_NAMES[type]} weight row of {n} elements needs {need_w} bytes, "
+                         f"got {w.shape[0]}")
+    if <size_t>xq.shape[0] != need_x:
+        raise ValueError(f"{TYPE_NAMES[xt]} activation row of {n} elements needs {need_x} bytes, "
+                         f"got {xq.shape[0]}")
+    cdef float r = 0.0
+    if n > 0:
+        with nogil:
+            r = ls_vec_dot(type, n, &w[0], &xq[0])
+    return r
+
+
+def get_simd():
+    """The SIMD level in use: 0 = scalar reference, 1 = AVX2/FMA."""
+    return ls_get_simd()
+
+
+def set_simd(int level):
+    """Use SIMD level `level` (0 scalar, 1 AVX2); returns the level actually set (0 when the CPU
+    lacks AVX2/FMA/F16C). Affects every thread; meant for tests and benchmarks."""
+    if level not in (SIMD_SCALAR, SIMD_AVX2):
+        raise ValueError(f"SIMD level must be 0 (scalar) or 1 (AVX2), got {level}")
+    return ls_set_simd(level)
+
+
+def cpu_has_avx2():
+    """True when the CPU (and OS) support AVX2, FMA and F16C."""
+    return bool(ls_cpu_has_avx2())
+
+
+def simd_kernel_types():
+    """Type ids whose vec_dot has a dedicated AVX2 kernel (the rest fall back to scalar)."""
+    return [t for t in TYPE_NAMES if ls_simd_has_vec_dot(t)]
+
+
+def simd_quantize_types():
+    """Activation type ids whose quantize_row has a dedicated AVX2 kernel."""
+    return [t for t in ACTIVATION_TYPES if ls_simd_has_quantize(t)]

@@ -1,0 +1,260 @@
+/* formats.h — every GGUF tensor block format llmstream reads, declared once.
+ *
+ * The layouts are GGML's (what GGUF files store, little-endian). For each format: the byte layout,
+ * the dequantization formula, the struct and a _Static_assert pinning its size. Notation:
+ *   fp16(h)  the IEEE half h widened to float;  y[k]  the k-th dequantized element of the block.
+ * Scales are applied exactly in the order written (float arithmetic): e.g. "(d*sc)*q - dmin*m".
+ *
+ * Also here: scalar fp16 / bf16 <-> fp32 conversions (round-to-nearest-even, like ggml).
+ */
+#ifndef LLMSTREAM_FORMATS_H
+#define LLMSTREAM_FORMATS_H
+#include <stdint.h>
+#include <string.h>
+
+typedef uint16_t ls_fp16_t;   /* IEEE 754 binary16 bits */
+typedef uint16_t ls_bf16_t;   /* bfloat16 bits: the top half of a binary32 */
+
+#define QK4_0 32
+#define QK4_1 32
+#define QK5_0 32
+#define QK5_1 32
+#define QK8_0 32
+#define QK8_1 32
+#define QK_K 256          /* super-block size of the K-quants */
+#define K_SCALE_SIZE 12   /* packed 6-bit scales + mins of Q4_K / Q5_K */
+
+/* ---------------------------------------------------------------------------------------------
+ * Q4_0 — 32 elements in 18 bytes (4.5 bits/weight).
+ *   bytes 0-1   d      fp16 scale
+ *   bytes 2-17  qs[16] nibbles: element j (0..15) = low nibble of qs[j], element j+16 = high nibble
+ *   y[j] = d * ((qs[j] & 15) - 8),  y[j+16] = d * ((qs[j] >> 4) - 8)
+ */
+typedef struct {
+    ls_fp16_t d;
+    uint8_t qs[QK4_0 / 2];
+} block_q4_0;
+_Static_assert(sizeof(block_q4_0) == 2 + QK4_0 / 2, "block_q4_0 must be 18 bytes");
+
+/* Q4_1 — 32 elements in 20 bytes (5 bits/weight).
+ *   bytes 0-1 d fp16 scale;  bytes 2-3 m fp16 offset (the block minimum)
+ *   bytes 4-19  qs[16] nibbles, same element order as Q4_0
+ *   y[j] = d * (qs[j] & 15) + m,  y[j+16] = d * (qs[j] >> 4) + m
+ */
+typedef struct {
+    ls_fp16_t d;
+    ls_fp16_t m;
+    uint8_t qs[QK4_1 / 2];
+} block_q4_1;
+_Static_assert(sizeof(block_q4_1) == 4 + QK4_1 / 2, "block_q4_1 must be 20 bytes");
+
+/* Q5_0 — 32 elements in 22 bytes (5.5 bits/weight).
+ *   bytes 0-1   d      fp16 scale
+ *   bytes 2-5   qh[4]  little-endian uint32: bit k is the 5th (high) bit of element k
+ *   bytes 6-21  qs[16] low nibbles, same element order as Q4_0
+ *   q[j] = (qs[j] & 15) | (bit j of qh) << 4,  q[j+16] = (qs[j] >> 4) | (bit j+16 of qh) << 4
+ *   y[k] = d * (q[k] - 16)
+ */
+typedef struct {
+    ls_fp16_t d;
+    uint8_t qh[4];
+    uint8_t qs[QK5_0 / 2];
+} block_q5_0;
+_Static_assert(sizeof(block_q5_0) == 2 + 4 + QK5_0 / 2, "block_q5_0 must be 22 bytes");
+
+/* Q5_1 — 32 elements in 24 bytes (6 bits/weight).
+ *   bytes 0-1 d fp16;  bytes 2-3 m fp16;  bytes 4-7 qh (as Q5_0);  bytes 8-23 qs[16] (as Q5_0)
+ *   y[k] = d * q[k] + m      (q[k] in 0..31 built as in Q5_0, no offset)
+ */
+typedef struct {
+    ls_fp16_t d;
+    ls_fp16_t m;
+    uint8_t qh[4];
+    uint8_t qs[QK5_1 / 2];
+} block_q5_1;
+_Static_assert(sizeof(block_q5_1) == 4 + 4 + QK5_1 / 2, "block_q5_1 must be 24 bytes");
+
+/* Q8_0 — 32 elements in 34 bytes (8.5 bits/weight); also the activation format for Q4_0/Q5_0/Q8_0.
+ *   bytes 0-1 d fp16;  bytes 2-33 qs[32] int8
+ *   y[k] = d * qs[k]
+ *   Quantization (llama.cpp's quantize_row_q8_0_ref): amax = max|x|, d = amax/127,
+ *   id = d ? 1/d : 0, qs[k] = roundf(x[k]*id) (halves away from zero), d stored as fp16(d).
+ */
+typedef struct {
+    ls_fp16_t d;
+    int8_t qs[QK8_0];
+} block_q8_0;
+_Static_assert(sizeof(block_q8_0) == 2 + QK8_0, "block_q8_0 must be 34 bytes");
+
+/* Q8_1 — 32 elements in 36 bytes; the activation format for Q4_1/Q5_1.
+ *   bytes 0-1 d fp16;  bytes 2-3 s fp16 = fp16(d * sum_k qs[k]);  bytes 4-35 qs[32] int8
+ *   y[k] = d * qs[k]      (s is only a cached sum used by the dot products with Q4_1/Q5_1)
+ *   Quantization as Q8_0 (quantize_row_q8_1_ref), then s = fp16((float)sum(qs) * d).
+ */
+typedef struct {
+    ls_fp16_t d;
+    ls_fp16_t s;
+    int8_t qs[QK8_1];
+} block_q8_1;
+_Static_assert(sizeof(block_q8_1) == 4 + QK8_1, "block_q8_1 must be 36 bytes");
+
+/* ---------------------------------------------------------------------------------------------
+ * K-quants: super-blocks of 256 elements. Where a formula says "group (h, j, l)", element
+ * k = 128*h + 32*j + l  (h = 0..1, j = 0..3, l = 0..31) unless stated otherwise.
+ *
+ * Q2_K — 256 elements in 84 bytes (2.625 bits/weight), 16 sub-blocks of 16.
+ *   bytes 0-15   scales[16]  sub-block s: scale = scales[s] & 15, min = scales[s] >> 4
+ *   bytes 16-79  qs[64]      2-bit quants: element (h, j, l) = (qs[32*h + l] >> 2*j) & 3
+ *   bytes 80-81  d  fp16 super-scale of the scales;  bytes 82-83  dmin fp16 super-scale of the mins
+ *   with s = 8*h + 2*j + l/16:  y[k] = (d * (scales[s] & 15)) * q - dmin * (scales[s] >> 4)
+ */
+typedef struct {
+    uint8_t scales[QK_K / 16];
+    uint8_t qs[QK_K / 4];
+    ls_fp16_t d;
+    ls_fp16_t dmin;
+} block_q2_K;
+_Static_assert(sizeof(block_q2_K) == QK_K / 16 + QK_K / 4 + 4, "block_q2_K must be 84 bytes");
+
+/* Q3_K — 256 elements in 110 bytes (3.4375 bits/weight), 16 sub-blocks of 16.
+ *   bytes 0-31    hmask[32]  high bits: element (h, j, l) has bit (4*h + j) of hmask[l]
+ *   bytes 32-95   qs[64]     low 2 bits: element (h, j, l) = (qs[32*h + l] >> 2*j) & 3
+ *   bytes 96-107  scales[12] sixteen 6-bit scales: for s = 0..15,
+ *                 sc[s] = ((scales[s % 8] >> 4*(s / 8)) & 15) | (((scales[8 + s % 4] >> 2*(s / 4)) & 3) << 4)
+ *   bytes 108-109 d fp16 super-scale
+ *   q = low2 - (high bit set ? 0 : 4)  (in -4..3);  with s = 8*h + 2*j + l/16:
+ *   y[k] = (d * (sc[s] - 32)) * q
+ */
+typedef struct {
+    uint8_t hmask[QK_K / 8];
+    uint8_t qs[QK_K / 4];
+    uint8_t scales[12];
+    ls_fp16_t d;
+} block_q3_K;
+_Static_assert(sizeof(block_q3_K) == QK_K / 8 + QK_K / 4 + 12 + 2, "block_q3_K must be 110 bytes");
+
+/* Q4_K — 256 elements in 144 bytes (4.5 bits/weight), 8 sub-blocks of 32.
+ *   bytes 0-1 d fp16 super-scale of the scales;  bytes 2-3 dmin fp16 super-scale of the mins
+ *   bytes 4-15    scales[12]: eight 6-bit scales sc[s] and eight 6-bit mins m[s]:
+ *                 s < 4:  sc = scales[s] & 63,   m = scales[s+4] & 63
+ *                 s >= 4: sc = (scales[s+4] & 15) | ((scales[s-4] >> 6) << 4),
+ *                         m  = (scales[s+4] >> 4) | ((scales[s]   >> 6) << 4)
+ *   bytes 16-143  qs[128] nibbles: for g = 0..3, l = 0..31:
+ *                 element 64*g + l      = qs[32*g + l] & 15  (sub-block s = 2*g)
+ *                 element 64*g + 32 + l = qs[32*g + l] >> 4  (sub-block s = 2*g + 1)
+ *   y[k] = (d * sc[s]) * q - dmin * m[s]
+ */
+typedef struct {
+    ls_fp16_t d;
+    ls_fp16_t dmin;
+    uint8_t scales[K_SCALE_SIZE];
+    uint8_t qs[QK_K / 2];
+} block_q4_K;
+_Static_assert(sizeof(block_q4_K) == 4 + K_SCALE_SIZE + QK_K / 2, "block_q4_K must be 144 bytes");
+
+/* Q5_K — 256 elements in 176 bytes (5.5 bits/weight), 8 sub-blocks of 32.
+ *   bytes 0-1 d fp16;  bytes 2-3 dmin fp16;  bytes 4-15 scales[12] (packed exactly as Q4_K)
+ *   bytes 16-47   qh[32]   high bits: element 32*s + l has bit s of qh[l]  (s = 0..7)
+ *   bytes 48-175  qs[128]  low nibbles, same order as Q4_K
+ *   q = low4 | (high bit << 4) (in 0..31);  y[k] = (d * sc[s]) * q - dmin * m[s]
+ */
+typedef struct {
+    ls_fp16_t d;
+    ls_fp16_t dmin;
+    uint8_t scales[K_SCALE_SIZE];
+    uint8_t qh[QK_K / 8];
+    uint8_t qs[QK_K / 2];
+} block_q5_K;
+_Static_assert(sizeof(block_q5_K) == 4 + K_SCALE_SIZE + QK_K / 8 + QK_K / 2, "block_q5_K must be 176 bytes");
+
+/* Q6_K — 256 elements in 210 bytes (6.5625 bits/weight), 16 sub-blocks of 16.
+ *   bytes 0-127    ql[128]    low nibbles;  bytes 128-191 qh[64] high 2-bit pairs
+ *   bytes 192-207  scales[16] int8 sub-block scales;  bytes 208-209 d fp16 super-scale
+ *   For half h = 0..1 and l = 0..31, with L = ql + 64*h, H = qh + 32*h:
+ *     element 128*h +      l = (L[l]      & 15) | ((H[l] >> 0) & 3) << 4
+ *     element 128*h + 32 + l = (L[l + 32] & 15) | ((H[l] >> 2) & 3) << 4
+ *     element 128*h + 64 + l = (L[l]      >> 4) | ((H[l] >> 4) & 3) << 4
+ *     element 128*h + 96 + l = (L[l + 32] >> 4) | ((H[l] >> 6) & 3) << 4
+ *   sub-block s = k / 16;  y[k] = (d * scales[s]) * (q - 32)
+ */
+typedef struct {
+    uint8_t ql[QK_K / 2];
+    uint8_t qh[QK_K / 4];
+    int8_t scales[QK_K / 16];
+    ls_fp16_t d;
+} block_q6_K;
+_Static_assert(sizeof(block_q6_K) == QK_K / 2 + QK_K / 4 + QK_K / 16 + 2, "block_q6_K must be 210 bytes");
+
+/* Q8_K — 256 elements in 292 bytes; the activation format of every K-quant (never stored in files).
+ *   bytes 0-3 d float32;  bytes 4-259 qs[256] int8;  bytes 260-291 bsums[16] int16 = sums of qs in 16s
+ *   y[k] = d * qs[k]
+ *   Quantization (quantize_row_q8_K_ref): max = the first x[k] of largest |x[k]|; if it is 0 the
+ *   block is all zero; else iscale = -127/max, qs[k] = min(127, nearest_int(iscale*x[k]))
+ *   (nearest_int rounds halves to even), d = 1/iscale.
+ */
+typedef struct {
+    float d;
+    int8_t qs[QK_K];
+    int16_t bsums[QK_K / 16];
+} block_q8_K;
+_Static_assert(sizeof(block_q8_K) == 4 + QK_K + 2 * (QK_K / 16), "block_q8_K must be 292 bytes");
+
+/* F32 / F16 / BF16: one element per "block" of 4 / 2 / 2 bytes. */
+_Static_assert(sizeof(float) == 4, "float must be IEEE binary32");
+_Static_assert(sizeof(ls_fp16_t) == 2 && sizeof(ls_bf16_t) == 2, "half types must be 2 bytes");
+
+/* ---------------------------------------------------------------------------------------------
+ * Scalar conversions. All exact except fp32 -> fp16 / bf16, which round to nearest, ties to even. */
+
+static inline uint32_t ls_f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline float ls_bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+/* binary16 -> binary32 (exact; NaN payloads are kept). */
+static inline float ls_fp16_to_fp32(ls_fp16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    const uint32_t exp = (h >> 10) & 0x1fu;
+    const uint32_t man = h & 0x3ffu;
+    if (exp == 0x1f) return ls_bits_f32(sign | 0x7f800000u | (man << 13));    /* inf, nan */
+    if (exp != 0) return ls_bits_f32(sign | ((exp + 112u) << 23) | (man << 13)); /* normal */
+    /* zero or subnormal: man * 2^-24, computed from normal floats only (safe under DAZ) */
+    const float mag = (float)man * 0x1p-24f;
+    return ls_bits_f32(sign | ls_f32_bits(mag));
+}
+
+/* binary32 -> binary16, round to nearest even; overflow gives inf, NaN gives the quiet NaN 0x7e00
+ * with the sign kept (ggml_compute_fp32_to_fp16's choice). */
+static inline ls_fp16_t ls_fp32_to_fp16(float f) {
+    const uint32_t u = ls_f32_bits(f);
+    const uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    const uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return sign | 0x7e00u;             /* nan */
+    if (a >= 0x47800000u) return sign | 0x7c00u;            /* >= 65536 (or inf): inf */
+    if (a >= 0x38800000u) {                                 /* normal half range (>= 2^-14) */
+        uint32_t h = (a - 0x38000000u) >> 13;               /* rebias exponent 127 -> 15 */
+        const uint32_t rem = a & 0x1fffu;
+        if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h++;  /* may carry into inf: correct */
+        return sign | (uint16_t)h;
+    }
+    /* subnormal half (or zero): units of 2^-24 */
+    const int e = (int)(a >> 23);                           /* biased fp32 exponent, 0..112 */
+    if (e < 102) return sign;                               /* < 2^-25: rounds to zero */
+    const uint32_t m = (a & 0x7fffffu) | 0x800000u;         /* e >= 102, so normal in fp32 */
+    const int shift = 126 - e;                              /* 14..24 */
+    uint32_t h = m >> shift;
+    const uint32_t rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (h & 1u))) h++;
+    return sign | (uint16_t)h;
+}
+
+/* bfloat16 -> binary32 (exact). */
+static inline float ls_bf16_to_fp32(ls_bf16_t h) { return ls_bits_f32((uint32_t)h << 16); }
+
+/* binary32 -> bfloat16 as ggml_compute_fp32_to_bf16: NaN is kept and forced quiet, everything else
+ * rounds to nearest even (overflow gives inf). */
+static inline ls_bf16_t ls_fp32_to_bf16(float f) {
+    const uint32_t u = ls_f32_bits(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (ls_bf16_t)((u >> 16) | 0x40u);
+    return (ls_bf16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+#endif

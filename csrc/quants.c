@@ -1,0 +1,636 @@
+/* quants.c — scalar reference kernels (plain x86-64, no SIMD intrinsics), the type table and the
+ * dispatching ls_* entry points of quants.h.
+ *
+ * The dequantizers follow the formulas of formats.h in the same float operation order as
+ * ggml-quants.c (so they agree bit for bit with gguf-py's numpy reference). The activation
+ * quantizers reproduce llama.cpp's *_ref quantizers exactly. The dot products compute each block's
+ * integer sum exactly and accumulate the scaled block sums in float (like ggml's generic C), F32 /
+ * F16 / BF16 sum float products in double (like ggml_vec_dot_f16).
+ */
+#include <math.h>
+#include <string.h>
+
+#include "quants_impl.h"
+
+/* ---------------------------------------------------------------------------------------------
+ * Type table */
+
+typedef struct {
+    int64_t blck;      /* elements per block, 0 = unknown type */
+    size_t size;       /* bytes per block */
+    int vec_dot_type;  /* activation type for ls_vec_dot */
+} ls_type_traits;
+
+static const ls_type_traits k_traits[LS_TYPE_SLOTS] = {
+    [LS_TYPE_F32] = {1, 4, LS_TYPE_F32},
+    [LS_TYPE_F16] = {1, 2, LS_TYPE_F16},
+    [LS_TYPE_BF16] = {1, 2, LS_TYPE_BF16},
+    [LS_TYPE_Q4_0] = {QK4_0, sizeof(block_q4_0), LS_TYPE_Q8_0},
+    [LS_TYPE_Q4_1] = {QK4_1, sizeof(block_q4_1), LS_TYPE_Q8_1},
+    [LS_TYPE_Q5_0] = {QK5_0, sizeof(block_q5_0), LS_TYPE_Q8_0},
+    [LS_TYPE_Q5_1] = {QK5_1, sizeof(block_q5_1), LS_TYPE_Q8_1},
+    [LS_TYPE_Q8_0] = {QK8_0, sizeof(block_q8_0), LS_TYPE_Q8_0},
+    [LS_TYPE_Q8_1] = {QK8_1, sizeof(block_q8_1), LS_TYPE_Q8_1},
+    [LS_TYPE_Q2_K] = {QK_K, sizeof(block_q2_K), LS_TYPE_Q8_K},
+    [LS_TYPE_Q3_K] = {QK_K, sizeof(block_q3_K), LS_TYPE_Q8_K},
+    [LS_TYPE_Q4_K] = {QK_K, sizeof(block_q4_K), LS_TYPE_Q8_K},
+    [LS_TYPE_Q5_K] = {QK_K, sizeof(block_q5_K), LS_TYPE_Q8_K},
+    [LS_TYPE_Q6_K] = {QK_K, sizeof(block_q6_K), LS_TYPE_Q8_K},
+    [LS_TYPE_Q8_K] = {QK_K, sizeof(block_q8_K), LS_TYPE_Q8_K},
+};
+
+int ls_type_known(int type) {
+    return type >= 0 && type < LS_TYPE_SLOTS && k_traits[type].blck != 0;
+}
+
+int64_t ls_blck_size(int type) { return ls_type_known(type) ? k_traits[type].blck : 0; }
+
+size_t ls_type_size(int type) { return ls_type_known(type) ? k_traits[type].size : 0; }
+
+size_t ls_row_size(int type, int64_t n) {
+    if (!ls_type_known(type) || n < 0) return 0;
+    return (size_t)(n / k_traits[type].blck) * k_traits[type].size;
+}
+
+int ls_vec_dot_type(int type) { return ls_type_known(type) ? k_traits[type].vec_dot_type : -1; }
+
+static int ls_row_ok(int type, int64_t n) {
+    return ls_type_known(type) && n >= 0 && n % k_traits[type].blck == 0;
+}
+
+/* Dispatch: the table of the current SIMD level (cpu.c), which falls back to the scalar kernel
+ * for slots without a SIMD twin. Invalid arguments make quantize / dequantize a no-op and
+ * ls_vec_dot return NaN; the Python wrappers reject them before they get here. */
+void ls_quantize_row(int type, const float *x, void *y, int64_t n) {
+    if (!ls_row_ok(type, n)) return;
+    const ls_quantize_fn f = ls_kernels()->quantize[type];
+    if (f) f(x, y, n);
+}
+
+void ls_dequantize_row(int type, const void *x, float *y, int64_t n) {
+    if (!ls_row_ok(type, n)) return;
+    const ls_dequantize_fn f = ls_kernels()->dequantize[type];
+    if (f) f(x, y, n);
+}
+
+float ls_vec_dot(int type, int64_t n, const void *w, const void *x) {
+    if (!ls_row_ok(type, n)) return NAN;
+    const ls_vec_dot_fn f = ls_kernels()->vec_dot[type];
+    return f ? f(n, w, x) : NAN;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Dequantizers: one row x of n elements -> y (n,) f32 */
+
+// x (n,) f32 -> y (n,) f32: a copy
+void dequantize_row_f32(const void *x, float *y, int64_t n) { memcpy(y, x, (size_t)n * sizeof(float)); }
+
+// x (n,) f16 -> y (n,) f32: exact widening
+void dequantize_row_f16(const void *x, float *y, int64_t n) {
+    const ls_fp16_t *h = x;
+    for (int64_t i = 0; i < n; ++i) y[i] = ls_fp16_to_fp32(h[i]);
+}
+
+// x (n,) bf16 -> y (n,) f32: exact widening
+void dequantize_row_bf16(const void *x, float *y, int64_t n) {
+    const ls_bf16_t *h = x;
+    for (int64_t i = 0; i < n; ++i) y[i] = ls_bf16_to_fp32(h[i]);
+}
+
+// x (n/32 blocks) Q4_0 -> y (n,): y = d * (q - 8)
+void dequantize_row_q4_0(const void *vx, float *y, int64_t n) {
+    const block_q4_0 *x = vx;
+    for (int64_t i = 0; i < n / QK4_0; ++i, y += QK4_0) {
+        const float d = ls_fp16_to_fp32(x[i].d);
+        for (int j = 0; j < QK4_0 / 2; ++j) {
+            y[j] = ((x[i].qs[j] & 15) - 8) * d;
+            y[j + QK4_0 / 2] = ((x[i].qs[j] >> 4) - 8) * d;
+        }
+    }
+}
+
+// x (n/32 blocks) Q4_1 -> y (n,): y = d * q + m
+void dequantize_row_q4_1(const void *vx, float *y, int64_t n) {
+    const block_q4_1 *x = vx;
+    for (int64_t i = 0; i < n / QK4_1; ++i, y += QK4_1) {
+        const float d = ls_fp16_to_fp32(x[i].d), m = ls_fp16_to_fp32(x[i].m);
+        for (int j = 0; j < QK4_1 / 2; ++j) {
+            y[j] = (x[i].qs[j] & 15) * d + m;
+            y[j + QK4_1 / 2] = (x[i].qs[j] >> 4) * d + m;
+        }
+    }
+}
+
+/* The 5-bit quant k of a Q5_0 / Q5_1 block (0..31). */
+static inline int q5_quant(const uint8_t *qs, uint32_t qh, int k) {
+    const int lo = k < 16 ? (qs[k] & 15) : (qs[k - 16] >> 4);
+    return lo | (int)(((qh >> k) & 1u) << 4);
+}
+
+// x (n/32 blocks) Q5_0 -> y (n,): y = d * (q - 16)
+void dequantize_row_q5_0(const void *vx, float *y, int64_t n) {
+    const block_q5_0 *x = vx;
+    for (int64_t i = 0; i < n / QK5_0; ++i, y += QK5_0) {
+        const float d = ls_fp16_to_fp32(x[i].d);
+        uint32_t qh;
+        memcpy(&qh, x[i].qh, 4);
+        for (int k = 0; k < QK5_0; ++k) y[k] = (q5_quant(x[i].qs, qh, k) - 16) * d;
+    }
+}
+
+// x (n/32 blocks) Q5_1 -> y (n,): y = d * q + m
+void dequantize_row_q5_1(const void *vx, float *y, int64_t n) {
+    const block_q5_1 *x = vx;
+    for (int64_t i = 0; i < n / QK5_1; ++i, y += QK5_1) {
+        const float d = ls_fp16_to_fp32(x[i].d), m = ls_fp16_to_fp32(x[i].m);
+        uint32_t qh;
+        memcpy(&qh, x[i].qh, 4);
+        for (int k = 0; k < QK5_1; ++k) y[k] = q5_quant(x[i].qs, qh, k) * d + m;
+    }
+}
+
+// x (n/32 blocks) Q8_0 -> y (n,): y = d * q
+void dequantize_row_q8_0(const void *vx, float *y, int64_t n) {
+    const block_q8_0 *x = vx;
+    for (int64_t i = 0; i < n / QK8_0; ++i, y += QK8_0) {
+        const float d = ls_fp16_to_fp32(x[i].d);
+        for (int k = 0; k < QK8_0; ++k) y[k] = x[i].qs[k] * d;
+    }
+}
+
+// x (n/32 blocks) Q8_1 -> y (n,): y = d * q  (s is not needed)
+void dequantize_row_q8_1(const void *vx, float *y, int64_t n) {
+    const block_q8_1 *x = vx;
+    for (int64_t i = 0; i < n / QK8_1; ++i, y += QK8_1) {
+        const float d = ls_fp16_to_fp32(x[i].d);
+        for (int k = 0; k < QK8_1; ++k) y[k] = x[i].qs[k] * d;
+    }
+}
+
+// x (n/256 blocks) Q2_K -> y (n,): y = (d*scale) * q - dmin*min, per 16-element sub-block
+void dequantize_row_q2_K(const void *vx, float *y, int64_t n) {
+    const block_q2_K *x = vx;
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        const float d = ls_fp16_to_fp32(x[i].d), dmin = ls_fp16_to_fp32(x[i].dmin);
+        for (int h = 0; h < 2; ++h) {
+            const uint8_t *q = x[i].qs + 32 * h;
+            for (int j = 0; j < 4; ++j) {
+                for (int half = 0; half < 2; ++half) {
+                    const uint8_t sc = x[i].scales[8 * h + 2 * j + half];
+                    const float dl = d * (sc & 15), ml = dmin * (sc >> 4);
+                    for (int l = 16 * half; l < 16 * half + 16; ++l) *y++ = dl * ((q[l] >> (2 * j)) & 3) - ml;
+                }
+            }
+        }
+    }
+}
+
+// x (n/256 blocks) Q3_K -> y (n,): y = (d*(scale-32)) * (low2 - (high ? 0 : 4)), per 16 elements
+void dequantize_row_q3_K(const void *vx, float *y, int64_t n) {
+    const block_q3_K *x = vx;
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        const float d = ls_fp16_to_fp32(x[i].d);
+        uint8_t sc[16];
+        ls_unpack_scales_q3k(x[i].scales, sc);
+        for (int h = 0; h < 2; ++h) {
+            const uint8_t *q = x[i].qs + 32 * h;
+            for (int j = 0; j < 4; ++j) {
+                const uint8_t bit = (uint8_t)(1u << (4 * h + j));
+                for (int half = 0; half < 2; ++half) {
+                    const float dl = d * (sc[8 * h + 2 * j + half] - 32);
+                    for (int l = 16 * half; l < 16 * half + 16; ++l) {
+                        const int v = ((q[l] >> (2 * j)) & 3) - ((x[i].hmask[l] & bit) ? 0 : 4);
+                        *y++ = dl * v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+// x (n/256 blocks) Q4_K -> y (n,): y = (d*sc) * q - dmin*m, per 32-element sub-block
+void dequantize_row_q4_K(const void *vx, float *y, int64_t n) {
+    const block_q4_K *x = vx;
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        const float d = ls_fp16_to_fp32(x[i].d), dmin = ls_fp16_to_fp32(x[i].dmin);
+        uint8_t sc[8], m[8];
+        ls_unpack_scales_k4(x[i].scales, sc, m);
+        for (int g = 0; g < 4; ++g) {
+            const uint8_t *q = x[i].qs + 32 * g;
+            const float d1 = d * sc[2 * g], m1 = dmin * m[2 * g];
+            const float d2 = d * sc[2 * g + 1], m2 = dmin * m[2 * g + 1];
+            for (int l = 0; l < 32; ++l) *y++ = d1 * (q[l] & 15) - m1;
+            for (int l = 0; l < 32; ++l) *y++ = d2 * (q[l] >> 4) - m2;
+        }
+    }
+}
+
+// x (n/256 blocks) Q5_K -> y (n,): y = (d*sc) * (low4 | high<<4) - dmin*m, per 32 elements
+void dequantize_row_q5_K(const void *vx, float *y, int64_t n) {
+    const block_q5_K *x = vx;
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        const float d = ls_fp16_to_fp32(x[i].d), dmin = ls_fp16_to_fp32(x[i].dmin);
+        uint8_t sc[8], m[8];
+        ls_unpack_scales_k4(x[i].scales, sc, m);
+        for (int g = 0; g < 4; ++g) {
+            const uint8_t *q = x[i].qs + 32 * g;
+            const int s1 = 2 * g, s2 = 2 * g + 1;
+            const float d1 = d * sc[s1], m1 = dmin * m[s1];
+            const float d2 = d * sc[s2], m2 = dmin * m[s2];
+            for (int l = 0; l < 32; ++l) *y++ = d1 * ((q[l] & 15) | (((x[i].qh[l] >> s1) & 1) << 4)) - m1;
+            for (int l = 0; l < 32; ++l) *y++ = d2 * ((q[l] >> 4) | (((x[i].qh[l] >> s2) & 1) << 4)) - m2;
+        }
+    }
+}
+
+/* The 6-bit quant (0..63) of element 128*h + 32*j + l of a Q6_K block. */
+static inline int q6_quant(const block_q6_K *b, int h, int j, int l) {
+    const uint8_t *L = b->ql + 64 * h, *H = b->qh + 32 * h;
+    const int lo = (j & 1) ? L[l + 32] : L[l];
+    return ((j < 2 ? lo & 15 : lo >> 4) | (((H[l] >> (2 * j)) & 3) << 4));
+}
+
+// x (n/256 blocks) Q6_K -> y (n,): y = (d*scale) * (q - 32), per 16-element sub-block
+void dequantize_row_q6_K(const void *vx, float *y, int64_t n) {
+    const block_q6_K *x = vx;
+    for (int64_t i = 0; i < n / QK_K; ++i, y += QK_K) {
+        const float d = ls_fp16_to_fp32(x[i].d);
+        for (int h = 0; h < 2; ++h)
+            for (int j = 0; j < 4; ++j)
+                for (int l = 0; l < 32; ++l) {
+                    const int k = 128 * h + 32 * j + l;
+                    y[k] = d * x[i].scales[k / 16] * (q6_quant(&x[i], h, j, l) - 32);
+                }
+    }
+}
+
+// x (n/256 blocks) Q8_K -> y (n,): y = d * q
+void dequantize_row_q8_K(const void *vx, float *y, int64_t n) {
+    const block_q8_K *x = vx;
+    for (int64_t i = 0; i < n / QK_K; ++i, y += QK_K)
+        for (int k = 0; k < QK_K; ++k) y[k] = x[i].d * x[i].qs[k];
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Activation quantizers: x (n,) f32 -> one row y */
+
+// x (n,) f32 -> y (n,) f32: a copy
+void quantize_row_f32(const float *x, void *y, int64_t n) { memcpy(y, x, (size_t)n * sizeof(float)); }
+
+// x (n,) f32 -> y (n,) f16, round to nearest even
+void quantize_row_f16(const float *x, void *vy, int64_t n) {
+    ls_fp16_t *y = vy;
+    for (int64_t i = 0; i < n; ++i) y[i] = ls_fp32_to_fp16(x[i]);
+}
+
+// x (n,) f32 -> y (n,) bf16, round to nearest even (NaN kept, quieted)
+void quantize_row_bf16(const float *x, void *vy, int64_t n) {
+    ls_bf16_t *y = vy;
+    for (int64_t i = 0; i < n; ++i) y[i] = ls_fp32_to_bf16(x[i]);
+}
+
+/* amax / 127 and its inverse, as quantize_row_q8_0_ref computes them. */
+static inline float q8_block_scale(const float *x, float *id) {
+    float amax = 0.0f;
+    for (int k = 0; k < 32; ++k) {
+        const float a = fabsf(x[k]);
+        amax = amax > a ? amax : a;
+    }
+    const float d = amax / 127.0f;
+    *id = d != 0.0f ? 1.0f / d : 0.0f;
+    return d;
+}
+
+// x (n,) f32 -> y (n/32 blocks) Q8_0: d = max|x|/127, q = roundf(x/d)
+void quantize_row_q8_0(const float *x, void *vy, int64_t n) {
+    block_q8_0 *y = vy;
+    for (int64_t i = 0; i < n / QK8_0; ++i, x += QK8_0) {
+        float id;
+        const float d = q8_block_scale(x, &id);
+        y[i].d = ls_fp32_to_fp16(d);
+        for (int k = 0; k < QK8_0; ++k) y[i].qs[k] = (int8_t)roundf(x[k] * id);
+    }
+}
+
+// x (n,) f32 -> y (n/32 blocks) Q8_1: as Q8_0, plus s = fp16(d * sum(q))
+void quantize_row_q8_1(const float *x, void *vy, int64_t n) {
+    block_q8_1 *y = vy;
+    for (int64_t i = 0; i < n / QK8_1; ++i, x += QK8_1) {
+        float id;
+        const float d = q8_block_scale(x, &id);
+        y[i].d = ls_fp32_to_fp16(d);
+        int sum = 0;
+        for (int k = 0; k < QK8_1; ++k) {
+            y[i].qs[k] = (int8_t)roundf(x[k] * id);
+            sum += y[i].qs[k];
+        }
+        y[i].s = ls_fp32_to_fp16((float)sum * d);
+    }
+}
+
+/* Round to nearest, ties to even (ggml's nearest_int), for |v| < 2^22: adding 1.5*2^23 leaves the
+ * rounded integer in the low mantissa bits. */
+static inline int ls_nearest_int(float v) {
+    const float big = v + 12582912.0f;
+    return (int)(ls_f32_bits(big) & 0x007fffffu) - 0x00400000;
+}
+
+// x (n,) f32 -> y (n/256 blocks) Q8_K: iscale = -127/max (max = first x of largest |x|),
+// q = min(127, nearest_int(iscale*x)), d = 1/iscale, bsums = sums of q in 16s
+void quantize_row_q8_K(const float *x, void *vy, int64_t n) {
+    block_q8_K *y = vy;
+    for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
+        float amax = 0.0f, max = 0.0f;
+        for (int k = 0; k < QK_K; ++k) {
+            const float a = fabsf(x[k]);
+            if (a > amax) { amax = a; max = x[k]; }
+        }
+        if (amax == 0.0f) {
+            memset(&y[i], 0, sizeof(block_q8_K));
+            continue;
+        }
+        const float iscale = -127.0f / max;
+        for (int k = 0; k < QK_K; ++k) {
+            const int v = ls_nearest_int(iscale * x[k]);
+            y[i].qs[k] = (int8_t)(v < 127 ? v : 127);
+        }
+        for (int s = 0; s < QK_K / 16; ++s) {
+            int sum = 0;
+            for (int k = 0; k < 16; ++k) sum += y[i].qs[16 * s + k];
+            y[i].bsums[s] = (int16_t)sum;
+        }
+        y[i].d = 1.0f / iscale;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Dot products: w one row of weights, x one row of activations in the vec_dot type */
+
+// w (n,) f32 · x (n,) f32 -> float: float products summed in double
+float vec_dot_f32_f32(int64_t n, const void *vw, const void *vx) {
+    const float *w = vw, *x = vx;
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; ++i) sum += (double)(w[i] * x[i]);
+    return (float)sum;
+}
+
+// w (n,) f16 · x (n,) f16 -> float: float products summed in double
+float vec_dot_f16_f16(int64_t n, const void *vw, const void *vx) {
+    const ls_fp16_t *w = vw, *x = vx;
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; ++i) sum += (double)(ls_fp16_to_fp32(w[i]) * ls_fp16_to_fp32(x[i]));
+    return (float)sum;
+}
+
+// w (n,) bf16 · x (n,) bf16 -> float: float products summed in double
+float vec_dot_bf16_bf16(int64_t n, const void *vw, const void *vx) {
+    const ls_bf16_t *w = vw, *x = vx;
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; ++i) sum += (double)(ls_bf16_to_fp32(w[i]) * ls_bf16_to_fp32(x[i]));
+    return (float)sum;
+}
+
+// w (n,) in Q4_0 · x (n,) in Q8_0 -> float: sum_b (dw*dx) * sum_k (qw-8)*qx
+float vec_dot_q4_0_q8_0(int64_t n, const void *vw, const void *vx) {
+    const block_q4_0 *w = vw;
+    const block_q8_0 *x = vx;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / QK4_0; ++b) {
+        int isum = 0;
+        for (int j = 0; j < 16; ++j)
+            isum += ((w[b].qs[j] & 15) - 8) * x[b].qs[j] + ((w[b].qs[j] >> 4) - 8) * x[b].qs[j + 16];
+        sum += isum * (ls_fp16_to_fp32(w[b].d) * ls_fp16_to_fp32(x[b].d));
+    }
+    return sum;
+}
+
+// w (n,) in Q4_1 · x (n,) in Q8_1 -> float: sum_b (dw*dx) * sum_k qw*qx + mw * sx
+float vec_dot_q4_1_q8_1(int64_t n, const void *vw, const void *vx) {
+    const block_q4_1 *w = vw;
+    const block_q8_1 *x = vx;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / QK4_1; ++b) {
+        int isum = 0;
+        for (int j = 0; j < 16; ++j)
+            isum += (w[b].qs[j] & 15) * x[b].qs[j] + (w[b].qs[j] >> 4) * x[b].qs[j + 16];
+        sum += (ls_fp16_to_fp32(w[b].d) * ls_fp16_to_fp32(x[b].d)) * isum
+             + ls_fp16_to_fp32(w[b].m) * ls_fp16_to_fp32(x[b].s);
+    }
+    return sum;
+}
+
+// w (n,) in Q5_0 · x (n,) in Q8_0 -> float: sum_b (dw*dx) * sum_k (qw-16)*qx
+float vec_dot_q5_0_q8_0(int64_t n, const void *vw, const void *vx) {
+    const block_q5_0 *w = vw;
+    const block_q8_0 *x = vx;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / QK5_0; ++b) {
+        uint32_t qh;
+        memcpy(&qh, w[b].qh, 4);
+        int isum = 0;
+        for (int k = 0; k < 32; ++k) isum += (q5_quant(w[b].qs, qh, k) - 16) * x[b].qs[k];
+        sum += isum * (ls_fp16_to_fp32(w[b].d) * ls_fp16_to_fp32(x[b].d));
+    }
+    return sum;
+}
+
+// w (n,) in Q5_1 · x (n,) in Q8_1 -> float: sum_b (dw*dx) * sum_k qw*qx + mw * sx
+float vec_dot_q5_1_q8_1(int64_t n, const void *vw, const void *vx) {
+    const block_q5_1 *w = vw;
+    const block_q8_1 *x = vx;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / QK5_1; ++b) {
+        uint32_t qh;
+        memcpy(&qh, w[b].qh, 4);
+        int isum = 0;
+        for (int k = 0; k < 32; ++k) isum += q5_quant(w[b].qs, qh, k) * x[b].qs[k];
+        sum += (ls_fp16_to_fp32(w[b].d) * ls_fp16_to_fp32(x[b].d)) * isum
+             + ls_fp16_to_fp32(w[b].m) * ls_fp16_to_fp32(x[b].s);
+    }
+    return sum;
+}
+
+// w (n,) in Q8_0 · x (n,) in Q8_0 -> float: sum_b (dw*dx) * sum_k qw*qx
+float vec_dot_q8_0_q8_0(int64_t n, const void *vw, const void *vx) {
+    const block_q8_0 *w = vw;
+    const block_q8_0 *x = vx;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / QK8_0; ++b) {
+        int isum = 0;
+        for (int k = 0; k < 32; ++k) isum += w[b].qs[k] * x[b].qs[k];
+        sum += isum * (ls_fp16_to_fp32(w[b].d) * ls_fp16_to_fp32(x[b].d));
+    }
+    return sum;
+}
+
+// w (n,) in Q2_K · x (n,) in Q8_K -> float: sum_b (dx*d) * sum_s sc_s*(q·qx)_s - (dx*dmin) * sum_s m_s*bsum_s
+float vec_dot_q2_K_q8_K(int64_t n, const void *vw, const void *vx) {
+    const block_q2_K *w = vw;
+    const block_q8_K *x = vx;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / QK_K; ++b) {
+        int isum = 0, msum = 0;
+        for (int s = 0; s < 16; ++s) msum += (w[b].scales[s] >> 4) * x[b].bsums[s];
+        const int8_t *q8 = x[b].qs;
+        for (int h = 0; h < 2; ++h)
+            for (int j = 0; j < 4; ++j)
+                for (int half = 0; half < 2; ++half, q8 += 16) {
+                    const uint8_t *q = w[b].qs + 32 * h + 16 * half;
+                    int acc = 0;
+                    for (int l = 0; l < 16; ++l) acc += ((q[l] >> (2 * j)) & 3) * q8[l];
+                    isum += (w[b].scales[8 * h + 2 * j + half] & 15) * acc;
+                }
+        const float dall = x[b].d * ls_fp16_to_fp32(w[b].d);
+        const float dmin = x[b].d * ls_fp16_to_fp32(w[b].dmin);
+        sum += dall * isum - dmin * msum;
+    }
+    return sum;
+}
+
+// w (n,) in Q3_K · x (n,) in Q8_K -> float: sum_b (dx*d) * sum_s (sc_s-32) * (q·qx)_s
+float vec_dot_q3_K_q8_K(int64_t n, const void *vw, const void *vx) {
+    const block_q3_K *w = vw;
+    const block_q8_K *x = vx;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / QK_K; ++b) {
+        uint8_t sc[16];
+        ls_unpack_scales_q3k(w[b].scales, sc);
+        int isum = 0;
+        const int8_t *q8 = x[b].qs;
+        for (int h = 0; h < 2; ++h)
+            for (int j = 0; j < 4; ++j) {
+                const uint8_t bit = (uint8_t)(1u << (4 * h + j));
+                for (int half = 0; half < 2; ++half, q8 += 16) {
+                    int acc = 0;
+                    for (int l = 16 * half; l < 16 * half + 16; ++l) {
+                        const int v = ((w[b].qs[32 * h + l] >> (2 * j)) & 3) - ((w[b].hmask[l] & bit) ? 0 : 4);
+                        acc += v * q8[l - 16 * half];
+                    }
+                    isum += (sc[8 * h + 2 * j + half] - 32) * acc;
+                }
+            }
+        sum += (x[b].d * ls_fp16_to_fp32(w[b].d)) * isum;
+    }
+    return sum;
+}
+
+// w (n,) in Q4_K · x (n,) in Q8_K -> float: sum_b (dx*d) * sum_s sc_s*(q·qx)_s - (dx*dmin) * sum_s m_s*bsum_s
+float vec_dot_q4_K_q8_K(int64_t n, const void *vw, const void *vx) {
+    const block_q4_K *w = vw;
+    const block_q8_K *x = vx;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / QK_K; ++b) {
+        uint8_t sc[8], m[8];
+        ls_unpack_scales_k4(w[b].scales, sc, m);
+        int isum = 0, msum = 0;
+        for (int s = 0; s < 8; ++s) msum += m[s] * (x[b].bsums[2 * s] + x[b].bsums[2 * s + 1]);
+        const int8_t *q8 = x[b].qs;
+        for (int g = 0; g < 4; ++g, q8 += 64) {
+            const uint8_t *q = w[b].qs + 32 * g;
+            int lo = 0, hi = 0;
+            for (int l = 0; l < 32; ++l) {
+                lo += (q[l] & 15) * q8[l];
+                hi += (q[l] >> 4) * q8[l + 32];
+            }
+            isum += sc[2 * g] * lo + sc[2 * g + 1] * hi;
+        }
+        const float d = x[b].d * ls_fp16_to_fp32(w[b].d);
+        const float dmin = x[b].d * ls_fp16_to_fp32(w[b].dmin);
+        sum += d * isum - dmin * msum;
+    }
+    return sum;
+}
+
+// w (n,) in Q5_K · x (n,) in Q8_K -> float: as Q4_K with 5-bit quants
+float vec_dot_q5_K_q8_K(int64_t n, const void *vw, const void *vx) {
+    const block_q5_K *w = vw;
+    const block_q8_K *x = vx;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / QK_K; ++b) {
+        uint8_t sc[8], m[8];
+        ls_unpack_scales_k4(w[b].scales, sc, m);
+        int isum = 0, msum = 0;
+        for (int s = 0; s < 8; ++s) msum += m[s] * (x[b].bsums[2 * s] + x[b].bsums[2 * s + 1]);
+        const int8_t *q8 = x[b].qs;
+        for (int g = 0; g < 4; ++g, q8 += 64) {
+            const uint8_t *q = w[b].qs + 32 * g;
+            const int s1 = 2 * g, s2 = 2 * g + 1;
+            int lo = 0, hi = 0;
+            for (int l = 0; l < 32; ++l) {
+                lo += ((q[l] & 15) | (((w[b].qh[l] >> s1) & 1) << 4)) * q8[l];
+                hi += ((q[l] >> 4) | (((w[b].qh[l] >> s2) & 1) << 4)) * q8[l + 32];
+            }
+            isum += sc[s1] * lo + sc[s2] * hi;
+        }
+        const float d = x[b].d * ls_fp16_to_fp32(w[b].d);
+        const float dmin = x[b].d * ls_fp16_to_fp32(w[b].dmin);
+        sum += d * isum - dmin * msum;
+    }
+    return sum;
+}
+
+// w (n,) in Q6_K · x (n,) in Q8_K -> float: sum_b (dx*d) * sum_s scale_s * ((q-32)·qx)_s
+float vec_dot_q6_K_q8_K(int64_t n, const void *vw, const void *vx) {
+    const block_q6_K *w = vw;
+    const block_q8_K *x = vx;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / QK_K; ++b) {
+        int isum = 0;
+        for (int h = 0; h < 2; ++h)
+            for (int j = 0; j < 4; ++j)
+                for (int half = 0; half < 2; ++half) {
+                    int acc = 0;
+                    for (int l = 16 * half; l < 16 * half + 16; ++l)
+                        acc += (q6_quant(&w[b], h, j, l) - 32) * x[b].qs[128 * h + 32 * j + l];
+                    isum += w[b].scales[8 * h + 2 * j + half] * acc;
+                }
+        sum += (x[b].d * ls_fp16_to_fp32(w[b].d)) * isum;
+    }
+    return sum;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The scalar table (cpu.c falls back to it for slots a SIMD table leaves NULL). */
+
+const ls_kernel_table ls_kernels_scalar = {
+    .vec_dot = {
+        [LS_TYPE_F32] = vec_dot_f32_f32,
+        [LS_TYPE_F16] = vec_dot_f16_f16,
+        [LS_TYPE_BF16] = vec_dot_bf16_bf16,
+        [LS_TYPE_Q4_0] = vec_dot_q4_0_q8_0,
+        [LS_TYPE_Q4_1] = vec_dot_q4_1_q8_1,
+        [LS_TYPE_Q5_0] = vec_dot_q5_0_q8_0,
+        [LS_TYPE_Q5_1] = vec_dot_q5_1_q8_1,
+        [LS_TYPE_Q8_0] = vec_dot_q8_0_q8_0,
+        [LS_TYPE_Q2_K] = vec_dot_q2_K_q8_K,
+        [LS_TYPE_Q3_K] = vec_dot_q3_K_q8_K,
+        [LS_TYPE_Q4_K] = vec_dot_q4_K_q8_K,
+        [LS_TYPE_Q5_K] = vec_dot_q5_K_q8_K,
+        [LS_TYPE_Q6_K] = vec_dot_q6_K_q8_K,
+    },
+    .quantize = {
+        [LS_TYPE_F32] = quantize_row_f32,
+        [LS_TYPE_F16] = quantize_row_f16,
+        [LS_TYPE_BF16] = quantize_row_bf16,
+        [LS_TYPE_Q8_0] = quantize_row_q8_0,
+        [LS_TYPE_Q8_1] = quantize_row_q8_1,
+        [LS_TYPE_Q8_K] = quantize_row_q8_K,
+    },
+    .dequantize = {
+        [LS_TYPE_F32] = dequantize_row_f32,
+        [LS_TYPE_F16] = dequantize_row_f16,
+        [LS_TYPE_BF16] = dequantize_row_bf16,
+        [LS_TYPE_Q4_0] = dequantize_row_q4_0,
+        [LS_TYPE_Q4_1] = dequantize_row_q4_1,
+        [LS_TYPE_Q5_0] = dequantize_row_q5_0,
+        [LS_TYPE_Q5_1] = dequantize_row_q5_1,
+        [LS_TYPE_Q8_0] = dequantize_row_q8_0,
+        [LS_TYPE_Q8_1] = dequantize_row_q8_1,
+        [LS_TYPE_Q2_K] = dequantize_row_q2_K,
+        [LS_TYPE_Q3_K] = dequantize_row_q3_K,
+        [LS_TYPE_Q4_K] = dequantize_row_q4_K,
+        [LS_TYPE_Q5_K] = dequantize_row_q5_K,
+        [LS_TYPE_Q6_K] = dequantize_row_q6_K,
+        [LS_TYPE_Q8_K] = dequantize_row_q8_K,
+    },
+};

@@ -1,0 +1,91 @@
+/* quants_impl.h — internal to quants.c / quants_avx2.c / cpu.c: kernel prototypes and the
+ * per-type dispatch table. Nothing outside those three files should include it; use quants.h.
+ *
+ * Kernel conventions: n is the element count, a multiple of the type's block size (the ls_* entry
+ * points and the Cython wrappers check that); w / x / y never alias.
+ */
+#ifndef LLMSTREAM_QUANTS_IMPL_H
+#define LLMSTREAM_QUANTS_IMPL_H
+#include <stdint.h>
+#include "formats.h"
+#include "quants.h"
+
+#define LS_TYPE_SLOTS 31    /* type ids are < 31 (BF16 = 30) */
+
+typedef float (*ls_vec_dot_fn)(int64_t n, const void *w, const void *x);
+typedef void (*ls_quantize_fn)(const float *x, void *y, int64_t n);
+typedef void (*ls_dequantize_fn)(const void *x, float *y, int64_t n);
+
+/* One table per SIMD level; slots of types without such a kernel are NULL. */
+typedef struct {
+    ls_vec_dot_fn vec_dot[LS_TYPE_SLOTS];       /* indexed by the weight type */
+    ls_quantize_fn quantize[LS_TYPE_SLOTS];     /* indexed by the activation (vec_dot) type */
+    ls_dequantize_fn dequantize[LS_TYPE_SLOTS];
+} ls_kernel_table;
+
+extern const ls_kernel_table ls_kernels_scalar;   /* quants.c */
+extern const ls_kernel_table ls_kernels_avx2;     /* quants_avx2.c */
+
+/* cpu.c: the table in use (an atomic load; set once at start-up, changed only by ls_set_simd). */
+const ls_kernel_table *ls_kernels(void);
+/* cpu.c: 1 when the AVX2 table has its own (non-fallback) vec_dot / quantizer for `type`. */
+int ls_simd_has_vec_dot(int type);
+int ls_simd_has_quantize(int type);
+
+/* ---- scalar reference (quants.c) ---- */
+void dequantize_row_f32(const void *x, float *y, int64_t n);
+void dequantize_row_f16(const void *x, float *y, int64_t n);
+void dequantize_row_bf16(const void *x, float *y, int64_t n);
+void dequantize_row_q4_0(const void *x, float *y, int64_t n);
+void dequantize_row_q4_1(const void *x, float *y, int64_t n);
+void dequantize_row_q5_0(const void *x, float *y, int64_t n);
+void dequantize_row_q5_1(const void *x, float *y, int64_t n);
+void dequantize_row_q8_0(const void *x, float *y, int64_t n);
+void dequantize_row_q8_1(const void *x, float *y, int64_t n);
+void dequantize_row_q2_K(const void *x, float *y, int64_t n);
+void dequantize_row_q3_K(const void *x, float *y, int64_t n);
+void dequantize_row_q4_K(const void *x, float *y, int64_t n);
+void dequantize_row_q5_K(const void *x, float *y, int64_t n);
+void dequantize_row_q6_K(const void *x, float *y, int64_t n);
+void dequantize_row_q8_K(const void *x, float *y, int64_t n);
+
+void quantize_row_f32(const float *x, void *y, int64_t n);
+void quantize_row_f16(const float *x, void *y, int64_t n);
+void quantize_row_bf16(const float *x, void *y, int64_t n);
+void quantize_row_q8_0(const float *x, void *y, int64_t n);
+void quantize_row_q8_1(const float *x, void *y, int64_t n);
+void quantize_row_q8_K(const float *x, void *y, int64_t n);
+
+float vec_dot_f32_f32(int64_t n, const void *w, const void *x);
+float vec_dot_f16_f16(int64_t n, const void *w, const void *x);
+float vec_dot_bf16_bf16(int64_t n, const void *w, const void *x);
+float vec_dot_q4_0_q8_0(int64_t n, const void *w, const void *x);
+float vec_dot_q4_1_q8_1(int64_t n, const void *w, const void *x);
+float vec_dot_q5_0_q8_0(int64_t n, const void *w, const void *x);
+float vec_dot_q5_1_q8_1(int64_t n, const void *w, const void *x);
+float vec_dot_q8_0_q8_0(int64_t n, const void *w, const void *x);
+float vec_dot_q2_K_q8_K(int64_t n, const void *w, const void *x);
+float vec_dot_q3_K_q8_K(int64_t n, const void *w, const void *x);
+float vec_dot_q4_K_q8_K(int64_t n, const void *w, const void *x);
+float vec_dot_q5_K_q8_K(int64_t n, const void *w, const void *x);
+float vec_dot_q6_K_q8_K(int64_t n, const void *w, const void *x);
+
+/* Shared by the scalar and SIMD kernels: unpack the 12-byte 6-bit scales/mins of Q4_K / Q5_K into
+ * sc[8] and m[8]; and the 12-byte 6-bit scales of Q3_K into sc[16] (still biased by +32). */
+static inline void ls_unpack_scales_k4(const uint8_t *q, uint8_t sc[8], uint8_t m[8]) {
+    for (int s = 0; s < 4; ++s) {
+        sc[s] = q[s] & 63;
+        m[s] = q[s + 4] & 63;
+    }
+    for (int s = 4; s < 8; ++s) {
+        sc[s] = (uint8_t)((q[s + 4] & 15) | ((q[s - 4] >> 6) << 4));
+        m[s] = (uint8_t)((q[s + 4] >> 4) | ((q[s] >> 6) << 4));
+    }
+}
+
+static inline void ls_unpack_scales_q3k(const uint8_t *q, uint8_t sc[16]) {
+    for (int s = 0; s < 16; ++s)
+        sc[s] = (uint8_t)(((q[s % 8] >> (4 * (s / 8))) & 15) | (((q[8 + s % 4] >> (2 * (s / 4))) & 3) << 4));
+}
+
+#endif

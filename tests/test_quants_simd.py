@@ -1,0 +1,106 @@
+"""Every AVX2 kernel against its scalar twin (set_simd(1) vs set_simd(0)) on real and random rows.
+
+The integer part of each block dot product is the same in both; only the order in which the scaled
+block sums are added in float differs. So the two must agree to within float rounding:
+|simd - scalar| <= 1e-5 * max(|scalar|, sum_i |w_i x_i| / sqrt(n))
+(the second term only matters when the dot product cancels to nearly zero, where a relative
+difference is meaningless). Activation quantizers must agree byte for byte."""
+import math
+
+import numpy as np
+import pytest
+
+from llmstream import _ops
+from quants_ref import (ACTIVATION_TYPES, BF16, BLOCK, NAMES, VEC_DOT_TYPE, WEIGHT_TYPES,
+                        random_activations, random_weights, row_bytes, tensors_of_type)
+
+pytestmark = pytest.mark.skipif(not _ops.cpu_has_avx2(),
+                                reason="CPU lacks AVX2/FMA/F16C: there is no SIMD kernel to compare")
+
+SIMD_RTOL = 1e-5
+
+
+def both_levels(fn):
+    before = _ops.get_simd()
+    try:
+        assert _ops.set_simd(0) == 0
+        a = fn()
+        assert _ops.set_simd(1) == 1
+        b = fn()
+    finally:
+        _ops.set_simd(before)
+    return a, b
+
+
+def abs_dot(t, w, xq, n):
+    wd = _ops.dequantize_row(t, w, n).astype(np.float64)
+    xd = _ops.dequantize_row(VEC_DOT_TYPE[t], xq, n).astype(np.float64)
+    return float(np.sum(np.abs(wd * xd)))
+
+
+def check_pair(t, n, w, xq, what):
+    scalar, simd = both_levels(lambda: _ops.vec_dot(t, n, w, xq))
+    scale = max(abs(scalar), abs_dot(t, w, xq, n) / math.sqrt(n))
+    assert abs(simd - scalar) <= SIMD_RTOL * scale, \
+        f"{NAMES[t]} {what} n={n}: avx2 {simd!r} vs scalar {scalar!r} (rel {abs(simd - scalar) / scale:.2e})"
+    return abs(simd - scalar) / scale if scale else 0.0
+
+
+# Weight types whose AVX2 vec_dot is still to be written (they fall back to the scalar kernel).
+PENDING = {"F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
+           "Q5_K", "Q6_K"}
+
+
+def test_every_weight_type_has_an_avx2_vec_dot():
+    missing = {NAMES[t] for t in WEIGHT_TYPES if t not in _ops.simd_kernel_types()}
+    assert missing == PENDING, f"AVX2 vec_dot missing for {sorted(missing)}"
+
+
+@pytest.mark.parametrize("t", WEIGHT_TYPES, ids=[NAMES[t] for t in WEIGHT_TYPES])
+def test_simd_vs_scalar_random_rows(t):
+    rng = np.random.default_rng(2000 + t)
+    xt = VEC_DOT_TYPE[t]
+    blck = max(BLOCK[t][0], BLOCK[xt][0])
+    sizes = [256, 512, 1280, 2048, 2816, 4096, 5120, 11008]
+    if blck == 1:
+        sizes += [1, 7, 31, 33, 255, 257, 1000]        # F32/F16/BF16: every tail length
+    for n in sizes:
+        for rep in range(4):
+            w = random_weights(t, n, rng)
+            x = random_activations(n, rng, [1.0, 1e-3, 50.0, 1.0][rep])
+            if rep == 3:
+                x[: n // 2] = 0.0                      # partly empty activations (zero blocks)
+            check_pair(t, n, w, _ops.quantize_row(xt, x), f"random rep {rep}")
+
+
+@pytest.mark.parametrize("t", WEIGHT_TYPES, ids=[NAMES[t] for t in WEIGHT_TYPES])
+def test_simd_vs_scalar_real_rows(t):
+    if t == BF16:
+        pytest.skip("no BF16 tensors in the reference files (covered by the random rows)")
+    found = tensors_of_type(t)
+    assert found, f"no {NAMES[t]} tensor in the reference files"
+    rng = np.random.default_rng(11)
+    xt = VEC_DOT_TYPE[t]
+    for f, name, data, n_el, ne0 in found:
+        rb = row_bytes(t, ne0)
+        n_rows = n_el // ne0
+        xq = _ops.quantize_row(xt, random_activations(ne0, rng))
+        for r in sorted({0, min(1, n_rows - 1), n_rows // 3, n_rows - 1}):
+            check_pair(t, ne0, data[r * rb:(r + 1) * rb], xq, f"{f}:{name} row {r}")
+        # several consecutive rows read as one long row: n up to several thousand
+        k = min(n_rows, max(1, 4096 // ne0))
+        n = k * ne0
+        check_pair(t, n, data[:k * rb], _ops.quantize_row(xt, random_activations(n, rng)),
+                   f"{f}:{name} rows 0..{k}")
+
+
+@pytest.mark.parametrize("t", ACTIVATION_TYPES, ids=[NAMES[t] for t in ACTIVATION_TYPES])
+def test_simd_vs_scalar_quantize(t):
+    rng = np.random.default_rng(3000 + t)
+    blck = BLOCK[t][0]
+    for n in (256, 1024, 4096, 11008):
+        for scale in (1.0, 1e-4, 1e4):
+            x = random_activations(n, rng, scale)
+            x[:blck] = 0.0
+            a, b = both_levels(lambda: _ops.quantize_row(t, x))
+            np.testing.assert_array_equal(a, b, err_msg=f"{NAMES[t]} n={n} scale={scale}")
