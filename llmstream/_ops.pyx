@@ -122,7 +122,8 @@ def rmsnorm(const float[:, ::1] x, const float[::1] w, float[:, ::1] y, float ep
     cdef int64_t T = x.shape[0], t
     cdef int n = <int>x.shape[1]
     _check(w.shape[0] == n and y.shape[1] == n and y.shape[0] >= T, "rmsnorm shape mismatch")
-    for t in prange(T, nogil=True, schedule="static", num_threads=effective_threads()):
+    cdef int nt = effective_threads()
+    for t in prange(T, nogil=True, schedule="static", num_threads=nt):
         ls_rmsnorm(&x[t, 0], &w[0], &y[t, 0], n, eps)
 
 
@@ -133,7 +134,8 @@ def layernorm(const float[:, ::1] x, const float[::1] w, const float[::1] b, flo
     cdef int n = <int>x.shape[1]
     _check(w.shape[0] == n and b.shape[0] == n and y.shape[1] == n and y.shape[0] >= T,
            "layernorm shape mismatch")
-    for t in prange(T, nogil=True, schedule="static", num_threads=effective_threads()):
+    cdef int nt = effective_threads()
+    for t in prange(T, nogil=True, schedule="static", num_threads=nt):
         ls_layernorm(&x[t, 0], &w[0], &b[0], &y[t, 0], n, eps)
 
 
@@ -143,7 +145,8 @@ def rope(float[:, ::1] x, int n_head, int head_dim, int n_rot, int pos0, float f
     cdef int64_t T = x.shape[0], t
     _check(x.shape[1] >= n_head * head_dim and 0 < n_rot <= head_dim and n_rot % 2 == 0,
            "rope shape mismatch")
-    for t in prange(T, nogil=True, schedule="static", num_threads=effective_threads()):
+    cdef int nt = effective_threads()
+    for t in prange(T, nogil=True, schedule="static", num_threads=nt):
         ls_rope(&x[t, 0], n_head, head_dim, n_rot, <int>(pos0 + t), freq_base, neox)
 
 
@@ -152,7 +155,8 @@ def swiglu(float[:, ::1] gate, const float[:, ::1] up):
     cdef int64_t T = gate.shape[0], t
     cdef int n = <int>gate.shape[1]
     _check(up.shape[0] == T and up.shape[1] == n, "swiglu shape mismatch")
-    for t in prange(T, nogil=True, schedule="static", num_threads=effective_threads()):
+    cdef int nt = effective_threads()
+    for t in prange(T, nogil=True, schedule="static", num_threads=nt):
         ls_swiglu(&gate[t, 0], &up[t, 0], n)
 
 
@@ -160,7 +164,8 @@ def gelu(float[:, ::1] x):
     """x (T, n) in place: tanh-form GELU."""
     cdef int64_t T = x.shape[0], t
     cdef int n = <int>x.shape[1]
-    for t in prange(T, nogil=True, schedule="static", num_threads=effective_threads()):
+    cdef int nt = effective_threads()
+    for t in prange(T, nogil=True, schedule="static", num_threads=nt):
         ls_gelu(&x[t, 0], n)
 
 
