@@ -132,35 +132,23 @@ class Tokenizer:
 
         config = _read_tokenizer_config(path.parent / "tokenizer_config.json")
 
-        def tok_id(text: str | None) -> int | None:
-            return hf.token_to_id(text) if text else None
+        def first_id(*texts: str | None) -> int | None:
+            ids = (hf.token_to_id(t) for t in texts if t)
+            return next((i for i in ids if i is not None), None)
 
         if gguf_metadata is not None:
-            n = hf.get_vocab_size(with_added_tokens=True)
-            facts = _special_facts_from_gguf(gguf_metadata, n, kind)
+            facts = _special_facts_from_gguf(gguf_metadata, hf.get_vocab_size(with_added_tokens=True), kind)
         else:
-            bos_id = tok_id(config.get("bos_token")) if "bos_token" in config else None
-            if bos_id is None:
-                bos_id = tok_id("<s>")
-            if bos_id is None:
-                bos_id = tok_id("<|endoftext|>")  # GPT-2's convention: one token for both
-            eos_id = tok_id(config.get("eos_token")) if "eos_token" in config else None
-            if eos_id is None:
-                eos_id = tok_id("</s>")
-            if eos_id is None:
-                eos_id = tok_id("<|endoftext|>")
+            bos_id = first_id(config.get("bos_token"), "<s>", "<|endoftext|>")  # GPT-2: one token for both
+            eos_id = first_id(config.get("eos_token"), "</s>", "<|endoftext|>")
             add_bos = config.get("add_bos_token")
             if add_bos is None:
                 add_bos = _template_adds_bos(spec, bos_id, hf)
             if add_bos is None:
                 add_bos = kind == "spm" and bos_id is not None
             facts = dict(bos_id=bos_id, eos_id=eos_id, add_bos=bool(add_bos),
-                         add_eos=bool(config.get("add_eos_token") or False), eot_ids=set())
-        eos_ids = set(facts["eot_ids"])
-        for text in EOT_TEXTS:
-            i = hf.token_to_id(text)
-            if i is not None:
-                eos_ids.add(i)
+                         add_eos=bool(config.get("add_eos_token")), eot_ids=set())
+        eos_ids = facts["eot_ids"] | {i for t in EOT_TEXTS if (i := hf.token_to_id(t)) is not None}
         template = (gguf_metadata or {}).get("tokenizer.chat_template") or config.get("chat_template")
         if template is not None and not isinstance(template, str):
             template = None  # tokenizer_config.json may hold a list of named templates; not handled here
@@ -256,10 +244,7 @@ class Tokenizer:
             hf.add_tokens(users)
 
         facts = _special_facts_from_gguf(metadata, n, kind)
-        eos_ids = set(facts["eot_ids"])
-        for text in EOT_TEXTS:
-            if text in vocab:
-                eos_ids.add(vocab[text])
+        eos_ids = facts["eot_ids"] | {vocab[t] for t in EOT_TEXTS if t in vocab}
         template = metadata.get("tokenizer.chat_template")
         return cls(hf, bos_id=facts["bos_id"], eos_id=facts["eos_id"], eos_ids=eos_ids,
                    add_bos=facts["add_bos"], add_eos=facts["add_eos"], vocab_size=n,
@@ -368,8 +353,9 @@ class StreamDecoder:
         if prompt_ids is not None and len(prompt_ids):
             prompt = [int(i) for i in prompt_ids if not self._is_silent(int(i))]
             start = max(0, len(prompt) - self.PROMPT_CONTEXT)
-            # widen the context back to a character boundary with some text in it
-            while start > 0:
+            # widen the context back to a character boundary with some text in it (a few tokens at most
+            # for real text; bounded for garbage)
+            while start > 0 and len(prompt) - start < 4 * self.PROMPT_CONTEXT:
                 text = tokenizer.decode(prompt[start:])
                 if text and not text.startswith(REPLACEMENT_CHAR):
                     break
@@ -490,12 +476,22 @@ def _build(make):
 
 
 def _kind_of_spec(spec: dict) -> str:
-    """'spm', 'gpt2' or 'other', from a tokenizer.json's structure."""
-    text = json.dumps([spec.get("normalizer"), spec.get("pre_tokenizer"), spec.get("decoder")])
-    model = spec.get("model") or {}
-    if '"ByteLevel"' in text:
+    """'spm', 'gpt2' or 'other', from the component types of a tokenizer.json."""
+    types = set()
+
+    def collect(node):
+        if isinstance(node, dict):
+            types.add(node.get("type"))
+            for child in node.values():
+                collect(child)
+        elif isinstance(node, list):
+            for child in node:
+                collect(child)
+
+    collect([spec.get("normalizer"), spec.get("pre_tokenizer"), spec.get("decoder")])
+    if "ByteLevel" in types:
         return "gpt2"
-    if model.get("byte_fallback") or '"Metaspace"' in text or SPM_SPACE in text or "\\u2581" in text:
+    if (spec.get("model") or {}).get("byte_fallback") or types & {"Metaspace", "ByteFallback"}:
         return "spm"
     return "other"
 

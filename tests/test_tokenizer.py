@@ -237,6 +237,10 @@ def test_stream_spm_leading_space():
     prompt = tok.encode("[INST] Hi [/INST]")
     assert stream(tok, answer, prompt)[0] == " Hello"                         # after text: its space
     assert "".join(stream(tok, answer, prompt)) == " Hello world"
+    # special tokens at the end of the prompt do not hide the text before them
+    prompt = tok.encode("Hi") + [tok.eos_id, tok.bos_id]
+    assert tok.decode(prompt + answer)[len(tok.decode(prompt)):] == " Hello world"
+    assert "".join(stream(tok, answer, prompt)) == " Hello world"
 
 
 @pytest.mark.parametrize("name", VOCABS)
