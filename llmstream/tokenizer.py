@@ -278,9 +278,10 @@ class Tokenizer:
         return ids
 
     def decode(self, ids: Iterable[int], *, skip_special: bool = True) -> str:
-        """Text of ``ids``. Special, control and unused tokens produce no text (unless ``skip_special``
-        is False, when the texts of special and control tokens are kept). For SentencePiece vocabularies the one
-        leading space that encoding prepends is dropped, so ``decode(encode(s)) == s``."""
+        """Text of ``ids``. Special, control and unused tokens and ids outside the vocabulary produce no
+        text (with ``skip_special=False`` the texts of special tokens are kept). For SentencePiece the one
+        leading space that encoding prepends is dropped, so ``decode(encode(s)) == s`` for text without
+        special tokens in it."""
         ids = [int(i) for i in ids]
         if skip_special:
             drop = self.special_ids
@@ -332,6 +333,10 @@ class StreamDecoder:
       where the definition is ``decode(answer)``), exactly like the reference tokenizers;
     * special/control tokens produce no text;
     * O(1) amortised work per token: only a small window of ids is decoded, never the history.
+
+    Invalid UTF-8 (byte tokens that never form a character) comes out as U+FFFD; how many U+FFFD a
+    SentencePiece run of invalid bytes shows may then differ from ``decode`` of the whole, whose byte
+    fallback replaces every byte of a run that holds an invalid one. Valid text is always exact.
 
     The window starts at the tokens that produced the previous piece (``prefix``); the new piece is
     ``decode(window)[len(decode(window[:read])):]``, the classic incremental detokenization. Both decodes

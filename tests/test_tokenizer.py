@@ -278,6 +278,29 @@ def test_stream_decodes_a_bounded_window(name):
     assert "".join(pieces) == base.decode(prompt + ids)[len(base.decode(prompt)):]
 
 
+@pytest.mark.parametrize("name", VOCABS)
+def test_stream_random_ids(name):
+    """Random token sequences, with and without a prompt: GPT-2 ids of any kind (garbage bytes included);
+    SentencePiece ids without raw byte tokens, plus byte tokens of whole characters spliced in."""
+    import random
+
+    _, tok, _ = vocab(name)
+    rng = random.Random(1234)
+    prompt = tok.encode("Say:")
+    for trial in range(200):
+        ids = [rng.randrange(tok.vocab_size) for _ in range(rng.randrange(1, 50))]
+        if name == "llama-spm":
+            ids = [i for i in ids if not tok.id_to_piece(i).startswith("<0x")]
+            for _ in range(3):
+                pos = rng.randrange(len(ids) + 1)
+                ids[pos:pos] = tok.encode(rng.choice(["😶", "我", "ក", "€"]), add_bos=False)[1:]
+        if trial % 2:
+            expected = tok.decode(prompt + ids)[len(tok.decode(prompt)):]
+            assert "".join(stream(tok, ids, prompt)) == expected, ids
+        else:
+            assert "".join(stream(tok, ids)) == tok.decode(ids), ids
+
+
 def test_stream_incomplete_and_invalid_bytes():
     _, tok, _ = vocab("llama-spm")
     byte = lambda b: tok.piece_to_id(f"<0x{b:02X}>")  # noqa: E731
