@@ -284,10 +284,12 @@ class Tokenizer:
         special tokens in it."""
         ids = [int(i) for i in ids]
         if skip_special:
-            drop = self.special_ids
-            n = self._vocab_size
-            ids = [i for i in ids if 0 <= i < n and i not in drop]
+            ids = [i for i in ids if not self.is_silent(i)]
         return self.hf.decode(ids, skip_special_tokens=skip_special)
+
+    def is_silent(self, token_id: int) -> bool:
+        """True for ids that decode to no text: special, control and unused tokens, ids outside the vocabulary."""
+        return token_id in self.special_ids or not 0 <= token_id < self._vocab_size
 
     def id_to_piece(self, token_id: int) -> str:
         """The vocabulary entry of ``token_id`` as stored (``"▁Hello"``, ``"ĠHello"``, ``"<0x0A>"``,
@@ -338,10 +340,10 @@ class StreamDecoder:
     SentencePiece run of invalid bytes shows may then differ from ``decode`` of the whole, whose byte
     fallback replaces every byte of a run that holds an invalid one. Valid text is always exact.
 
-    The window starts at the tokens that produced the previous piece (``prefix``); the new piece is
-    ``decode(window)[len(decode(window[:read])):]``, the classic incremental detokenization. Both decodes
-    start at the same token, so decoder rules for the first token (SentencePiece's dropped leading space)
-    apply to both alike and cancel out.
+    The window holds the tokens of the previous piece (``window[:read]``) and those pushed since; the new
+    piece is ``decode(window)[len(decode(window[:read])):]``, the classic incremental detokenization. Both
+    decodes start at the same token, so decoder rules for the first token (SentencePiece's dropped
+    leading space) apply to both alike and cancel out. Silent tokens are left out of the window.
     """
 
     # prompt tokens kept as decoding context; enough for the longest UTF-8 character in byte tokens
@@ -352,11 +354,9 @@ class StreamDecoder:
 
     def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int] | None = None):
         self._tok = tokenizer
-        self._silent = tokenizer.special_ids
-        self._n = tokenizer.vocab_size
         window: list[int] = []
         if prompt_ids is not None and len(prompt_ids):
-            prompt = [int(i) for i in prompt_ids if not self._is_silent(int(i))]
+            prompt = [i for i in map(int, prompt_ids) if not tokenizer.is_silent(i)]
             start = max(0, len(prompt) - self.PROMPT_CONTEXT)
             # widen the context back to a character boundary with some text in it (a few tokens at most
             # for real text; bounded for garbage)
@@ -370,12 +370,9 @@ class StreamDecoder:
         self._read = len(window)        # ids[:read] produced the text already returned
         self._prefix_text = tokenizer.decode(window)
 
-    def _is_silent(self, token_id: int) -> bool:
-        return token_id in self._silent or not 0 <= token_id < self._n
-
     def push(self, token_id: int) -> str:
         token_id = int(token_id)
-        if self._is_silent(token_id):
+        if self._tok.is_silent(token_id):
             return ""  # decodes to nothing, so leaving it out of the window changes no text
         self._ids.append(token_id)
         text = self._tok.decode(self._ids)
