@@ -12,3 +12,7 @@ class GGUFError(LLMStreamError):
 
 class ModelError(LLMStreamError):
     """A model file is readable but not a model llmstream can run (architecture, shapes, config)."""
+
+
+class TokenizerError(LLMStreamError):
+    """A tokenizer could not be built or used (missing/unsupported vocabulary, bad tokenizer.json, ...)."""
