@@ -5,9 +5,9 @@ Pipeline applied by :meth:`Sampler.sample` to one step's logits (the caller's ar
 1. **Repeat penalty** (llama.cpp semantics): for each *distinct* token id among the last
    ``repeat_last_n`` entries of ``recent``, a logit ``> 0`` is divided by ``repeat_penalty`` and any
    other logit is multiplied by it. ``repeat_penalty == 1`` or ``repeat_last_n == 0`` disables it.
-2. ``temperature == 0`` -> **greedy** (also when 1/temperature overflows float32): exactly ``np.argmax``
-   of the penalised logits (ties -> lowest
-   id). Nothing below runs and the random generator is not advanced.
+2. ``temperature == 0`` -> **greedy** (also when 1/temperature overflows float32): exactly
+   ``np.argmax`` of the penalised logits (ties -> lowest id). Nothing below runs and the random
+   generator is not advanced.
 3. **top-k** (``top_k > 0``): keep the ``top_k`` highest logits (ties at the boundary -> lowest ids).
 4. **softmax with temperature** over the remaining tokens: ``p = softmax(logits / temperature)``.
 5. **top-p** (nucleus, ``top_p < 1``): keep the smallest set of most probable tokens whose cumulative
@@ -19,16 +19,17 @@ Pipeline applied by :meth:`Sampler.sample` to one step's logits (the caller's ar
    ``seed``). Every non-greedy step consumes exactly one uniform number, so the same seed and the same
    sequence of logits always give the same tokens.
 
-Order note: this is the order of the original service (candle's ``LogitsProcessor``: temperature
-*before* top-p), whose defaults (``temperature=0.1, top_p=0.3``) were tuned for it. llama.cpp's default
-chain is ``penalties -> top_k -> top_p -> min_p -> temperature -> dist``, i.e. it applies top-p/min-p to
-the temperature-1 distribution. The set of tokens kept by top-k and the greedy result are the same in
-both; top-p and min-p keep fewer tokens here when ``temperature < 1`` and more when ``> 1``.
+Order note: temperature comes *before* top-p/min-p, as in candle's ``LogitsProcessor`` (the original
+service's defaults, seed 299792458 included, are candle's example defaults). llama.cpp's default chain
+is ``penalties -> top_k -> top_p -> min_p -> temperature -> dist``, i.e. it applies top-p/min-p to the
+temperature-1 distribution. Greedy results and the tokens kept by top-k are the same in both orders;
+top-p and min-p keep fewer tokens here when ``temperature < 1`` and more when ``> 1``.
 
-Performance: no Python loop touches the vocabulary. The nucleus is found by thresholding (only the
-tokens within a factor of the maximum are sorted), so typical settings cost well under a millisecond
-for 32000 logits; the worst case (a flat distribution with ``top_p`` close to 1) sorts the whole
-vocabulary once.
+Performance: no Python loop touches the vocabulary. The nucleus is bracketed by probability
+thresholds and narrowed by bisection, so only a small band of candidates around the cut is sorted
+and the draw uses block sums instead of a full cumulative sum; typical settings cost ~0.1-0.3 ms for
+32000 logits (``scripts/time_sampler.py``). The worst case is a cut among thousands of exactly equal
+weights, where that whole band is sorted.
 """
 from __future__ import annotations
 
