@@ -16,3 +16,11 @@ class ModelError(LLMStreamError):
 
 class TokenizerError(LLMStreamError):
     """A tokenizer could not be built or used (missing/unsupported vocabulary, bad tokenizer.json, ...)."""
+
+
+class ConfigError(LLMStreamError):
+    """A configuration file or setting is invalid or missing."""
+
+
+class RequestError(LLMStreamError):
+    """A request (HTTP body, CLI flags, generation parameters) is invalid."""
