@@ -41,6 +41,72 @@ def cmd_logits(args) -> int:
     return 0
 
 
+def _sampling_args(p: argparse.ArgumentParser):
+    from .sampling import SamplingParams
+    d = SamplingParams()
+    g = p.add_argument_group("sampling")
+    g.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy")
+    g.add_argument("--top-p", type=float, default=d.top_p)
+    g.add_argument("--top-k", type=int, default=d.top_k, help="0 = off")
+    g.add_argument("--min-p", type=float, default=d.min_p)
+    g.add_argument("--repeat-penalty", type=float, default=d.repeat_penalty)
+    g.add_argument("--repeat-last-n", type=int, default=d.repeat_last_n)
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--max-tokens", type=int, default=d.max_tokens)
+    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+
+
+def _params_from_args(args):
+    from .sampling import SamplingParams
+    return SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                          min_p=args.min_p, repeat_penalty=args.repeat_penalty,
+                          repeat_last_n=args.repeat_last_n, seed=args.seed,
+                          max_tokens=args.max_tokens, stop=tuple(args.stop))
+
+
+def _model_args(p: argparse.ArgumentParser):
+    p.add_argument("--model", required=True, help="GGUF model file")
+    p.add_argument("--tokenizer", help="tokenizer.json (default: beside the model, else the GGUF's vocabulary)")
+    p.add_argument("--config", help="Hugging Face config.json (candle-layout files)")
+    p.add_argument("--ctx-size", type=int, help="KV cache capacity (default: the model's context, at most 4096)")
+    p.add_argument("--threads", type=int, help="threads (default: OMP_NUM_THREADS or all cores)")
+
+
+def cmd_generate(args) -> int:
+    """Stream the answer to stdout as it is generated, then timings to stderr."""
+    from .generate import LLM
+
+    params = _params_from_args(args)
+    llm = LLM.load(args.model, tokenizer_path=args.tokenizer, config_path=args.config,
+                   ctx_size=args.ctx_size, threads=args.threads)
+    try:
+        g = llm.generate(args.prompt, raw=args.raw, context_type=args.context_type, params=params,
+                         clamp_max_tokens=True)
+        for piece in g:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        s = g.stats
+        print(f"[{s.finish_reason}] prompt {s.prompt_tokens} tokens, {s.prompt_tok_s:.1f} tok/s; "
+              f"generated {s.completion_tokens} tokens, {s.gen_tok_s:.1f} tok/s", file=sys.stderr)
+    finally:
+        llm.close()
+    return 0
+
+
+def cmd_tokenize(args) -> int:
+    """Print the token ids of TEXT as a JSON list."""
+    import json
+
+    from .generate import load_tokenizer
+    from .gguf import GGUFFile
+
+    with GGUFFile(args.model) as gf:
+        tok = load_tokenizer(gf, args.tokenizer)
+    print(json.dumps(tok.encode(args.text, add_bos=True if args.bos else False)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmstream", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -54,6 +120,22 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--ctx-size", type=int, help="KV cache capacity (default: the model's context)")
     lg.add_argument("--threads", type=int, help="threads (default: OMP_NUM_THREADS or all cores)")
     lg.set_defaults(func=cmd_logits)
+
+    gen = sub.add_parser("generate", help="stream an answer to a question")
+    _model_args(gen)
+    gen.add_argument("--context-type", default="general",
+                     help="context prompt from config/prompt_config.toml (general, sql, classifier, math, ...)")
+    gen.add_argument("--raw", action="store_true", help="send the prompt verbatim, without a context or format")
+    _sampling_args(gen)
+    gen.add_argument("prompt", help="the question")
+    gen.set_defaults(func=cmd_generate)
+
+    tk = sub.add_parser("tokenize", help="print token ids as a JSON list")
+    tk.add_argument("--model", required=True, help="GGUF model file (its vocabulary, or --tokenizer)")
+    tk.add_argument("--tokenizer", help="tokenizer.json")
+    tk.add_argument("--bos", action="store_true", help="prepend the BOS token")
+    tk.add_argument("text")
+    tk.set_defaults(func=cmd_tokenize)
     return p
 
 

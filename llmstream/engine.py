@@ -18,6 +18,9 @@ from .models import llama, phi2
 from .models.config import ModelConfig, load_config
 
 ARCHITECTURES = {"llama": llama, "phi2": phi2}
+# Default KV capacity when no --ctx-size is given: a model trained on 32k tokens would otherwise
+# reserve gigabytes of cache up front (llama.cpp defaults to 4096 too).
+DEFAULT_MAX_CTX = 4096
 
 
 class ContextFullError(LLMStreamError):
@@ -121,7 +124,7 @@ class Model:
             self.config = cfg = load_config(self.gguf, config_path)
             if threads:
                 _ops.set_threads(threads)
-            self.n_ctx = int(ctx_size) if ctx_size else cfg.n_ctx_train
+            self.n_ctx = int(ctx_size) if ctx_size else min(cfg.n_ctx_train, DEFAULT_MAX_CTX)
             if self.n_ctx <= 0:
                 raise ModelError(f"context size must be positive, got {self.n_ctx}")
             self.n_batch = max(1, min(n_batch, self.n_ctx))

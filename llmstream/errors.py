@@ -24,3 +24,7 @@ class ConfigError(LLMStreamError):
 
 class RequestError(LLMStreamError):
     """A request (HTTP body, CLI flags, generation parameters) is invalid."""
+
+
+class ContextLengthError(RequestError):
+    """The prompt (plus the tokens asked for) does not fit the model's context."""

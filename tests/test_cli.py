@@ -36,3 +36,33 @@ def test_logits_command_errors_are_one_line(tmp_path):
     bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 40)
     r = run_cli("logits", "--model", bad, "--tokens", "1", "--out", tmp_path / "x.npy")
     assert r.returncode == 2 and "Traceback" not in r.stderr and str(bad) in r.stderr
+
+
+def test_generate_streams_the_answer_and_reports_timings():
+    model = shared_path("reference", "phi2-Q4_K_M.gguf")
+    r = run_cli("generate", "--model", model, "--temperature", "0", "--max-tokens", "12",
+                "--context-type", "sql", "What is the capital of France?")
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.strip()) > 0
+    assert "generated 12 tokens" in r.stderr and "tok/s" in r.stderr
+    # greedy is deterministic, and --seed makes sampling reproducible
+    again = run_cli("generate", "--model", model, "--temperature", "0", "--max-tokens", "12",
+                    "--context-type", "sql", "What is the capital of France?")
+    assert again.stdout == r.stdout
+
+
+def test_generate_errors_are_clear():
+    model = shared_path("reference", "phi2-Q4_K_M.candle.gguf")
+    r = run_cli("generate", "--model", model, "--config",
+                shared_path("reference", "phi2.config.json"), "hi")
+    assert r.returncode == 2 and "carries no vocabulary" in r.stderr and "--tokenizer" in r.stderr
+    r = run_cli("generate", "--model", shared_path("reference", "phi2-Q4_K_M.gguf"),
+                "--top-p", "7", "hi")
+    assert r.returncode == 2 and "top_p" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_tokenize_prints_llama_cpp_ids():
+    vocab = shared_path("vocab", "ggml-vocab-llama-spm.gguf")
+    r = run_cli("tokenize", "--model", vocab, "--bos", "Hello world")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[1, 15043, 3186]"
