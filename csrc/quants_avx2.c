@@ -2,8 +2,14 @@
  *
  * Only this file is compiled for AVX2 (the pragma below); cpu.c selects its table at run time
  * when the CPU has AVX2, FMA and F16C. Each kernel computes the same per-block integer sums as
- * its scalar twin (maddubs / madd integer dot products), so only the float accumulation order
- * differs. Slots left NULL fall back to the scalar kernel.
+ * its scalar twin — unsigned x signed byte products with _mm256_maddubs_epi16, then pairs of
+ * int16 into int32 with _mm256_madd_epi16 (which also applies the sub-block scales) — so only the
+ * order in which the float-scaled block sums are added differs. Slots left NULL in the table fall
+ * back to the scalar kernel.
+ *
+ * Overflow: maddubs saturates int16 pairs; every use below stays below 32767 for activations made
+ * by the quantizers here (|q8| <= 127): at most 2*63*127 = 16002 (Q6_K) or 128*127 + 127*127
+ * (Q8_0 weights holding -128 under the sign trick).
  */
 #pragma GCC target("avx2,fma,f16c")
 
@@ -12,8 +18,95 @@
 
 #include "quants_impl.h"
 
+/* ---------------------------------------------------------------------------------------------
+ * Helpers */
+
+static inline float fp16_to_fp32_f16c(ls_fp16_t h) { return _cvtsh_ss(h); }
+
+/* Sum of the 8 float lanes. */
+static inline float hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Sum of the 4 float lanes. */
+static inline float hsum_ps128(__m128 s) {
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Shuffle masks that broadcast int16 lane s (of 8, in each 128-bit half) to a whole 128-bit half:
+ * bytes {2s, 2s+1} repeated. */
+static inline __m256i bcast16_mask(int s) {
+    return _mm256_set1_epi16((short)((2 * s) | ((2 * s + 1) << 8)));
+}
+
+/* The 12 packed 6-bit scales and mins of Q4_K / Q5_K as 16 int16: lanes 0-7 the scales, 8-15 the
+ * mins (same unpacking as ls_unpack_scales_k4, four bytes at a time). */
+static inline __m256i unpack_scales_mins_k4(const uint8_t *q) {
+    uint32_t w[3];
+    memcpy(w, q, 12);
+    const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
+    const uint32_t sc_lo = w[0] & m6;
+    const uint32_t sc_hi = (w[2] & m4) | (((w[0] >> 6) & m2) << 4);
+    const uint32_t mn_lo = w[1] & m6;
+    const uint32_t mn_hi = ((w[2] >> 4) & m4) | (((w[1] >> 6) & m2) << 4);
+    return _mm256_cvtepu8_epi16(_mm_set_epi32((int)mn_hi, (int)mn_lo, (int)sc_hi, (int)sc_lo));
+}
+
+/* sum_s mins[s] * (bsums[2s] + bsums[2s+1]) of a Q8_K block, as 4 int32 lanes. */
+static inline __m128i mins_dot_bsums(__m256i scales_mins, const int16_t *bsums) {
+    const __m256i bs = _mm256_loadu_si256((const __m256i *)bsums);
+    const __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+    return _mm_madd_epi16(_mm256_extracti128_si256(scales_mins, 1), pairs);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * K-quants · Q8_K */
+
+// w (n,) in Q4_K · x (n,) in Q8_K -> float: sum_b (dx*d) * sum_s sc_s*(q·qx)_s - (dx*dmin) * sum_s m_s*bsum_s
+static float vec_dot_q4_K_q8_K_avx2(int64_t n, const void *vw, const void *vx) {
+    const block_q4_K *w = vw;
+    const block_q8_K *x = vx;
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    __m256 acc = _mm256_setzero_ps();
+    __m128 acc_m = _mm_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; ++b) {
+        const float d = x[b].d * fp16_to_fp32_f16c(w[b].d);
+        const float dmin = x[b].d * fp16_to_fp32_f16c(w[b].dmin);
+        const __m256i scales_mins = unpack_scales_mins_k4(w[b].scales);
+        acc_m = _mm_fmadd_ps(_mm_set1_ps(-dmin), _mm_cvtepi32_ps(mins_dot_bsums(scales_mins, x[b].bsums)), acc_m);
+
+        const __m128i sc128 = _mm256_castsi256_si128(scales_mins);
+        const __m256i scales = _mm256_set_m128i(sc128, sc128);
+        const uint8_t *q4 = w[b].qs;
+        const int8_t *q8 = x[b].qs;
+        __m256i sumi = _mm256_setzero_si256();
+        for (int g = 0; g < 4; ++g, q4 += 32, q8 += 64) {
+            const __m256i bits = _mm256_loadu_si256((const __m256i *)q4);
+            const __m256i lo = _mm256_and_si256(bits, low4);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), low4);
+            const __m256i p_lo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)q8));
+            const __m256i p_hi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(q8 + 32)));
+            const __m256i s_lo = _mm256_shuffle_epi8(scales, bcast16_mask(2 * g));
+            const __m256i s_hi = _mm256_shuffle_epi8(scales, bcast16_mask(2 * g + 1));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_madd_epi16(p_lo, s_lo), _mm256_madd_epi16(p_hi, s_hi)));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum_ps(acc) + hsum_ps128(acc_m);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The AVX2 table */
+
 const ls_kernel_table ls_kernels_avx2 = {
-    .vec_dot = {0},
+    .vec_dot = {
+        [LS_TYPE_Q4_K] = vec_dot_q4_K_q8_K_avx2,
+    },
     .quantize = {0},
     .dequantize = {0},
 };
