@@ -100,12 +100,59 @@ static float vec_dot_q4_K_q8_K_avx2(int64_t n, const void *vw, const void *vx) {
     return hsum_ps(acc) + hsum_ps128(acc_m);
 }
 
+/* Shuffle mask for 16 int8 scales: bytes 0-7 <- scale 2c, bytes 8-15 <- scale 2c+1. */
+static inline __m128i pair_bcast8_mask(int c) {
+    return _mm_set_epi64x(0x0101010101010101LL * (2 * c + 1), 0x0101010101010101LL * (2 * c));
+}
+
+// w (n,) in Q6_K · x (n,) in Q8_K -> float: sum_b (dx*d) * sum_s scale_s * ((q-32)·qx)_s
+static float vec_dot_q6_K_q8_K_avx2(int64_t n, const void *vw, const void *vx) {
+    const block_q6_K *w = vw;
+    const block_q8_K *x = vx;
+    const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x03);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; ++b) {
+        const float d = x[b].d * fp16_to_fp32_f16c(w[b].d);
+        const __m128i scales8 = _mm_loadu_si128((const __m128i *)w[b].scales);
+        /* the -32 offset: sum_s scale_s * 32 * bsum_s, subtracted once per block */
+        const __m256i bsums = _mm256_loadu_si256((const __m256i *)x[b].bsums);
+        const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(bsums, _mm256_cvtepi8_epi16(scales8)), 5);
+        __m256i sumi = _mm256_setzero_si256();
+        for (int h = 0; h < 2; ++h) {
+            const uint8_t *L = w[b].ql + 64 * h;
+            const __m256i l0 = _mm256_loadu_si256((const __m256i *)L);
+            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(L + 32));
+            const __m256i hb = _mm256_loadu_si256((const __m256i *)(w[b].qh + 32 * h));
+            /* the four 32-element chunks j of this half: 6-bit quants in 0..63 */
+            __m256i q[4];
+            q[0] = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(hb, two), 4));
+            q[1] = _mm256_or_si256(_mm256_and_si256(l1, low4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), two), 4));
+            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), two), 4));
+            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), two), 4));
+            for (int j = 0; j < 4; ++j) {
+                const int c = 4 * h + j;   /* chunk: sub-blocks 2c (low 16 bytes), 2c+1 (high 16) */
+                const __m256i q8 = _mm256_loadu_si256((const __m256i *)(x[b].qs + 32 * c));
+                const __m256i p = _mm256_maddubs_epi16(q[j], q8);
+                const __m256i sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales8, pair_bcast8_mask(c)));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sc));
+            }
+        }
+        sumi = _mm256_sub_epi32(sumi, offset);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum_ps(acc);
+}
+
 /* ---------------------------------------------------------------------------------------------
  * The AVX2 table */
 
 const ls_kernel_table ls_kernels_avx2 = {
     .vec_dot = {
         [LS_TYPE_Q4_K] = vec_dot_q4_K_q8_K_avx2,
+        [LS_TYPE_Q6_K] = vec_dot_q6_K_q8_K_avx2,
     },
     .quantize = {0},
     .dequantize = {0},
