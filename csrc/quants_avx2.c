@@ -199,12 +199,39 @@ static float vec_dot_q4_0_q8_0_avx2(int64_t n, const void *vw, const void *vx) {
     return hsum_ps(_mm256_add_ps(acc0, acc1));
 }
 
+// w (n,) in Q8_0 · x (n,) in Q8_0 -> float: sum_b (dw*dx) * sum_k qw*qx
+static float vec_dot_q8_0_q8_0_avx2(int64_t n, const void *vw, const void *vx) {
+    const block_q8_0 *w = vw;
+    const block_q8_0 *x = vx;
+    const int64_t nb = n / QK8_0;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 1 < nb; b += 2) {
+        const __m256i s0 = dot_i8_i32(_mm256_loadu_si256((const __m256i *)w[b].qs),
+                                      _mm256_loadu_si256((const __m256i *)x[b].qs));
+        const __m256i s1 = dot_i8_i32(_mm256_loadu_si256((const __m256i *)w[b + 1].qs),
+                                      _mm256_loadu_si256((const __m256i *)x[b + 1].qs));
+        const float d0 = fp16_to_fp32_f16c(w[b].d) * fp16_to_fp32_f16c(x[b].d);
+        const float d1 = fp16_to_fp32_f16c(w[b + 1].d) * fp16_to_fp32_f16c(x[b + 1].d);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(s0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1), _mm256_cvtepi32_ps(s1), acc1);
+    }
+    for (; b < nb; ++b) {
+        const __m256i s0 = dot_i8_i32(_mm256_loadu_si256((const __m256i *)w[b].qs),
+                                      _mm256_loadu_si256((const __m256i *)x[b].qs));
+        const float d0 = fp16_to_fp32_f16c(w[b].d) * fp16_to_fp32_f16c(x[b].d);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(s0), acc0);
+    }
+    return hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
 /* ---------------------------------------------------------------------------------------------
  * The AVX2 table */
 
 const ls_kernel_table ls_kernels_avx2 = {
     .vec_dot = {
         [LS_TYPE_Q4_0] = vec_dot_q4_0_q8_0_avx2,
+        [LS_TYPE_Q8_0] = vec_dot_q8_0_q8_0_avx2,
         [LS_TYPE_Q4_K] = vec_dot_q4_K_q8_K_avx2,
         [LS_TYPE_Q6_K] = vec_dot_q6_K_q8_K_avx2,
     },
