@@ -118,6 +118,42 @@ static float vec_dot_q4_K_q8_K_avx2(int64_t n, const void *vw, const void *vx) {
     return hsum_ps(acc) + hsum_ps128(acc_m);
 }
 
+// w (n,) in Q5_K · x (n,) in Q8_K -> float: as Q4_K with 5-bit quants (high bit s of qh[l])
+static float vec_dot_q5_K_q8_K_avx2(int64_t n, const void *vw, const void *vx) {
+    const block_q5_K *w = vw;
+    const block_q8_K *x = vx;
+    const __m256i low4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
+    __m256 acc = _mm256_setzero_ps();
+    __m128 acc_m = _mm_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; ++b) {
+        const float d = x[b].d * fp16_to_fp32_f16c(w[b].d);
+        const float dmin = x[b].d * fp16_to_fp32_f16c(w[b].dmin);
+        const __m256i scales_mins = unpack_scales_mins_k4(w[b].scales);
+        acc_m = _mm_fmadd_ps(_mm_set1_ps(-dmin), _mm_cvtepi32_ps(mins_dot_bsums(scales_mins, x[b].bsums)), acc_m);
+
+        const __m128i sc128 = _mm256_castsi256_si128(scales_mins);
+        const __m256i scales = _mm256_set_m128i(sc128, sc128);
+        const __m256i hbits = _mm256_loadu_si256((const __m256i *)w[b].qh);
+        const uint8_t *q5 = w[b].qs;
+        const int8_t *q8 = x[b].qs;
+        __m256i sumi = _mm256_setzero_si256();
+        for (int g = 0; g < 4; ++g, q5 += 32, q8 += 64) {
+            const __m256i bits = _mm256_loadu_si256((const __m256i *)q5);
+            const __m256i h_lo = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2 * g), one), 4);
+            const __m256i h_hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2 * g + 1), one), 4);
+            const __m256i lo = _mm256_or_si256(_mm256_and_si256(bits, low4), h_lo);
+            const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 4), low4), h_hi);
+            const __m256i p_lo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)q8));
+            const __m256i p_hi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(q8 + 32)));
+            const __m256i s_lo = _mm256_shuffle_epi8(scales, bcast16_mask(2 * g));
+            const __m256i s_hi = _mm256_shuffle_epi8(scales, bcast16_mask(2 * g + 1));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_madd_epi16(p_lo, s_lo), _mm256_madd_epi16(p_hi, s_hi)));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum_ps(acc) + hsum_ps128(acc_m);
+}
+
 /* Shuffle mask for 16 int8 scales: bytes 0-7 <- scale 2c, bytes 8-15 <- scale 2c+1. */
 static inline __m128i pair_bcast8_mask(int c) {
     return _mm_set_epi64x(0x0101010101010101LL * (2 * c + 1), 0x0101010101010101LL * (2 * c));
@@ -258,6 +294,7 @@ const ls_kernel_table ls_kernels_avx2 = {
         [LS_TYPE_Q4_0] = vec_dot_q4_0_q8_0_avx2,
         [LS_TYPE_Q8_0] = vec_dot_q8_0_q8_0_avx2,
         [LS_TYPE_Q4_K] = vec_dot_q4_K_q8_K_avx2,
+        [LS_TYPE_Q5_K] = vec_dot_q5_K_q8_K_avx2,
         [LS_TYPE_Q6_K] = vec_dot_q6_K_q8_K_avx2,
     },
     .quantize = {0},
