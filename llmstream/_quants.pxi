@@ -173,3 +173,36 @@ def simd_kernel_types():
 def simd_quantize_types():
     """Activation type ids whose quantize_row has a dedicated AVX2 kernel."""
     return [t for t in ACTIVATION_TYPES if ls_simd_has_quantize(t)]
+
+
+def vec_dot_rows(int type, int64_t n, const uint8_t[::1] w, const uint8_t[::1] xq, int threads=1):
+    """out[r] = vec_dot(type, n, row r of w, xq) for every row of `w` -> (rows,) float32.
+
+    `w` holds rows of n elements of `type` back to back (rows * row_size(type, n) bytes); `xq` is
+    one activation row as for vec_dot. The loop over rows runs in C, on `threads` OpenMP threads
+    (0 = effective_threads()). A matrix-vector product for tests and benchmarks.
+    """
+    _check_type(type)
+    _check_n(type, n)
+    if n == 0:
+        raise ValueError("vec_dot_rows needs n > 0")
+    cdef int xt = ls_vec_dot_type(type)
+    cdef size_t rb = ls_row_size(type, n)
+    cdef size_t need_x = ls_row_size(xt, n)
+    if <size_t>w.shape[0] % rb != 0:
+        raise ValueError(f"{TYPE_NAMES[type]} weights of {w.shape[0]} bytes are not whole rows of "
+                         f"{n} elements ({rb} bytes each)")
+    if <size_t>xq.shape[0] != need_x:
+        raise ValueError(f"{TYPE_NAMES[xt]} activation row of {n} elements needs {need_x} bytes, "
+                         f"got {xq.shape[0]}")
+    cdef Py_ssize_t rows = <Py_ssize_t>(<size_t>w.shape[0] // rb)
+    out = np.empty(rows, dtype=np.float32)
+    cdef float[::1] o = out
+    cdef Py_ssize_t r
+    cdef int nt = threads if threads > 0 else effective_threads()
+    if rows == 0:
+        return out
+    with nogil:
+        for r in prange(rows, num_threads=nt, schedule="static"):
+            o[r] = ls_vec_dot(type, n, &w[r * rb], &xq[0])
+    return out

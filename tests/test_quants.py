@@ -257,6 +257,20 @@ def test_vec_dot_real_rows_vs_numpy(t, simd):
             assert abs(got - ref) <= VEC_DOT_RTOL * scale, f"{f}:{name} row {r}: {got} vs {ref}"
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_vec_dot_rows_matches_vec_dot(threads, simd):
+    rng = np.random.default_rng(4)
+    for t in WEIGHT_TYPES:
+        n, rows = 512, 9
+        w = np.concatenate([random_weights(t, n, rng) for _ in range(rows)])
+        xq = _ops.quantize_row(VEC_DOT_TYPE[t], random_activations(n, rng))
+        rb = row_bytes(t, n)
+        want = np.array([_ops.vec_dot(t, n, w[r * rb:(r + 1) * rb], xq) for r in range(rows)], np.float32)
+        np.testing.assert_array_equal(_ops.vec_dot_rows(t, n, w, xq, threads), want)
+    with pytest.raises(ValueError, match="not whole rows"):
+        _ops.vec_dot_rows(Q4_0, 64, np.zeros(37, np.uint8), np.zeros(68, np.uint8))
+
+
 def test_vec_dot_zero_length():
     for t in WEIGHT_TYPES:
         assert _ops.vec_dot(t, 0, b"", b"") == 0.0
