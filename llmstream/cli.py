@@ -110,6 +110,7 @@ def cmd_tokenize(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmstream", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("bench", help="speed and memory side by side with llama.cpp (see bench --help)")
 
     lg = sub.add_parser("logits", help="evaluate token ids and save every position's logits")
     lg.add_argument("--model", required=True, help="GGUF model file")
@@ -140,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from .bench import main as bench_main
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -1,0 +1,318 @@
+"""`llmstream bench`: prompt processing (pp) and generation (tg) speed, peak RSS and load time on a
+random-weight model of a real shape, side by side with llama.cpp (llama-cpp-python) on the very same
+files with the same thread count, in the same run, when `llama_cpp` is importable.
+
+The models are generated once and cached outside the repository (default ~/.cache/llmstream/bench).
+Random weights are written directly as valid quantized blocks (random quants, small finite scales):
+speed does not depend on the values, and no float model of 1-3 GB has to be quantized first. The
+tensor-type mixes follow llama.cpp's quantizer (Q4_K_M: Q6_K for output, half the attn_v/ffn_down).
+
+Each engine is measured in its own subprocess, so peak RSS is its own.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHAPES = {
+    "tinyllama": dict(arch="llama", n_embd=2048, n_layer=22, n_head=32, n_head_kv=4, n_ff=5632,
+                      n_vocab=32000, n_ctx=2048),
+    # a small shape for smoke tests of the tool itself
+    "tiny": dict(arch="llama", n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=512,
+                 n_vocab=1000, n_ctx=256),
+    "phi2": dict(arch="phi2", n_embd=2560, n_layer=32, n_head=32, n_head_kv=32, n_ff=10240,
+                 n_vocab=51200, n_ctx=2048, n_rot=32),
+}
+# ggml ids and the byte offsets of the fp16 scale fields inside one block
+BLOCKS = {
+    "F32": (0, 1, 4, ()), "F16": (1, 1, 2, ()),
+    "Q4_0": (2, 32, 18, (0,)), "Q8_0": (8, 32, 34, (0,)),
+    "Q4_K": (12, 256, 144, (0, 2)), "Q6_K": (14, 256, 210, (208,)),
+}
+
+
+def _tensor_types(ftype: str, name: str, layer: int, n_layer: int) -> str:
+    if ftype == "Q8_0":
+        return "Q8_0"
+    if ftype == "Q4_0":
+        return "Q6_K" if name == "output" else "Q4_0"
+    # Q4_K_M (llama.cpp): output Q6_K; attn_v and ffn_down Q6_K on "more bits" layers
+    if name == "output":
+        return "Q6_K"
+    if name in ("attn_v", "ffn_down"):
+        more = layer < n_layer // 8 or layer >= 7 * n_layer // 8 or (layer - n_layer // 8) % 3 == 2
+        return "Q6_K" if more else "Q4_K"
+    return "Q4_K"
+
+
+def _random_blocks(rng, type_name: str, n_rows: int, n_in: int) -> np.ndarray:
+    tid, blck, size, scale_offsets = BLOCKS[type_name]
+    if type_name == "F32":
+        return (rng.standard_normal((n_rows, n_in), dtype=np.float32) * 0.02)
+    nb = n_in // blck
+    data = rng.integers(0, 256, size=(n_rows, nb, size), dtype=np.uint8)
+    scale = np.frombuffer(np.float16(0.002).tobytes(), np.uint8)
+    for off in scale_offsets:
+        data[:, :, off:off + 2] = scale
+    return data.reshape(n_rows, nb * size)
+
+
+def build_model(path: Path, shape: str, ftype: str, seed: int = 0):
+    """Write a random-weight GGUF (llama.cpp layout, with a placeholder SentencePiece vocab)."""
+    import gguf
+
+    hp = SHAPES[shape]
+    rng = np.random.default_rng(seed)
+    arch, E, L, F, V = hp["arch"], hp["n_embd"], hp["n_layer"], hp["n_ff"], hp["n_vocab"]
+    hd = E // hp["n_head"]
+    KV = hd * hp["n_head_kv"]
+    tmp = path.with_suffix(".tmp")
+    w = gguf.GGUFWriter(str(tmp), arch)
+    w.add_name(f"random-{shape}-{ftype}")
+    w.add_context_length(hp["n_ctx"])
+    w.add_embedding_length(E)
+    w.add_block_count(L)
+    w.add_feed_forward_length(F)
+    w.add_head_count(hp["n_head"])
+    w.add_head_count_kv(hp["n_head_kv"])
+    w.add_rope_dimension_count(hp.get("n_rot", hd))
+    w.add_rope_freq_base(10000.0)
+    if arch == "llama":
+        w.add_layer_norm_rms_eps(1e-5)
+        w.add_tokenizer_model("llama")
+        toks = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+        toks += [f"▁t{i}" for i in range(V - len(toks))]
+        w.add_token_list(toks)
+        w.add_token_scores([0.0] * 3 + [0.0] * 256 + [-float(i) for i in range(V - 259)])
+        w.add_token_types([2, 3, 3] + [6] * 256 + [1] * (V - 259))
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+    else:
+        w.add_layer_norm_eps(1e-5)
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("gpt-2")
+        byte_chars = [chr(c) for c in range(33, 127)] + [chr(c) for c in range(161, 173)] + \
+            [chr(c) for c in range(174, 256)]
+        extra = [chr(256 + i) for i in range(256 - len(byte_chars))]
+        toks = byte_chars + extra
+        toks += [f"t{i}" for i in range(V - len(toks))]
+        w.add_token_list(toks)
+        w.add_token_types([1] * V)
+        w.add_token_merges([])
+        w.add_bos_token_id(V - 1)
+        w.add_eos_token_id(V - 1)
+
+    def add(name, type_name, n_rows, n_in):
+        data = _random_blocks(rng, type_name, n_rows, n_in)
+        if type_name == "F32":
+            w.add_tensor(name, data)
+        else:
+            w.add_tensor(name, data,
+                         raw_dtype=gguf.GGMLQuantizationType(BLOCKS[type_name][0]))
+
+    ones = lambda n: np.ones(n, np.float32)
+    emb_type = "Q8_0" if ftype == "Q8_0" else ("Q4_0" if ftype == "Q4_0" else "Q4_K")
+    add("token_embd.weight", emb_type, V, E)
+    w.add_tensor("output_norm.weight", ones(E))
+    if arch == "phi2":
+        w.add_tensor("output_norm.bias", np.zeros(E, np.float32))
+        w.add_tensor("output.bias", np.zeros(V, np.float32))
+    add("output.weight", _tensor_types(ftype, "output", 0, L), V, E)
+    for i in range(L):
+        p = f"blk.{i}."
+        t = lambda n: _tensor_types(ftype, n, i, L)
+        w.add_tensor(p + "attn_norm.weight", ones(E))
+        if arch == "llama":
+            add(p + "attn_q.weight", t("attn_q"), E, E)
+            add(p + "attn_k.weight", t("attn_k"), KV, E)
+            add(p + "attn_v.weight", t("attn_v"), KV, E)
+            add(p + "attn_output.weight", t("attn_output"), E, E)
+            w.add_tensor(p + "ffn_norm.weight", ones(E))
+            add(p + "ffn_gate.weight", t("ffn_gate"), F, E)
+            add(p + "ffn_up.weight", t("ffn_up"), F, E)
+        else:
+            w.add_tensor(p + "attn_norm.bias", np.zeros(E, np.float32))
+            add(p + "attn_qkv.weight", t("attn_q"), E + 2 * KV, E)
+            w.add_tensor(p + "attn_qkv.bias", np.zeros(E + 2 * KV, np.float32))
+            add(p + "attn_output.weight", t("attn_output"), E, E)
+            w.add_tensor(p + "attn_output.bias", np.zeros(E, np.float32))
+            add(p + "ffn_up.weight", t("ffn_up"), F, E)
+            w.add_tensor(p + "ffn_up.bias", np.zeros(F, np.float32))
+            w.add_tensor(p + "ffn_down.bias", np.zeros(E, np.float32))
+        add(p + "ffn_down.weight", t("ffn_down"), E, F)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    os.replace(tmp, path)
+
+
+def model_path(cache: Path, shape: str, ftype: str) -> Path:
+    cache.mkdir(parents=True, exist_ok=True)
+    p = cache / f"{shape}-{ftype}.gguf"
+    if not p.exists():
+        print(f"generating {p} (once) ...", file=sys.stderr, flush=True)
+        build_model(p, shape, ftype)
+    return p
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker_ours(path: str, threads: int, n_pp: int, n_tg: int, runs: int) -> dict:
+    from . import _ops
+    from .engine import Model
+
+    _ops.set_threads(threads)
+    t0 = time.perf_counter()
+    m = Model(path, ctx_size=n_pp + n_tg + 8, threads=threads)
+    load_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(3, m.n_vocab, n_pp).astype(np.int32)
+    pp, tg = [], []
+    m.prefill(prompt[:8])  # warm-up (page-in, thread pool)
+    for _ in range(runs):
+        m.reset()
+        t0 = time.perf_counter()
+        m.prefill(prompt)
+        pp.append(n_pp / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        tok = 5
+        for _ in range(n_tg):
+            tok = int(np.argmax(m.decode_step(tok))) % m.n_vocab
+        tg.append(n_tg / (time.perf_counter() - t0))
+    return dict(pp_tok_s=statistics.median(pp), tg_tok_s=statistics.median(tg),
+                rss_mb=_peak_rss_mb(), load_s=load_s)
+
+
+def worker_llama_cpp(path: str, threads: int, n_pp: int, n_tg: int, runs: int) -> dict:
+    import llama_cpp
+
+    t0 = time.perf_counter()
+    llm = llama_cpp.Llama(model_path=path, n_ctx=n_pp + n_tg + 8, n_batch=512, n_ubatch=512,
+                          n_threads=threads, n_threads_batch=threads, verbose=False)
+    load_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    prompt = [int(t) for t in rng.integers(3, llm.n_vocab(), n_pp)]
+    pp, tg = [], []
+    llm.eval(prompt[:8])
+    for _ in range(runs):
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(prompt)
+        pp.append(n_pp / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        for _ in range(n_tg):
+            llm.eval([5])
+        tg.append(n_tg / (time.perf_counter() - t0))
+    return dict(pp_tok_s=statistics.median(pp), tg_tok_s=statistics.median(tg),
+                rss_mb=_peak_rss_mb(), load_s=load_s)
+
+
+def _run_worker(engine: str, path: Path, args) -> dict | None:
+    cmd = [sys.executable, "-m", "llmstream.bench", "--worker", engine, "--worker-model", str(path),
+           "--threads", str(args.threads), "--pp", str(args.pp), "--tg", str(args.tg),
+           "--runs", str(args.runs)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        print(f"{engine} failed on {path.name}:\n{r.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def have_llama_cpp() -> bool:
+    try:
+        import llama_cpp  # noqa: F401
+        return True
+    except Exception:
+        return False
+
+
+def physical_cores() -> int:
+    try:
+        cores = set()
+        with open("/proc/cpuinfo") as f:
+            phys = core = None
+            for line in f:
+                if line.startswith("physical id"):
+                    phys = line.split(":")[1].strip()
+                elif line.startswith("core id"):
+                    core = line.split(":")[1].strip()
+                    cores.add((phys, core))
+        return max(1, len(cores)) if cores else os.cpu_count() or 1
+    except OSError:
+        return os.cpu_count() or 1
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="llmstream bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--shape", choices=sorted(SHAPES), default="tinyllama")
+    p.add_argument("--types", default="Q4_K_M,Q4_0,Q8_0")
+    p.add_argument("--threads", type=int, default=physical_cores())
+    p.add_argument("--pp", type=int, default=128, help="prompt tokens evaluated in one batch")
+    p.add_argument("--tg", type=int, default=64, help="tokens generated one at a time")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache",
+                                                       "llmstream", "bench"))
+    p.add_argument("--no-llama-cpp", action="store_true", help="measure llmstream only")
+    p.add_argument("--worker", choices=["ours", "llama_cpp"], help=argparse.SUPPRESS)
+    p.add_argument("--worker-model", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.worker:
+        fn = worker_ours if args.worker == "ours" else worker_llama_cpp
+        print(json.dumps(fn(args.worker_model, args.threads, args.pp, args.tg, args.runs)))
+        return 0
+
+    compare = not args.no_llama_cpp and have_llama_cpp()
+    if not compare and not args.no_llama_cpp:
+        print("llama_cpp is not installed: printing llmstream's figures only. For the side-by-side "
+              "comparison: .venv/bin/pip install -e '.[bench]' (builds llama-cpp-python from "
+              "source, ~12 minutes on 2 cores)", file=sys.stderr)
+    rows = []
+    for ftype in [t.strip() for t in args.types.split(",") if t.strip()]:
+        path = model_path(Path(args.cache_dir), args.shape, ftype)
+        ours = _run_worker("ours", path, args)
+        if ours is None:
+            continue
+        ref = _run_worker("llama_cpp", path, args) if compare else None
+        row = dict(shape=args.shape, type=ftype, threads=args.threads,
+                   file_mb=round(path.stat().st_size / 2 ** 20, 1),
+                   pp_tok_s=round(ours["pp_tok_s"], 2), tg_tok_s=round(ours["tg_tok_s"], 2),
+                   rss_mb=round(ours["rss_mb"], 1), load_s=round(ours["load_s"], 3),
+                   llama_cpp_pp_tok_s=None, llama_cpp_tg_tok_s=None, pp_ratio=None, tg_ratio=None)
+        if ref:
+            row.update(llama_cpp_pp_tok_s=round(ref["pp_tok_s"], 2),
+                       llama_cpp_tg_tok_s=round(ref["tg_tok_s"], 2),
+                       llama_cpp_rss_mb=round(ref["rss_mb"], 1),
+                       pp_ratio=round(ours["pp_tok_s"] / ref["pp_tok_s"], 3),
+                       tg_ratio=round(ours["tg_tok_s"] / ref["tg_tok_s"], 3))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    fmt = lambda v, f="{:.2f}": "-" if v is None else f.format(v)
+    print(f"\n{'model':<18} {'file MB':>8} {'pp tok/s':>9} {'llama.cpp':>9} {'ratio':>6} "
+          f"{'tg tok/s':>9} {'llama.cpp':>9} {'ratio':>6} {'RSS MB':>7} {'load s':>7}")
+    for r in rows:
+        print(f"{r['shape'] + '-' + r['type']:<18} {r['file_mb']:>8.1f} {r['pp_tok_s']:>9.2f} "
+              f"{fmt(r['llama_cpp_pp_tok_s']):>9} {fmt(r['pp_ratio']):>6} {r['tg_tok_s']:>9.2f} "
+              f"{fmt(r['llama_cpp_tg_tok_s']):>9} {fmt(r['tg_ratio']):>6} {r['rss_mb']:>7.1f} "
+              f"{r['load_s']:>7.3f}")
+    print(f"threads: {args.threads}; pp = {args.pp}-token prompt in one batch, tg = {args.tg} tokens "
+          f"one at a time, median of {args.runs} runs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

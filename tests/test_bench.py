@@ -1,0 +1,34 @@
+"""The bench tool itself (not a benchmark: no timings are asserted)."""
+import json
+import subprocess
+import sys
+
+from llmstream.bench import build_model
+from llmstream.engine import Model
+from llmstream.gguf import GGUFFile
+
+
+def test_generated_models_have_llama_cpp_type_mixes_and_load(tmp_path):
+    for ftype, expect in [("Q4_K_M", {"Q4_K", "Q6_K", "F32"}), ("Q4_0", {"Q4_0", "Q6_K", "F32"}),
+                          ("Q8_0", {"Q8_0", "F32"})]:
+        path = tmp_path / f"tiny-{ftype}.gguf"
+        build_model(path, "tiny", ftype)
+        with GGUFFile(path) as g:
+            assert {t.type_name for t in g.tensors.values()} == expect
+        with Model(path) as m:
+            logits = m.prefill([1, 5, 9])
+            assert logits.shape == (1000,) and abs(logits).sum() > 0
+
+
+def test_bench_command_prints_a_json_row_per_type(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "llmstream.cli", "bench", "--shape", "tiny",
+                        "--types", "Q4_0,Q8_0", "--pp", "8", "--tg", "4", "--runs", "1",
+                        "--threads", "1", "--no-llama-cpp", "--cache-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
+    assert [row["type"] for row in rows] == ["Q4_0", "Q8_0"]
+    for row in rows:
+        assert row["pp_tok_s"] > 0 and row["tg_tok_s"] > 0 and row["rss_mb"] > 0
+        assert row["pp_ratio"] is None  # no llama.cpp measured
+    assert "tiny-Q4_0" in r.stdout and "ratio" in r.stdout
