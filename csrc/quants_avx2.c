@@ -200,6 +200,37 @@ static float vec_dot_q6_K_q8_K_avx2(int64_t n, const void *vw, const void *vx) {
     return hsum_ps(acc);
 }
 
+// w (n,) in Q2_K · x (n,) in Q8_K -> float: sum_b (dx*d) * sum_s sc_s*(q·qx)_s - (dx*dmin) * sum_s m_s*bsum_s
+static float vec_dot_q2_K_q8_K_avx2(int64_t n, const void *vw, const void *vx) {
+    const block_q2_K *w = vw;
+    const block_q8_K *x = vx;
+    const __m256i two = _mm256_set1_epi8(3);
+    const __m128i low4 = _mm_set1_epi8(0x0f);
+    __m256 acc = _mm256_setzero_ps(), acc_m = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; ++b) {
+        const float d = x[b].d * fp16_to_fp32_f16c(w[b].d);
+        const float dmin = x[b].d * fp16_to_fp32_f16c(w[b].dmin);
+        const __m128i packed = _mm_loadu_si128((const __m128i *)w[b].scales);
+        const __m128i scales8 = _mm_and_si128(packed, low4);
+        const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(packed, 4), low4));
+        const __m256i msum = _mm256_madd_epi16(mins, _mm256_loadu_si256((const __m256i *)x[b].bsums));
+        acc_m = _mm256_fmadd_ps(_mm256_set1_ps(-dmin), _mm256_cvtepi32_ps(msum), acc_m);
+        __m256i sumi = _mm256_setzero_si256();
+        for (int h = 0; h < 2; ++h) {
+            const __m256i bits = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * h));
+            for (int j = 0; j < 4; ++j) {
+                const int c = 4 * h + j;   /* chunk of 32: sub-blocks 2c and 2c+1 */
+                const __m256i q8 = _mm256_loadu_si256((const __m256i *)(x[b].qs + 32 * c));
+                const __m256i q2 = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * j), two);
+                const __m256i sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales8, pair_bcast8_mask(c)));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(q2, q8), sc));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum_ps(_mm256_add_ps(acc, acc_m));
+}
+
 // w (n,) in Q3_K · x (n,) in Q8_K -> float: sum_b (dx*d) * sum_s (sc_s-32) * (q·qx)_s
 // q = low2 - 4*(high bit clear): computed as low2·qx - 4·[clear]·qx, both unsigned maddubs.
 static float vec_dot_q3_K_q8_K_avx2(int64_t n, const void *vw, const void *vx) {
@@ -332,6 +363,7 @@ const ls_kernel_table ls_kernels_avx2 = {
         [LS_TYPE_F16] = vec_dot_f16_f16_avx2,
         [LS_TYPE_Q4_0] = vec_dot_q4_0_q8_0_avx2,
         [LS_TYPE_Q8_0] = vec_dot_q8_0_q8_0_avx2,
+        [LS_TYPE_Q2_K] = vec_dot_q2_K_q8_K_avx2,
         [LS_TYPE_Q3_K] = vec_dot_q3_K_q8_K_avx2,
         [LS_TYPE_Q4_K] = vec_dot_q4_K_q8_K_avx2,
         [LS_TYPE_Q5_K] = vec_dot_q5_K_q8_K_avx2,
