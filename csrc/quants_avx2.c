@@ -71,6 +71,16 @@ static inline __m256i nibbles_to_bytes(const uint8_t *qs) {
     return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0f));
 }
 
+/* The 32 bits of the little-endian uint32 at p -> 32 bytes: byte k = 0xff if bit k is set, else 0. */
+static inline __m256i bits_to_bytes(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)v),
+        _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL, 0x0101010101010101LL, 0));
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+}
+
 /* 32 signed bytes a·b in 8 int32 lanes of pair sums (via |a| * sign(b, a), exact for |b| <= 127). */
 static inline __m256i dot_i8_i32(__m256i a, __m256i b) {
     const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
@@ -305,6 +315,92 @@ static float vec_dot_q4_0_q8_0_avx2(int64_t n, const void *vw, const void *vx) {
     return hsum_ps(_mm256_add_ps(acc0, acc1));
 }
 
+// w (n,) in Q4_1 · x (n,) in Q8_1 -> float: sum_b (dw*dx) * sum_k qw*qx + mw * sx
+static float vec_dot_q4_1_q8_1_avx2(int64_t n, const void *vw, const void *vx) {
+    const block_q4_1 *w = vw;
+    const block_q8_1 *x = vx;
+    const int64_t nb = n / QK4_1;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    float summs = 0.0f;
+    int64_t b = 0;
+    for (; b + 1 < nb; b += 2) {
+        const __m256i s0 = dot_u8_i8_i32(nibbles_to_bytes(w[b].qs), _mm256_loadu_si256((const __m256i *)x[b].qs));
+        const __m256i s1 = dot_u8_i8_i32(nibbles_to_bytes(w[b + 1].qs), _mm256_loadu_si256((const __m256i *)x[b + 1].qs));
+        const float d0 = fp16_to_fp32_f16c(w[b].d) * fp16_to_fp32_f16c(x[b].d);
+        const float d1 = fp16_to_fp32_f16c(w[b + 1].d) * fp16_to_fp32_f16c(x[b + 1].d);
+        summs += fp16_to_fp32_f16c(w[b].m) * fp16_to_fp32_f16c(x[b].s)
+               + fp16_to_fp32_f16c(w[b + 1].m) * fp16_to_fp32_f16c(x[b + 1].s);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(s0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1), _mm256_cvtepi32_ps(s1), acc1);
+    }
+    for (; b < nb; ++b) {
+        const __m256i s0 = dot_u8_i8_i32(nibbles_to_bytes(w[b].qs), _mm256_loadu_si256((const __m256i *)x[b].qs));
+        const float d0 = fp16_to_fp32_f16c(w[b].d) * fp16_to_fp32_f16c(x[b].d);
+        summs += fp16_to_fp32_f16c(w[b].m) * fp16_to_fp32_f16c(x[b].s);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(s0), acc0);
+    }
+    return hsum_ps(_mm256_add_ps(acc0, acc1)) + summs;
+}
+
+/* The 5-bit quants (0..31) of a Q5_0 / Q5_1 block, in element order. */
+static inline __m256i q5_bytes(const uint8_t *qs, const uint8_t *qh) {
+    return _mm256_or_si256(nibbles_to_bytes(qs), _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(16)));
+}
+
+// w (n,) in Q5_0 · x (n,) in Q8_0 -> float: sum_b (dw*dx) * sum_k (qw-16)*qx  (as qw·qx - 16·qx)
+static float vec_dot_q5_0_q8_0_avx2(int64_t n, const void *vw, const void *vx) {
+    const block_q5_0 *w = vw;
+    const block_q8_0 *x = vx;
+    const int64_t nb = n / QK5_0;
+    const __m256i sixteen = _mm256_set1_epi8(16);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 1 < nb; b += 2) {
+        const __m256i x0 = _mm256_loadu_si256((const __m256i *)x[b].qs);
+        const __m256i x1 = _mm256_loadu_si256((const __m256i *)x[b + 1].qs);
+        const __m256i p0 = _mm256_sub_epi16(_mm256_maddubs_epi16(q5_bytes(w[b].qs, w[b].qh), x0), _mm256_maddubs_epi16(sixteen, x0));
+        const __m256i p1 = _mm256_sub_epi16(_mm256_maddubs_epi16(q5_bytes(w[b + 1].qs, w[b + 1].qh), x1), _mm256_maddubs_epi16(sixteen, x1));
+        const float d0 = fp16_to_fp32_f16c(w[b].d) * fp16_to_fp32_f16c(x[b].d);
+        const float d1 = fp16_to_fp32_f16c(w[b + 1].d) * fp16_to_fp32_f16c(x[b + 1].d);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(_mm256_madd_epi16(p0, _mm256_set1_epi16(1))), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1), _mm256_cvtepi32_ps(_mm256_madd_epi16(p1, _mm256_set1_epi16(1))), acc1);
+    }
+    for (; b < nb; ++b) {
+        const __m256i x0 = _mm256_loadu_si256((const __m256i *)x[b].qs);
+        const __m256i p0 = _mm256_sub_epi16(_mm256_maddubs_epi16(q5_bytes(w[b].qs, w[b].qh), x0), _mm256_maddubs_epi16(sixteen, x0));
+        const float d0 = fp16_to_fp32_f16c(w[b].d) * fp16_to_fp32_f16c(x[b].d);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(_mm256_madd_epi16(p0, _mm256_set1_epi16(1))), acc0);
+    }
+    return hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
+// w (n,) in Q5_1 · x (n,) in Q8_1 -> float: sum_b (dw*dx) * sum_k qw*qx + mw * sx
+static float vec_dot_q5_1_q8_1_avx2(int64_t n, const void *vw, const void *vx) {
+    const block_q5_1 *w = vw;
+    const block_q8_1 *x = vx;
+    const int64_t nb = n / QK5_1;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    float summs = 0.0f;
+    int64_t b = 0;
+    for (; b + 1 < nb; b += 2) {
+        const __m256i s0 = dot_u8_i8_i32(q5_bytes(w[b].qs, w[b].qh), _mm256_loadu_si256((const __m256i *)x[b].qs));
+        const __m256i s1 = dot_u8_i8_i32(q5_bytes(w[b + 1].qs, w[b + 1].qh), _mm256_loadu_si256((const __m256i *)x[b + 1].qs));
+        const float d0 = fp16_to_fp32_f16c(w[b].d) * fp16_to_fp32_f16c(x[b].d);
+        const float d1 = fp16_to_fp32_f16c(w[b + 1].d) * fp16_to_fp32_f16c(x[b + 1].d);
+        summs += fp16_to_fp32_f16c(w[b].m) * fp16_to_fp32_f16c(x[b].s)
+               + fp16_to_fp32_f16c(w[b + 1].m) * fp16_to_fp32_f16c(x[b + 1].s);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(s0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1), _mm256_cvtepi32_ps(s1), acc1);
+    }
+    for (; b < nb; ++b) {
+        const __m256i s0 = dot_u8_i8_i32(q5_bytes(w[b].qs, w[b].qh), _mm256_loadu_si256((const __m256i *)x[b].qs));
+        const float d0 = fp16_to_fp32_f16c(w[b].d) * fp16_to_fp32_f16c(x[b].d);
+        summs += fp16_to_fp32_f16c(w[b].m) * fp16_to_fp32_f16c(x[b].s);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(s0), acc0);
+    }
+    return hsum_ps(_mm256_add_ps(acc0, acc1)) + summs;
+}
+
 // w (n,) in Q8_0 · x (n,) in Q8_0 -> float: sum_b (dw*dx) * sum_k qw*qx
 static float vec_dot_q8_0_q8_0_avx2(int64_t n, const void *vw, const void *vx) {
     const block_q8_0 *w = vw;
@@ -362,6 +458,9 @@ const ls_kernel_table ls_kernels_avx2 = {
     .vec_dot = {
         [LS_TYPE_F16] = vec_dot_f16_f16_avx2,
         [LS_TYPE_Q4_0] = vec_dot_q4_0_q8_0_avx2,
+        [LS_TYPE_Q4_1] = vec_dot_q4_1_q8_1_avx2,
+        [LS_TYPE_Q5_0] = vec_dot_q5_0_q8_0_avx2,
+        [LS_TYPE_Q5_1] = vec_dot_q5_1_q8_1_avx2,
         [LS_TYPE_Q8_0] = vec_dot_q8_0_q8_0_avx2,
         [LS_TYPE_Q2_K] = vec_dot_q2_K_q8_K_avx2,
         [LS_TYPE_Q3_K] = vec_dot_q3_K_q8_K_avx2,

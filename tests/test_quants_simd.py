@@ -47,7 +47,7 @@ def check_pair(t, n, w, xq, what):
 
 
 # Weight types whose AVX2 vec_dot is still to be written (they fall back to the scalar kernel).
-PENDING = {"F32", "BF16", "Q4_1", "Q5_0", "Q5_1"}
+PENDING = {"F32", "BF16"}
 
 
 def test_every_weight_type_has_an_avx2_vec_dot():
