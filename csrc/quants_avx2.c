@@ -451,12 +451,48 @@ static float vec_dot_f16_f16_avx2(int64_t n, const void *vw, const void *vx) {
     return (float)sum;
 }
 
+/* 8 bfloat16 -> 8 floats (exact: the bf16 bits become the high half of each float). */
+static inline __m256 bf16x8_to_ps(const ls_bf16_t *p) {
+    const __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+}
+
+// w (n,) bf16 · x (n,) bf16 -> float: widen by shifting, 32 float accumulators
+static float vec_dot_bf16_bf16_avx2(int64_t n, const void *vw, const void *vx) {
+    const ls_bf16_t *w = vw, *x = vx;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int k = 0; k < 4; ++k)
+            acc[k] = _mm256_fmadd_ps(bf16x8_to_ps(w + i + 8 * k), bf16x8_to_ps(x + i + 8 * k), acc[k]);
+    for (; i + 8 <= n; i += 8) acc[0] = _mm256_fmadd_ps(bf16x8_to_ps(w + i), bf16x8_to_ps(x + i), acc[0]);
+    double sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    for (; i < n; ++i) sum += (double)(ls_bf16_to_fp32(w[i]) * ls_bf16_to_fp32(x[i]));
+    return (float)sum;
+}
+
+// w (n,) f32 · x (n,) f32 -> float: 32 float accumulators
+static float vec_dot_f32_f32_avx2(int64_t n, const void *vw, const void *vx) {
+    const float *w = vw, *x = vx;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int k = 0; k < 4; ++k)
+            acc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8 * k), _mm256_loadu_ps(x + i + 8 * k), acc[k]);
+    for (; i + 8 <= n; i += 8) acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), acc[0]);
+    double sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    for (; i < n; ++i) sum += (double)(w[i] * x[i]);
+    return (float)sum;
+}
+
 /* ---------------------------------------------------------------------------------------------
  * The AVX2 table */
 
 const ls_kernel_table ls_kernels_avx2 = {
     .vec_dot = {
+        [LS_TYPE_F32] = vec_dot_f32_f32_avx2,
         [LS_TYPE_F16] = vec_dot_f16_f16_avx2,
+        [LS_TYPE_BF16] = vec_dot_bf16_bf16_avx2,
         [LS_TYPE_Q4_0] = vec_dot_q4_0_q8_0_avx2,
         [LS_TYPE_Q4_1] = vec_dot_q4_1_q8_1_avx2,
         [LS_TYPE_Q5_0] = vec_dot_q5_0_q8_0_avx2,
