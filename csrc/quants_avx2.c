@@ -71,6 +71,16 @@ static inline __m256i nibbles_to_bytes(const uint8_t *qs) {
     return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0f));
 }
 
+/* The 32 bits of the little-endian uint32 at p -> 32 bytes: byte k = 0xff if bit k is set, else 0. */
+static inline __m256i bits_to_bytes(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)v),
+        _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL, 0x0101010101010101LL, 0));
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+}
+
 /* 32 signed bytes a·b in 8 int32 lanes of pair sums (via |a| * sign(b, a), exact for |b| <= 127). */
 static inline __m256i dot_i8_i32(__m256i a, __m256i b) {
     const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
@@ -200,6 +210,76 @@ static float vec_dot_q6_K_q8_K_avx2(int64_t n, const void *vw, const void *vx) {
     return hsum_ps(acc);
 }
 
+// w (n,) in Q2_K · x (n,) in Q8_K -> float: sum_b (dx*d) * sum_s sc_s*(q·qx)_s - (dx*dmin) * sum_s m_s*bsum_s
+static float vec_dot_q2_K_q8_K_avx2(int64_t n, const void *vw, const void *vx) {
+    const block_q2_K *w = vw;
+    const block_q8_K *x = vx;
+    const __m256i two = _mm256_set1_epi8(3);
+    const __m128i low4 = _mm_set1_epi8(0x0f);
+    __m256 acc = _mm256_setzero_ps(), acc_m = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; ++b) {
+        const float d = x[b].d * fp16_to_fp32_f16c(w[b].d);
+        const float dmin = x[b].d * fp16_to_fp32_f16c(w[b].dmin);
+        const __m128i packed = _mm_loadu_si128((const __m128i *)w[b].scales);
+        const __m128i scales8 = _mm_and_si128(packed, low4);
+        const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(packed, 4), low4));
+        const __m256i msum = _mm256_madd_epi16(mins, _mm256_loadu_si256((const __m256i *)x[b].bsums));
+        acc_m = _mm256_fmadd_ps(_mm256_set1_ps(-dmin), _mm256_cvtepi32_ps(msum), acc_m);
+        __m256i sumi = _mm256_setzero_si256();
+        for (int h = 0; h < 2; ++h) {
+            const __m256i bits = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * h));
+            for (int j = 0; j < 4; ++j) {
+                const int c = 4 * h + j;   /* chunk of 32: sub-blocks 2c and 2c+1 */
+                const __m256i q8 = _mm256_loadu_si256((const __m256i *)(x[b].qs + 32 * c));
+                const __m256i q2 = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * j), two);
+                const __m256i sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales8, pair_bcast8_mask(c)));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(q2, q8), sc));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum_ps(_mm256_add_ps(acc, acc_m));
+}
+
+// w (n,) in Q3_K · x (n,) in Q8_K -> float: sum_b (dx*d) * sum_s (sc_s-32) * (q·qx)_s
+// q = low2 - 4*(high bit clear): computed as low2·qx - 4·[clear]·qx, both unsigned maddubs.
+static float vec_dot_q3_K_q8_K_avx2(int64_t n, const void *vw, const void *vx) {
+    const block_q3_K *w = vw;
+    const block_q8_K *x = vx;
+    const __m256i two = _mm256_set1_epi8(3);
+    const uint32_t k4 = 0x0f0f0f0f, k2 = 0x03030303;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; ++b) {
+        const float d = x[b].d * fp16_to_fp32_f16c(w[b].d);
+        /* the sixteen 6-bit scales (ls_unpack_scales_q3k, four at a time), minus 32 */
+        uint32_t a[3];
+        memcpy(a, w[b].scales, 12);
+        const __m128i scales8 = _mm_sub_epi8(
+            _mm_set_epi32((int)(((a[1] >> 4) & k4) | (((a[2] >> 6) & k2) << 4)),
+                          (int)(((a[0] >> 4) & k4) | (((a[2] >> 4) & k2) << 4)),
+                          (int)((a[1] & k4) | (((a[2] >> 2) & k2) << 4)),
+                          (int)((a[0] & k4) | ((a[2] & k2) << 4))),
+            _mm_set1_epi8(32));
+        const __m256i hbits = _mm256_loadu_si256((const __m256i *)w[b].hmask);
+        __m256i sumi = _mm256_setzero_si256();
+        for (int h = 0; h < 2; ++h) {
+            const __m256i bits = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * h));
+            for (int j = 0; j < 4; ++j) {
+                const int c = 4 * h + j;   /* chunk of 32: sub-blocks 2c and 2c+1, high bit c */
+                const __m256i q8 = _mm256_loadu_si256((const __m256i *)(x[b].qs + 32 * c));
+                const __m256i low2 = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * j), two);
+                const __m256i clear = _mm256_andnot_si256(hbits, _mm256_set1_epi8((char)(1 << c)));
+                const __m256i four = _mm256_slli_epi16(_mm256_srli_epi16(clear, c), 2);
+                const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(low2, q8), _mm256_maddubs_epi16(four, q8));
+                const __m256i sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales8, pair_bcast8_mask(c)));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sc));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum_ps(acc);
+}
+
 /* ---------------------------------------------------------------------------------------------
  * 32-element blocks · Q8_0 / Q8_1. Two blocks per iteration into two accumulators (shorter FMA
  * dependency chains). */
@@ -233,6 +313,92 @@ static float vec_dot_q4_0_q8_0_avx2(int64_t n, const void *vw, const void *vx) {
         acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(s0), acc0);
     }
     return hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
+// w (n,) in Q4_1 · x (n,) in Q8_1 -> float: sum_b (dw*dx) * sum_k qw*qx + mw * sx
+static float vec_dot_q4_1_q8_1_avx2(int64_t n, const void *vw, const void *vx) {
+    const block_q4_1 *w = vw;
+    const block_q8_1 *x = vx;
+    const int64_t nb = n / QK4_1;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    float summs = 0.0f;
+    int64_t b = 0;
+    for (; b + 1 < nb; b += 2) {
+        const __m256i s0 = dot_u8_i8_i32(nibbles_to_bytes(w[b].qs), _mm256_loadu_si256((const __m256i *)x[b].qs));
+        const __m256i s1 = dot_u8_i8_i32(nibbles_to_bytes(w[b + 1].qs), _mm256_loadu_si256((const __m256i *)x[b + 1].qs));
+        const float d0 = fp16_to_fp32_f16c(w[b].d) * fp16_to_fp32_f16c(x[b].d);
+        const float d1 = fp16_to_fp32_f16c(w[b + 1].d) * fp16_to_fp32_f16c(x[b + 1].d);
+        summs += fp16_to_fp32_f16c(w[b].m) * fp16_to_fp32_f16c(x[b].s)
+               + fp16_to_fp32_f16c(w[b + 1].m) * fp16_to_fp32_f16c(x[b + 1].s);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(s0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1), _mm256_cvtepi32_ps(s1), acc1);
+    }
+    for (; b < nb; ++b) {
+        const __m256i s0 = dot_u8_i8_i32(nibbles_to_bytes(w[b].qs), _mm256_loadu_si256((const __m256i *)x[b].qs));
+        const float d0 = fp16_to_fp32_f16c(w[b].d) * fp16_to_fp32_f16c(x[b].d);
+        summs += fp16_to_fp32_f16c(w[b].m) * fp16_to_fp32_f16c(x[b].s);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(s0), acc0);
+    }
+    return hsum_ps(_mm256_add_ps(acc0, acc1)) + summs;
+}
+
+/* The 5-bit quants (0..31) of a Q5_0 / Q5_1 block, in element order. */
+static inline __m256i q5_bytes(const uint8_t *qs, const uint8_t *qh) {
+    return _mm256_or_si256(nibbles_to_bytes(qs), _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(16)));
+}
+
+// w (n,) in Q5_0 · x (n,) in Q8_0 -> float: sum_b (dw*dx) * sum_k (qw-16)*qx  (as qw·qx - 16·qx)
+static float vec_dot_q5_0_q8_0_avx2(int64_t n, const void *vw, const void *vx) {
+    const block_q5_0 *w = vw;
+    const block_q8_0 *x = vx;
+    const int64_t nb = n / QK5_0;
+    const __m256i sixteen = _mm256_set1_epi8(16);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 1 < nb; b += 2) {
+        const __m256i x0 = _mm256_loadu_si256((const __m256i *)x[b].qs);
+        const __m256i x1 = _mm256_loadu_si256((const __m256i *)x[b + 1].qs);
+        const __m256i p0 = _mm256_sub_epi16(_mm256_maddubs_epi16(q5_bytes(w[b].qs, w[b].qh), x0), _mm256_maddubs_epi16(sixteen, x0));
+        const __m256i p1 = _mm256_sub_epi16(_mm256_maddubs_epi16(q5_bytes(w[b + 1].qs, w[b + 1].qh), x1), _mm256_maddubs_epi16(sixteen, x1));
+        const float d0 = fp16_to_fp32_f16c(w[b].d) * fp16_to_fp32_f16c(x[b].d);
+        const float d1 = fp16_to_fp32_f16c(w[b + 1].d) * fp16_to_fp32_f16c(x[b + 1].d);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(_mm256_madd_epi16(p0, _mm256_set1_epi16(1))), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1), _mm256_cvtepi32_ps(_mm256_madd_epi16(p1, _mm256_set1_epi16(1))), acc1);
+    }
+    for (; b < nb; ++b) {
+        const __m256i x0 = _mm256_loadu_si256((const __m256i *)x[b].qs);
+        const __m256i p0 = _mm256_sub_epi16(_mm256_maddubs_epi16(q5_bytes(w[b].qs, w[b].qh), x0), _mm256_maddubs_epi16(sixteen, x0));
+        const float d0 = fp16_to_fp32_f16c(w[b].d) * fp16_to_fp32_f16c(x[b].d);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(_mm256_madd_epi16(p0, _mm256_set1_epi16(1))), acc0);
+    }
+    return hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
+// w (n,) in Q5_1 · x (n,) in Q8_1 -> float: sum_b (dw*dx) * sum_k qw*qx + mw * sx
+static float vec_dot_q5_1_q8_1_avx2(int64_t n, const void *vw, const void *vx) {
+    const block_q5_1 *w = vw;
+    const block_q8_1 *x = vx;
+    const int64_t nb = n / QK5_1;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    float summs = 0.0f;
+    int64_t b = 0;
+    for (; b + 1 < nb; b += 2) {
+        const __m256i s0 = dot_u8_i8_i32(q5_bytes(w[b].qs, w[b].qh), _mm256_loadu_si256((const __m256i *)x[b].qs));
+        const __m256i s1 = dot_u8_i8_i32(q5_bytes(w[b + 1].qs, w[b + 1].qh), _mm256_loadu_si256((const __m256i *)x[b + 1].qs));
+        const float d0 = fp16_to_fp32_f16c(w[b].d) * fp16_to_fp32_f16c(x[b].d);
+        const float d1 = fp16_to_fp32_f16c(w[b + 1].d) * fp16_to_fp32_f16c(x[b + 1].d);
+        summs += fp16_to_fp32_f16c(w[b].m) * fp16_to_fp32_f16c(x[b].s)
+               + fp16_to_fp32_f16c(w[b + 1].m) * fp16_to_fp32_f16c(x[b + 1].s);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(s0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1), _mm256_cvtepi32_ps(s1), acc1);
+    }
+    for (; b < nb; ++b) {
+        const __m256i s0 = dot_u8_i8_i32(q5_bytes(w[b].qs, w[b].qh), _mm256_loadu_si256((const __m256i *)x[b].qs));
+        const float d0 = fp16_to_fp32_f16c(w[b].d) * fp16_to_fp32_f16c(x[b].d);
+        summs += fp16_to_fp32_f16c(w[b].m) * fp16_to_fp32_f16c(x[b].s);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(s0), acc0);
+    }
+    return hsum_ps(_mm256_add_ps(acc0, acc1)) + summs;
 }
 
 // w (n,) in Q8_0 · x (n,) in Q8_0 -> float: sum_b (dw*dx) * sum_k qw*qx
@@ -285,18 +451,218 @@ static float vec_dot_f16_f16_avx2(int64_t n, const void *vw, const void *vx) {
     return (float)sum;
 }
 
+/* 8 bfloat16 -> 8 floats (exact: the bf16 bits become the high half of each float). */
+static inline __m256 bf16x8_to_ps(const ls_bf16_t *p) {
+    const __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+}
+
+// w (n,) bf16 · x (n,) bf16 -> float: widen by shifting, 32 float accumulators
+static float vec_dot_bf16_bf16_avx2(int64_t n, const void *vw, const void *vx) {
+    const ls_bf16_t *w = vw, *x = vx;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int k = 0; k < 4; ++k)
+            acc[k] = _mm256_fmadd_ps(bf16x8_to_ps(w + i + 8 * k), bf16x8_to_ps(x + i + 8 * k), acc[k]);
+    for (; i + 8 <= n; i += 8) acc[0] = _mm256_fmadd_ps(bf16x8_to_ps(w + i), bf16x8_to_ps(x + i), acc[0]);
+    double sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    for (; i < n; ++i) sum += (double)(ls_bf16_to_fp32(w[i]) * ls_bf16_to_fp32(x[i]));
+    return (float)sum;
+}
+
+// w (n,) f32 · x (n,) f32 -> float: 32 float accumulators
+static float vec_dot_f32_f32_avx2(int64_t n, const void *vw, const void *vx) {
+    const float *w = vw, *x = vx;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int k = 0; k < 4; ++k)
+            acc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8 * k), _mm256_loadu_ps(x + i + 8 * k), acc[k]);
+    for (; i + 8 <= n; i += 8) acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), acc[0]);
+    double sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    for (; i < n; ++i) sum += (double)(w[i] * x[i]);
+    return (float)sum;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Activation quantizers: byte-identical to the scalar ones (the same float operations, vectorized;
+ * the maximum of |x| does not depend on the order). Not defined for NaN input, as in llama.cpp. */
+
+/* Largest |x| of 32 floats. */
+static inline float amax32(__m256 v0, __m256 v1, __m256 v2, __m256 v3) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 m = _mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1));
+    m = _mm256_max_ps(m, _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+
+/* C roundf (halves away from zero) of 8 floats, as int32: truncate, then step away from zero
+ * when the (exact) remainder is at least one half. */
+static inline __m256i roundf_epi32(__m256 v) {
+    const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m256 frac = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), _mm256_sub_ps(v, t));
+    const __m256 step = _mm256_or_ps(_mm256_and_ps(v, _mm256_set1_ps(-0.0f)), _mm256_set1_ps(1.0f));
+    const __m256 r = _mm256_add_ps(t, _mm256_and_ps(_mm256_cmp_ps(frac, _mm256_set1_ps(0.5f), _CMP_GE_OQ), step));
+    return _mm256_cvtps_epi32(r);
+}
+
+/* 4 x 8 int32 (each in -128..127) -> 32 int8 in order. */
+static inline __m256i pack_i32x32_i8(__m256i a, __m256i b, __m256i c, __m256i d) {
+    const __m256i ab = _mm256_packs_epi32(a, b), cd = _mm256_packs_epi32(c, d);
+    const __m256i abcd = _mm256_packs_epi16(ab, cd);   /* lanes interleaved: fix the order */
+    return _mm256_permutevar8x32_epi32(abcd, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+/* One Q8_0 / Q8_1 block of 32: the scale d (returned), the quants, and their sum. */
+static inline float quantize_q8_block(const float *x, int8_t *qs, int *sum) {
+    const __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8);
+    const __m256 v2 = _mm256_loadu_ps(x + 16), v3 = _mm256_loadu_ps(x + 24);
+    const float d = amax32(v0, v1, v2, v3) / 127.0f;
+    const __m256 id = _mm256_set1_ps(d != 0.0f ? 1.0f / d : 0.0f);
+    const __m256i i0 = roundf_epi32(_mm256_mul_ps(v0, id)), i1 = roundf_epi32(_mm256_mul_ps(v1, id));
+    const __m256i i2 = roundf_epi32(_mm256_mul_ps(v2, id)), i3 = roundf_epi32(_mm256_mul_ps(v3, id));
+    _mm256_storeu_si256((__m256i *)qs, pack_i32x32_i8(i0, i1, i2, i3));
+    if (sum) {
+        const __m256i s = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+        __m128i h = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        h = _mm_add_epi32(h, _mm_unpackhi_epi64(h, h));
+        h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 1));
+        *sum = _mm_cvtsi128_si32(h);
+    }
+    return d;
+}
+
+// x (n,) f32 -> y (n/32 blocks) Q8_0: d = max|x|/127, q = roundf(x/d)
+static void quantize_row_q8_0_avx2(const float *x, void *vy, int64_t n) {
+    block_q8_0 *y = vy;
+    for (int64_t i = 0; i < n / QK8_0; ++i)
+        y[i].d = ls_fp32_to_fp16(quantize_q8_block(x + i * QK8_0, y[i].qs, NULL));
+}
+
+// x (n,) f32 -> y (n/32 blocks) Q8_1: as Q8_0, plus s = fp16(d * sum(q))
+static void quantize_row_q8_1_avx2(const float *x, void *vy, int64_t n) {
+    block_q8_1 *y = vy;
+    for (int64_t i = 0; i < n / QK8_1; ++i) {
+        int sum;
+        const float d = quantize_q8_block(x + i * QK8_1, y[i].qs, &sum);
+        y[i].d = ls_fp32_to_fp16(d);
+        y[i].s = ls_fp32_to_fp16((float)sum * d);
+    }
+}
+
+// x (n,) f32 -> y (n/256 blocks) Q8_K: iscale = -127/max (max = first x of largest |x|),
+// q = min(127, nearest_int(iscale*x)), d = 1/iscale, bsums = sums of q in 16s
+static void quantize_row_q8_K_avx2(const float *x, void *vy, int64_t n) {
+    block_q8_K *y = vy;
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
+        __m256 m = _mm256_setzero_ps();
+        for (int k = 0; k < QK_K; k += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + k)));
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_movehdup_ps(h));
+        const float amax = _mm_cvtss_f32(h);
+        if (amax == 0.0f) {
+            memset(&y[i], 0, sizeof(block_q8_K));
+            continue;
+        }
+        /* the first element of largest magnitude gives the sign */
+        int first = 0;
+        const __m256 va = _mm256_set1_ps(amax);
+        for (int k = 0; k < QK_K; k += 8) {
+            const int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + k)), va, _CMP_EQ_OQ));
+            if (hit) { first = k + __builtin_ctz((unsigned)hit); break; }
+        }
+        const float iscale = -127.0f / x[first];
+        const __m256 vs = _mm256_set1_ps(iscale);
+        const __m256i top = _mm256_set1_epi32(127);
+        for (int k = 0; k < QK_K; k += 32) {
+            __m256i q[4];
+            for (int j = 0; j < 4; ++j) {
+                const __m256 v = _mm256_mul_ps(vs, _mm256_loadu_ps(x + k + 8 * j));
+                q[j] = _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)), top);
+            }
+            const __m256i q8 = pack_i32x32_i8(q[0], q[1], q[2], q[3]);
+            _mm256_storeu_si256((__m256i *)(y[i].qs + k), q8);
+            /* two bsums: sums of 16 int8 via 16-bit pair sums, then 32-bit, then across */
+            const __m256i p16 = _mm256_maddubs_epi16(_mm256_set1_epi8(1), q8);
+            __m256i p32 = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));       /* 8 sums of 4 */
+            p32 = _mm256_hadd_epi32(p32, p32);                                  /* sums of 8 */
+            p32 = _mm256_hadd_epi32(p32, p32);                                  /* sums of 16 */
+            y[i].bsums[k / 16] = (int16_t)_mm256_extract_epi32(p32, 0);
+            y[i].bsums[k / 16 + 1] = (int16_t)_mm256_extract_epi32(p32, 4);
+        }
+        y[i].d = 1.0f / iscale;
+    }
+}
+
+// x (n,) f32 -> y (n,) f16, round to nearest even (F16C; chunks holding a NaN go the scalar way,
+// which writes ggml's canonical quiet NaN)
+static void quantize_row_f16_avx2(const float *x, void *vy, int64_t n) {
+    ls_fp16_t *y = vy;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_loadu_ps(x + i);
+        if (_mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q))) {
+            for (int k = 0; k < 8; ++k) y[i + k] = ls_fp32_to_fp16(x[i + k]);
+        } else {
+            _mm_storeu_si128((__m128i *)(y + i), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        }
+    }
+    for (; i < n; ++i) y[i] = ls_fp32_to_fp16(x[i]);
+}
+
+// x (n,) f32 -> y (n,) bf16, round to nearest even (NaN kept, quieted)
+static void quantize_row_bf16_avx2(const float *x, void *vy, int64_t n) {
+    ls_bf16_t *y = vy;
+    const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000);
+    const __m256i one = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(0x7fff), quiet = _mm256_set1_epi32(0x40);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256i r[2];
+        for (int j = 0; j < 2; ++j) {
+            const __m256i u = _mm256_castps_si256(_mm256_loadu_ps(x + i + 8 * j));
+            const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, abs_mask), inf);
+            const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), one);
+            const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(bias, lsb)), 16);
+            const __m256i quieted = _mm256_or_si256(_mm256_srli_epi32(u, 16), quiet);
+            r[j] = _mm256_blendv_epi8(rounded, quieted, nan);
+        }
+        const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r[0], r[1]), 0xd8);
+        _mm256_storeu_si256((__m256i *)(y + i), packed);
+    }
+    for (; i < n; ++i) y[i] = ls_fp32_to_bf16(x[i]);
+}
+
 /* ---------------------------------------------------------------------------------------------
  * The AVX2 table */
 
 const ls_kernel_table ls_kernels_avx2 = {
     .vec_dot = {
+        [LS_TYPE_F32] = vec_dot_f32_f32_avx2,
         [LS_TYPE_F16] = vec_dot_f16_f16_avx2,
+        [LS_TYPE_BF16] = vec_dot_bf16_bf16_avx2,
         [LS_TYPE_Q4_0] = vec_dot_q4_0_q8_0_avx2,
+        [LS_TYPE_Q4_1] = vec_dot_q4_1_q8_1_avx2,
+        [LS_TYPE_Q5_0] = vec_dot_q5_0_q8_0_avx2,
+        [LS_TYPE_Q5_1] = vec_dot_q5_1_q8_1_avx2,
         [LS_TYPE_Q8_0] = vec_dot_q8_0_q8_0_avx2,
+        [LS_TYPE_Q2_K] = vec_dot_q2_K_q8_K_avx2,
+        [LS_TYPE_Q3_K] = vec_dot_q3_K_q8_K_avx2,
         [LS_TYPE_Q4_K] = vec_dot_q4_K_q8_K_avx2,
         [LS_TYPE_Q5_K] = vec_dot_q5_K_q8_K_avx2,
         [LS_TYPE_Q6_K] = vec_dot_q6_K_q8_K_avx2,
     },
-    .quantize = {0},
+    .quantize = {
+        [LS_TYPE_F16] = quantize_row_f16_avx2,
+        [LS_TYPE_BF16] = quantize_row_bf16_avx2,
+        [LS_TYPE_Q8_0] = quantize_row_q8_0_avx2,
+        [LS_TYPE_Q8_1] = quantize_row_q8_1_avx2,
+        [LS_TYPE_Q8_K] = quantize_row_q8_K_avx2,
+    },
     .dequantize = {0},
 };

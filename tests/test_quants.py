@@ -168,7 +168,7 @@ def test_quantize_row_exact(t, simd):
         assert diff.size == 0, f"{NAMES[t]} {label}: {diff.size} bytes differ, first at byte {diff[0]}"
 
 
-def test_quantize_q8_0_matches_gguf():
+def test_quantize_q8_0_matches_gguf(simd):
     """gguf-py's Q8_0 quantizer is bit-exact with quantize_row_q8_0_ref too."""
     rng = np.random.default_rng(8)
     for scale in (1.0, 1e-3, 1e3):
@@ -177,7 +177,7 @@ def test_quantize_q8_0_matches_gguf():
         np.testing.assert_array_equal(_ops.quantize_row(Q8_0, x), want)
 
 
-def test_quantize_bf16_matches_gguf_incl_nan():
+def test_quantize_bf16_matches_gguf_incl_nan(simd):
     x = np.array([1.0, np.nan, -np.nan, np.inf, -np.inf, 3.0e38, 1e-40, 1.00390625, 1.01171875,
                   -2.5, 0.0, -0.0, 65504.0, 1e-45, 7.0, 3.14159] * 4, np.float32)
     x.view(np.uint32)[2] = 0xFF800001          # a signalling NaN: gets quieted
@@ -185,7 +185,7 @@ def test_quantize_bf16_matches_gguf_incl_nan():
     np.testing.assert_array_equal(_ops.quantize_row(BF16, x), want)
 
 
-def test_quantize_f16_nan_is_quiet_0x7e00():
+def test_quantize_f16_nan_is_quiet_0x7e00(simd):
     x = np.array([np.nan, 1.0, -np.nan, 2.0] * 8, np.float32)
     x.view(np.uint32)[2] = 0xFFC00000
     got = _ops.quantize_row(F16, x).view(np.uint16)
