@@ -169,30 +169,32 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _timed_runs(reset, prefill, decode, prompt, n_tg: int, runs: int) -> tuple[float, float]:
+    """Median pp and tg tok/s: reset, evaluate the prompt in one batch, then n_tg single tokens
+    (the same token every step, for both engines)."""
+    pp, tg = [], []
+    prefill(prompt[:8])  # warm-up: page the weights in, start the thread pool
+    for _ in range(runs):
+        reset()
+        t0 = time.perf_counter()
+        prefill(prompt)
+        pp.append(len(prompt) / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        for _ in range(n_tg):
+            decode(5)
+        tg.append(n_tg / (time.perf_counter() - t0))
+    return statistics.median(pp), statistics.median(tg)
+
+
 def worker_ours(path: str, threads: int, n_pp: int, n_tg: int, runs: int) -> dict:
-    from . import _ops
     from .engine import Model
 
-    _ops.set_threads(threads)
     t0 = time.perf_counter()
     m = Model(path, ctx_size=n_pp + n_tg + 8, threads=threads)
     load_s = time.perf_counter() - t0
-    rng = np.random.default_rng(0)
-    prompt = rng.integers(3, m.n_vocab, n_pp).astype(np.int32)
-    pp, tg = [], []
-    m.prefill(prompt[:8])  # warm-up (page-in, thread pool)
-    for _ in range(runs):
-        m.reset()
-        t0 = time.perf_counter()
-        m.prefill(prompt)
-        pp.append(n_pp / (time.perf_counter() - t0))
-        t0 = time.perf_counter()
-        tok = 5
-        for _ in range(n_tg):
-            tok = int(np.argmax(m.decode_step(tok))) % m.n_vocab
-        tg.append(n_tg / (time.perf_counter() - t0))
-    return dict(pp_tok_s=statistics.median(pp), tg_tok_s=statistics.median(tg),
-                rss_mb=_peak_rss_mb(), load_s=load_s)
+    prompt = np.random.default_rng(0).integers(3, m.n_vocab, n_pp).astype(np.int32)
+    pp, tg = _timed_runs(m.reset, m.prefill, m.decode_step, prompt, n_tg, runs)
+    return dict(pp_tok_s=pp, tg_tok_s=tg, rss_mb=_peak_rss_mb(), load_s=load_s)
 
 
 def worker_llama_cpp(path: str, threads: int, n_pp: int, n_tg: int, runs: int) -> dict:
@@ -202,21 +204,9 @@ def worker_llama_cpp(path: str, threads: int, n_pp: int, n_tg: int, runs: int) -
     llm = llama_cpp.Llama(model_path=path, n_ctx=n_pp + n_tg + 8, n_batch=512, n_ubatch=512,
                           n_threads=threads, n_threads_batch=threads, verbose=False)
     load_s = time.perf_counter() - t0
-    rng = np.random.default_rng(0)
-    prompt = [int(t) for t in rng.integers(3, llm.n_vocab(), n_pp)]
-    pp, tg = [], []
-    llm.eval(prompt[:8])
-    for _ in range(runs):
-        llm.reset()
-        t0 = time.perf_counter()
-        llm.eval(prompt)
-        pp.append(n_pp / (time.perf_counter() - t0))
-        t0 = time.perf_counter()
-        for _ in range(n_tg):
-            llm.eval([5])
-        tg.append(n_tg / (time.perf_counter() - t0))
-    return dict(pp_tok_s=statistics.median(pp), tg_tok_s=statistics.median(tg),
-                rss_mb=_peak_rss_mb(), load_s=load_s)
+    prompt = [int(t) for t in np.random.default_rng(0).integers(3, llm.n_vocab(), n_pp)]
+    pp, tg = _timed_runs(llm.reset, llm.eval, lambda t: llm.eval([t]), prompt, n_tg, runs)
+    return dict(pp_tok_s=pp, tg_tok_s=tg, rss_mb=_peak_rss_mb(), load_s=load_s)
 
 
 def _run_worker(engine: str, path: Path, args) -> dict | None:
