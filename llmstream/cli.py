@@ -107,6 +107,55 @@ def cmd_tokenize(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    """Resolve the model (a local file, or the hub with its cache), then serve it."""
+    import logging
+    import os
+    import signal
+
+    from aiohttp import web
+
+    from .server.app import LOAD_FAILED, Settings, create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.model and (args.model_repo or args.model_file):
+        raise LLMStreamError("give either --model (a local file) or --model-repo/--model-file, not both")
+    if args.model:
+        model, tokenizer, config = args.model, args.tokenizer, args.config
+    else:
+        from .hub import resolve_model
+        r = resolve_model(args.feature, model_repo=args.model_repo, model_file=args.model_file,
+                          tokenizer_repo=args.tokenizer_repo, tokenizer_path=args.tokenizer,
+                          config_path=args.config)
+        model, tokenizer, config = r.model_path, r.tokenizer_path, r.config_path
+        print(f"model: {r.source}", file=sys.stderr)
+    settings = Settings(
+        model_path=str(model), tokenizer_path=tokenizer and str(tokenizer),
+        config_path=config and str(config), ctx_size=args.ctx_size, threads=args.threads,
+        context_type=args.context_type, prompt_config=args.prompt_config,
+        defaults=_params_from_args(args), max_body_bytes=args.max_body_bytes,
+        max_queue=args.max_queue, token_delay_ms=args.token_delay_ms)
+    app = create_app(settings)
+    failed: list[str] = []
+
+    def load_failed(message: str):
+        failed.append(message)
+        signal.raise_signal(signal.SIGTERM)   # aiohttp's handler shuts the server down cleanly
+    app[LOAD_FAILED] = load_failed
+    url = f"http://{args.host}:{args.port}"
+    try:
+        web.run_app(app, host=args.host, port=args.port, access_log=None,
+                    print=lambda _: print(f"llmstream: serving on {url} (web UI at {url}/), "
+                                          "loading the model...", file=sys.stderr))
+    except OSError as e:
+        raise LLMStreamError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}; "
+                             "choose another port with --port (PORT= for make run)") from None
+    if failed:
+        print(f"llmstream: error: {failed[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmstream", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -130,6 +179,30 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(gen)
     gen.add_argument("prompt", help="the question")
     gen.set_defaults(func=cmd_generate)
+
+    sv = sub.add_parser("serve", help="serve a model over HTTP (/token_stream, /v1/*, web UI)")
+    sv.add_argument("--feature", default="phi-2", choices=["phi-2", "mistral", "llama"],
+                    help="model family whose default model is served when no --model is given")
+    sv.add_argument("--model", help="local GGUF file (skips the hub)")
+    sv.add_argument("--model-repo", help="Hugging Face repo of the GGUF file (default: the feature's)")
+    sv.add_argument("--model-file", help="GGUF file name in --model-repo")
+    sv.add_argument("--tokenizer-repo", help="Hugging Face repo with the tokenizer.json")
+    sv.add_argument("--tokenizer", help="local tokenizer.json")
+    sv.add_argument("--config", help="Hugging Face config.json (candle-layout files)")
+    sv.add_argument("--ctx-size", type=int, help="KV cache capacity (default: the model's context, at most 4096)")
+    sv.add_argument("--threads", type=int, help="threads (default: OMP_NUM_THREADS or all cores)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=3030)
+    sv.add_argument("--context-type", default="general",
+                    help="default context prompt (general, sql, classifier, math, ...)")
+    sv.add_argument("--prompt-config", help="prompt config TOML (default: config/prompt_config.toml)")
+    sv.add_argument("--max-queue", type=int, default=16,
+                    help="requests that may wait while one generates; more get 503")
+    sv.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger bodies get 413")
+    sv.add_argument("--token-delay-ms", type=float, default=0.0,
+                    help="pause after each streamed piece (demos, UI tests)")
+    _sampling_args(sv)
+    sv.set_defaults(func=cmd_serve)
 
     tk = sub.add_parser("tokenize", help="print token ids as a JSON list")
     tk.add_argument("--model", required=True, help="GGUF model file (its vocabulary, or --tokenizer)")

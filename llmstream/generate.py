@@ -154,6 +154,12 @@ class LLM:
     def close(self):
         self.model.close()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     # -- prompts ---------------------------------------------------------------------------------
     def _special(self) -> tuple[str, str]:
         tok = self.tokenizer
@@ -169,9 +175,12 @@ class LLM:
         bos, eos = self._special()
         return format_prompt(self.family, query, context, self.chat_template, bos, eos)
 
-    def format_chat(self, messages: Sequence[Mapping[str, Any]]) -> str:
+    def format_chat(self, messages: Sequence[Mapping[str, Any]], context_type: str | None = None) -> str:
+        """The prompt for OpenAI-style messages; the context prompt `context_type` (default
+        general) is the system prompt when the messages carry none."""
+        context = get_context(context_type or "general", self.contexts)
         bos, eos = self._special()
-        return format_messages(self.family, messages, self.chat_template, bos, eos)
+        return format_messages(self.family, messages, self.chat_template, bos, eos, context=context)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)
@@ -196,7 +205,7 @@ class LLM:
                                    f"(0..{self.model.n_vocab - 1})")
         else:
             if messages is not None:
-                text = self.format_chat(messages)
+                text = self.format_chat(messages, context_type)
             elif not isinstance(prompt, str):
                 raise RequestError("the prompt must be a string")
             else:
