@@ -205,13 +205,15 @@ async def _model_ctx(app: web.Application):
                      time.perf_counter() - t0, state.llm.n_ctx)
         except LLMStreamError as e:
             state.status, state.error = "error", str(e)
-            log.error("llmstream: error: %s", e)
         except Exception as e:  # an unexpected failure still leaves a server that says why
             state.status, state.error = "error", f"{type(e).__name__}: {e}"
             log.exception("loading the model failed")
-        on_error = app.get(LOAD_FAILED)
-        if state.status == "error" and on_error is not None:
-            on_error(state.error)
+        if state.status == "error":
+            on_error = app.get(LOAD_FAILED)
+            if on_error is not None:
+                on_error(state.error)
+            else:
+                log.error("the model failed to load: %s", state.error)
 
     task = asyncio.ensure_future(load())
     yield

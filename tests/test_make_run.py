@@ -1,0 +1,93 @@
+"""End to end as a user does it: `make run MODEL_PATH=<fixture> PORT=...`, then the README's own
+curl commands, copied out of README.md, stream text."""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import ROOT, shared_path  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the server exited with {proc.returncode}:\n{proc.stdout.read()}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=1) as r:
+                return json.load(r)
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("the server did not become healthy")
+
+
+def readme_curl_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return [line.strip() for line in text.splitlines()
+            if line.strip().startswith("curl ") and "127.0.0.1:3030/token_stream" in line]
+
+
+@pytest.fixture
+def make_run():
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    model = shared_path("reference", "phi2-Q4_0.gguf")
+    port = free_port()
+    proc = subprocess.Popen(["make", "-s", "run", f"MODEL_PATH={model}", f"PORT={port}",
+                             "CONTEXT_TYPE=classifier", "THREADS=2"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        info = wait_healthy(url, proc)
+        yield port, info
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_the_readmes_curl_commands_stream_text_from_make_run(make_run):
+    port, info = make_run
+    assert info["status"] == "ok" and info["default_context_type"] == "classifier"
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    commands = readme_curl_commands()
+    assert len(commands) == 2, commands          # the original service's two examples
+    for cmd in commands:
+        cmd = cmd.replace("127.0.0.1:3030", f"127.0.0.1:{port}")
+        out = subprocess.run(["bash", "-c", cmd + " -sS -w '\\n%{http_code} %{content_type}'"],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        body, _, status = out.stdout.rpartition("\n")
+        assert status == "200 text/plain; charset=utf-8", (cmd, out.stdout)
+        assert body.strip(), cmd
+
+
+def test_make_run_reports_a_missing_model_file_clearly():
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    out = subprocess.run(["make", "-s", "run", "MODEL_PATH=/nonexistent/model.gguf",
+                          f"PORT={free_port()}"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert "/nonexistent/model.gguf" in out.stderr and "Traceback" not in out.stderr
+    assert re.search(r"llmstream: error: .*", out.stderr)
