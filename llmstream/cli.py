@@ -109,32 +109,36 @@ def cmd_tokenize(args) -> int:
 
 def cmd_serve(args) -> int:
     """Resolve the model (a local file, or the hub with its cache), then serve it."""
-    import logging
-    import os
-    import signal
+    from .server.app import Settings
 
-    from aiohttp import web
+    from .hub import resolve_model
 
-    from .server.app import LOAD_FAILED, Settings, create_app
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.model and (args.model_repo or args.model_file):
         raise LLMStreamError("give either --model (a local file) or --model-repo/--model-file, not both")
-    if args.model:
-        model, tokenizer, config = args.model, args.tokenizer, args.config
-    else:
-        from .hub import resolve_model
-        r = resolve_model(args.feature, model_repo=args.model_repo, model_file=args.model_file,
-                          tokenizer_repo=args.tokenizer_repo, tokenizer_path=args.tokenizer,
-                          config_path=args.config)
-        model, tokenizer, config = r.model_path, r.tokenizer_path, r.config_path
-        print(f"model: {r.source}", file=sys.stderr)
+    r = resolve_model(args.feature, model_repo=args.model_repo, model_file=args.model_file,
+                      tokenizer_repo=args.tokenizer_repo, model_path=args.model,
+                      tokenizer_path=args.tokenizer, config_path=args.config)
+    model, tokenizer, config = r.model_path, r.tokenizer_path, r.config_path
+    print(f"llmstream: model {r.source}", file=sys.stderr)
     settings = Settings(
         model_path=str(model), tokenizer_path=tokenizer and str(tokenizer),
         config_path=config and str(config), ctx_size=args.ctx_size, threads=args.threads,
         context_type=args.context_type, prompt_config=args.prompt_config,
         defaults=_params_from_args(args), max_body_bytes=args.max_body_bytes,
         max_queue=args.max_queue, token_delay_ms=args.token_delay_ms)
+    return _run_server(settings, args.host, args.port)
+
+
+def _run_server(settings, host: str, port: int) -> int:
+    """Serve until Ctrl+C; 1 when the model failed to load (the server then stops by itself)."""
+    import logging
+    import signal
+
+    from aiohttp import web
+
+    from .server.app import LOAD_FAILED, create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     app = create_app(settings)
     failed: list[str] = []
 
@@ -142,18 +146,30 @@ def cmd_serve(args) -> int:
         failed.append(message)
         signal.raise_signal(signal.SIGTERM)   # aiohttp's handler shuts the server down cleanly
     app[LOAD_FAILED] = load_failed
-    url = f"http://{args.host}:{args.port}"
+    url = f"http://{host}:{port}"
     try:
-        web.run_app(app, host=args.host, port=args.port, access_log=None,
+        web.run_app(app, host=host, port=port, access_log=None,
                     print=lambda _: print(f"llmstream: serving on {url} (web UI at {url}/), "
                                           "loading the model...", file=sys.stderr))
     except OSError as e:
-        raise LLMStreamError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}; "
+        raise LLMStreamError(f"cannot listen on {host}:{port}: {e.strerror or e}; "
                              "choose another port with --port (PORT= for make run)") from None
     if failed:
         print(f"llmstream: error: {failed[0]}", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_demo(args) -> int:
+    """Build (once) a small random-weight model with its own vocabulary and serve it."""
+    from .demo import build_demo_model
+    from .server.app import Settings
+
+    path = build_demo_model()
+    print(f"llmstream demo: serving {path} — random weights, so the answers are gibberish by "
+          "design", file=sys.stderr)
+    return _run_server(Settings(model_path=str(path), threads=args.threads,
+                                token_delay_ms=args.token_delay_ms), args.host, args.port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,6 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pause after each streamed piece (demos, UI tests)")
     _sampling_args(sv)
     sv.set_defaults(func=cmd_serve)
+
+    dm = sub.add_parser("demo", help="serve a small random-weight model built locally (gibberish, no download)")
+    dm.add_argument("--host", default="127.0.0.1")
+    dm.add_argument("--port", type=int, default=3030)
+    dm.add_argument("--threads", type=int, help="threads (default: OMP_NUM_THREADS or all cores)")
+    dm.add_argument("--token-delay-ms", type=float, default=0.0,
+                    help="pause after each streamed piece, to watch the stream")
+    dm.set_defaults(func=cmd_demo)
 
     tk = sub.add_parser("tokenize", help="print token ids as a JSON list")
     tk.add_argument("--model", required=True, help="GGUF model file (its vocabulary, or --tokenizer)")

@@ -91,3 +91,15 @@ def test_make_run_reports_a_missing_model_file_clearly():
     assert out.returncode != 0
     assert "/nonexistent/model.gguf" in out.stderr and "Traceback" not in out.stderr
     assert re.search(r"llmstream: error: .*", out.stderr)
+
+
+def test_make_run_offline_without_a_cached_model_says_what_to_do(tmp_path):
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    out = subprocess.run(["make", "-s", "run", "FEATURE=mistral", f"PORT={free_port()}"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode != 0
+    assert "lmz/candle-mistral" in out.stderr and "MODEL_PATH=" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
