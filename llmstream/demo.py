@@ -13,10 +13,12 @@ exactly as it rebuilds phi-2's.
 
 Why phi2 rather than llama: phi-2 is the default FEATURE, its tokenizer family is GPT-2 byte-level
 BPE (lossless for any text, no <unk>), and its output bias lets the demo steer its random logits
-cheaply: towards whole words, away from byte tokens that are not UTF-8 on their own, and away from
-ending at once.
+cheaply: towards whole words, away from byte tokens that are not UTF-8 on their own, and towards an
+end of the answer after some dozens of tokens (random logits would never pick <|endoftext|>, or
+pick it at once).
 
-The vocabulary is a byte-level BPE trained with the `tokenizers` library on the English text below.
+The vocabulary (~1300 tokens: all the merges a few KB of text allow) is a byte-level BPE trained
+with the `tokenizers` library on the English text below.
 Everything is deterministic (fixed corpus, fixed seed, tie-breaking in the trainer by token ids that
 are fixed because the initial alphabet is all 256 byte symbols), so every build writes the same bytes.
 """
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-DEMO_VERSION = 1       # bump when anything below changes what is written; older files are rebuilt
+DEMO_VERSION = 2       # bump when anything below changes what is written; older files are rebuilt
 DEMO_NAME = "llmstream-demo"
 FILE_NAME = "demo-phi2.gguf"
 EOT = "<|endoftext|>"
@@ -36,6 +38,10 @@ EOT = "<|endoftext|>"
 # shape: small enough to build in a second and generate hundreds of tokens/s on 2 cores
 HPARAMS = dict(n_embd=384, n_layer=4, n_head=6, n_ff=1536, n_rot=32, n_ctx=2048, vocab_size=2048)
 WEIGHT_TYPE = "Q8_0"
+# quant scale of output.weight: logits of a few units, so that temperature and top-p matter
+OUTPUT_SCALE = 0.0005
+# output bias of <|endoftext|>: with default sampling, answers end after ~10 to ~600 tokens (median ~100)
+EOT_BIAS = 3.25
 SEED = 20240601
 
 # Training text for the vocabulary (written for this module; a few KB of plain English).
@@ -189,14 +195,14 @@ def train_vocab(vocab_size: int = HPARAMS["vocab_size"]):
 def _output_bias(tokens: list[str]) -> np.ndarray:
     """Steer random logits towards readable word salad: favour whole words (tokens that start with
     the byte-level space 'Ġ' followed by letters), suppress tokens that are not valid UTF-8 text on
-    their own or are control characters, and make the end-of-text token rare."""
+    their own or are control characters, and let <|endoftext|> end answers after a while."""
     from tokenizers import decoders
 
     dec = decoders.ByteLevel()
     bias = np.zeros(len(tokens), np.float32)
     for i, t in enumerate(tokens):
         if t == EOT:
-            bias[i] = -6.0
+            bias[i] = EOT_BIAS
             continue
         text = dec.decode([t])
         if "\ufffd" in text or any(ord(c) < 32 and c != "\n" for c in text):
@@ -244,8 +250,12 @@ def write_demo_model(path: Path) -> None:
 
     qtype = gguf.GGMLQuantizationType(BLOCKS[WEIGHT_TYPE][0])
 
-    def add(name: str, n_rows: int, n_in: int):
-        w.add_tensor(name, _random_blocks(rng, WEIGHT_TYPE, n_rows, n_in), raw_dtype=qtype)
+    def add(name: str, n_rows: int, n_in: int, scale: float | None = None):
+        data = _random_blocks(rng, WEIGHT_TYPE, n_rows, n_in)
+        if scale is not None:  # Q8_0 block: fp16 scale, then 32 int8 quants
+            blocks = data.reshape(n_rows, -1, BLOCKS[WEIGHT_TYPE][2])
+            blocks[:, :, 0:2] = np.frombuffer(np.float16(scale).tobytes(), np.uint8)
+        w.add_tensor(name, data, raw_dtype=qtype)
 
     def f32(name: str, value: np.ndarray):
         w.add_tensor(name, np.ascontiguousarray(value, np.float32))
@@ -256,7 +266,7 @@ def write_demo_model(path: Path) -> None:
     add("token_embd.weight", V, E)
     f32("output_norm.weight", np.ones(E))
     f32("output_norm.bias", np.zeros(E))
-    add("output.weight", V, E)
+    add("output.weight", V, E, scale=OUTPUT_SCALE)
     f32("output.bias", _output_bias(tokens))
     for i in range(L):
         p = f"blk.{i}."

@@ -227,6 +227,9 @@ def _fetch(repo: str, filename: str) -> Path:
             return Path(hf.hf_hub_download(repo, filename, cache_dir=cache, local_files_only=True))
         except LocalMissing:
             if offline:
+                older = _older_snapshot(cache, repo, filename)
+                if older is not None:
+                    return older
                 raise fail(f"it is not in the Hugging Face cache ({cache}) and HF_HUB_OFFLINE=1 forbids "
                            "downloading (unset it to download)") from None
         log.info("downloading %s into %s", what, cache)
@@ -243,6 +246,9 @@ def _fetch(repo: str, filename: str) -> Path:
         raise fail("the repository has no 'main' revision") from None
     except LocalMissing as e:
         # online attempt failed at the connection level and the file is not cached
+        older = _older_snapshot(cache, repo, filename)
+        if older is not None:
+            return older
         raise fail(f"it is not in the Hugging Face cache ({cache}) and huggingface.co cannot be reached "
                    f"({_short_cause(e)})") from None
     except EntryMissing:
@@ -259,6 +265,22 @@ def _fetch(repo: str, filename: str) -> Path:
                    "directory with enough space)") from None
     except Exception as e:  # proxies, SSL, anything the network stack raises: no traceback for users
         raise fail(_short(e)) from None
+
+
+def _older_snapshot(cache: Path, repo: str, filename: str) -> Path | None:
+    """The file in a snapshot other than the one refs/main names (the repo moved on after it was
+    downloaded, e.g. the tokenizer was fetched at a newer commit than the model): the newest such
+    copy, for use without the Hub."""
+    folder = cache / ("models--" + repo.replace("/", "--")) / "snapshots"
+    try:
+        found = [snap / filename for snap in folder.iterdir() if (snap / filename).is_file()]
+    except OSError:
+        return None
+    if not found:
+        return None
+    best = max(found, key=lambda p: p.stat().st_mtime)
+    log.info("using %s/%s from an older snapshot in the cache (%s)", repo, filename, best.parent.name)
+    return best
 
 
 def _short(e: BaseException) -> str:

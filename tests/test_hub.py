@@ -277,3 +277,13 @@ def test_gated_and_missing_repos(hf_env, monkeypatch, caplog):
     assert r.tokenizer_path is None
     warnings = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING]
     assert len(warnings) == 1 and "gated" in warnings[0]
+
+
+def test_offline_a_file_of_an_older_snapshot_is_used(hf_env):
+    """The model was downloaded at one commit, then refs/main moved on (the tokenizer was fetched
+    later): offline, the model of the older snapshot is still found."""
+    old = cache_file(hf_env, PHI_REPO, PHI_FILE, shared_path("reference", "phi2-Q4_0.candle.gguf"),
+                     commit="a" * 40)
+    tok = cache_file(hf_env, PHI_REPO, "tokenizer.json", phi2_tokenizer_json(), commit="b" * 40)
+    r = resolve_model("phi-2")
+    assert r.model_path == old and r.tokenizer_path == tok
