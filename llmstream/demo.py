@@ -24,6 +24,7 @@ are fixed because the initial alphabet is all 256 byte symbols), so every build 
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -180,8 +181,6 @@ def train_vocab(vocab_size: int = HPARAMS["vocab_size"]):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   special_tokens=[])
     tok.train_from_iterator(CORPUS.splitlines(keepends=True), trainer=trainer)
-    import json
-
     model = json.loads(tok.to_str())["model"]
     vocab = model["vocab"]
     tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]

@@ -33,7 +33,12 @@ LOCAL_HINT = ("to use a local file instead: make run MODEL_PATH=/path/to/model.g
 
 
 class HubError(LLMStreamError):
-    """A model or tokenizer file could not be had from the Hugging Face Hub (nor its cache)."""
+    """A model or tokenizer file could not be had from the Hugging Face Hub (nor its cache).
+    `what` is "owner/name/file", `why` the short reason."""
+
+    def __init__(self, message: str, what: str = "", why: str = ""):
+        super().__init__(message)
+        self.what, self.why = what, why
 
 
 @dataclass(frozen=True)
@@ -168,20 +173,23 @@ def resolve_model(feature: str = "phi-2", *, model_repo: str | None = None, mode
     source = f"{repo}/{file} (Hugging Face cache)"
     if tok_error is not None:
         if not _has_vocab(path):
-            raise HubError(f"{path} carries no vocabulary, so it needs a tokenizer.json, and {tok_error}")
-        log.warning("%s; using the vocabulary embedded in %s instead (set TOKENIZER_PATH= or "
-                    "TOKENIZER_REPO= to choose a tokenizer)", _first_line(tok_error), file)
+            raise HubError(f"{path} carries no vocabulary, so it needs a tokenizer.json, and {tok_error}",
+                           tok_error.what, tok_error.why)
+        log.warning("cannot fetch %s: %s; using the vocabulary embedded in %s instead (set "
+                    "TOKENIZER_PATH= or TOKENIZER_REPO= to choose a tokenizer)",
+                    tok_error.what, tok_error.why, file)
         tok_desc = ", tokenizer from the GGUF's vocabulary"
     return ResolvedModel(path, tok_local, cfg_local, source + tok_desc)
 
 
 def _local_file(p: str | os.PathLike, what: str, kind: str) -> Path:
-    path = Path(os.path.expanduser(str(p)))
+    path = Path(os.path.expanduser(str(p))).absolute()  # not resolve(): a symlink (a Hugging Face
+    # snapshot entry) must keep its directory, where tokenizer.json / config.json are looked for
     if not path.exists():
         raise ConfigError(f"{what}={p}: no such file; give the path of an existing {kind} file")
     if not path.is_file():
         raise ConfigError(f"{what}={p} is a directory, not a file; give the path of the {kind} file itself")
-    return path.resolve()
+    return path
 
 
 def _has_vocab(path: Path) -> bool:
@@ -192,10 +200,6 @@ def _has_vocab(path: Path) -> bool:
             return "tokenizer.ggml.model" in gf.metadata
     except LLMStreamError:
         return True  # not a readable GGUF: let the loader say what is wrong with it
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).split(" — to use a local file")[0]
 
 
 # ------------------------------------------------------------------------------------ downloading
@@ -214,7 +218,7 @@ def _fetch(repo: str, filename: str) -> Path:
     what = f"{repo}/{filename}"
 
     def fail(why: str) -> HubError:
-        return HubError(f"cannot fetch {what} from Hugging Face: {why} — {LOCAL_HINT}")
+        return HubError(f"cannot fetch {what} from Hugging Face: {why} — {LOCAL_HINT}", what, why)
 
     LocalMissing = hf_utils.LocalEntryNotFoundError   # a subclass of EntryNotFoundError: caught first
     try:

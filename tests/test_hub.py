@@ -162,10 +162,14 @@ def test_model_path_bypasses_the_hub(tmp_path, monkeypatch):
     tok = tmp_path / "tokenizer.json"
     tok.write_bytes(phi2_tokenizer_json())
     r = resolve_model("mistral", model_path=model, tokenizer_path=tok)
-    assert r.model_path == model.resolve() and r.tokenizer_path == tok.resolve()
+    assert r.model_path == model.absolute() and r.tokenizer_path == tok.absolute()
     assert "local" in r.source
     assert resolve_model(model_path=model).tokenizer_path is None
 
+    # a symlinked model keeps its own directory (tokenizer.json/config.json beside it are found there)
+    link = tmp_path / "model.gguf"
+    link.symlink_to(model)
+    assert resolve_model(model_path=link).model_path == link
     with pytest.raises(ConfigError, match="MODEL_PATH=/no/such/model.gguf"):
         resolve_model(model_path="/no/such/model.gguf")
     with pytest.raises(ConfigError, match="TOKENIZER_PATH="):
