@@ -113,6 +113,7 @@ def cmd_serve(args) -> int:
 
     from .hub import resolve_model
 
+    _log_to_stderr()   # the hub's download and fallback messages, then the server's
     if args.model and (args.model_repo or args.model_file):
         raise LLMStreamError("give either --model (a local file) or --model-repo/--model-file, not both")
     r = resolve_model(args.feature, model_repo=args.model_repo, model_file=args.model_file,
@@ -129,16 +130,19 @@ def cmd_serve(args) -> int:
     return _run_server(settings, args.host, args.port)
 
 
+def _log_to_stderr():
+    import logging
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+
 def _run_server(settings, host: str, port: int) -> int:
     """Serve until Ctrl+C; 1 when the model failed to load (the server then stops by itself)."""
-    import logging
     import signal
 
     from aiohttp import web
 
     from .server.app import LOAD_FAILED, create_app
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     app = create_app(settings)
     failed: list[str] = []
 
@@ -165,6 +169,7 @@ def cmd_demo(args) -> int:
     from .demo import build_demo_model
     from .server.app import Settings
 
+    _log_to_stderr()
     path = build_demo_model()
     print(f"llmstream demo: serving {path} — random weights, so the answers are gibberish by "
           "design", file=sys.stderr)
@@ -224,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--host", default="127.0.0.1")
     dm.add_argument("--port", type=int, default=3030)
     dm.add_argument("--threads", type=int, help="threads (default: OMP_NUM_THREADS or all cores)")
-    dm.add_argument("--token-delay-ms", type=float, default=0.0,
+    dm.add_argument("--token-delay-ms", type=float, default=25.0,
                     help="pause after each streamed piece, to watch the stream")
     dm.set_defaults(func=cmd_demo)
 

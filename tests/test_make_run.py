@@ -103,3 +103,25 @@ def test_make_run_offline_without_a_cached_model_says_what_to_do(tmp_path):
     assert out.returncode != 0
     assert "lmz/candle-mistral" in out.stderr and "MODEL_PATH=" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_make_demo_builds_a_model_locally_and_streams_it(tmp_path):
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    port = free_port()
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(["make", "-s", "demo", f"PORT={port}"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert wait_healthy(url, proc)["model"] == "llmstream-demo"
+        req = urllib.request.Request(url + "/token_stream", method="POST",
+                                     data=json.dumps({"query": "Hello there", "max_tokens": 8}).encode())
+        with urllib.request.urlopen(req, timeout=60) as r:
+            assert r.headers["Content-Type"] == "text/plain; charset=utf-8"
+            assert r.read().decode().strip()
+        assert (tmp_path / "llmstream" / "demo" / "demo-phi2.gguf").is_file()
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(10)
