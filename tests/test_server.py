@@ -293,7 +293,7 @@ async def test_a_client_that_disconnects_frees_the_model(make_client):
     r = await client.post("/token_stream", json={"query": "go on forever", "max_tokens": 400})
     assert await r.content.readany()
     r.close()                               # the client goes away mid-stream
-    for _ in range(100):
+    for _ in range(500):                    # generous for a loaded CI machine
         if state.finished and not state.generating:
             break
         await asyncio.sleep(0.02)
