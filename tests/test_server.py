@@ -304,6 +304,26 @@ async def test_a_client_that_disconnects_frees_the_model(make_client):
     assert state.finished[-1].finish_reason == "length"
 
 
+async def test_a_client_that_leaves_while_waiting_costs_no_generation(make_client):
+    client = await make_client(token_delay_ms=40)
+    state = client.app[STATE]
+    first = asyncio.ensure_future(client.post("/token_stream", json={"query": "a", "max_tokens": 10}))
+    while not state.generating:
+        await asyncio.sleep(0.01)
+    waiting = asyncio.ensure_future(client.post("/token_stream", json={"query": "b", "max_tokens": 10}))
+    while state.waiting < 1:
+        await asyncio.sleep(0.01)
+    waiting.cancel()                        # the waiting client goes away
+    n_before = len(state.finished)
+    resp = await first
+    assert resp.status == 200 and await resp.text()
+    r = await client.post("/token_stream", json={"query": "c", "max_tokens": 2})
+    assert r.status == 200 and await r.text()
+    # only the first and the last request generated anything
+    assert len(state.finished) == n_before + 2
+    assert [s.completion_tokens for s in list(state.finished)[-2:]] == [10, 2]
+
+
 async def test_concurrent_requests_each_get_their_own_text(make_client):
     client = await make_client(token_delay_ms=2)
     reqs = [{"query": "First question", "temperature": 0.8, "seed": 1, "max_tokens": 25},

@@ -129,6 +129,9 @@ class ModelState:
         if self.closing:
             self.turn.release()
             raise NotReady("the server is shutting down")
+        if _gone(request):   # left while waiting: do not spend a prefill on nobody
+            self.turn.release()
+            raise ClientGone("the client disconnected while waiting for its turn")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         delay = self.settings.token_delay_ms / 1000.0
@@ -176,12 +179,20 @@ class ModelState:
                 self.turn.release()
 
 
+class ClientGone(ConnectionResetError):
+    """The client closed its connection: there is nobody to answer."""
+
+
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 async def _watch_disconnect(request: web.Request, cancel: threading.Event, every: float = 0.02):
     """Set `cancel` as soon as the client's connection is gone (checked every 20 ms, so a
     generation stops within a token even when no piece is being written)."""
     while not cancel.is_set():
-        transport = request.transport
-        if transport is None or transport.is_closing():
+        if _gone(request):
             cancel.set()
             return
         await asyncio.sleep(every)

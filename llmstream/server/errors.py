@@ -62,6 +62,8 @@ async def error_middleware(request: web.Request, handler):
                               headers={k: v for k, v in e.headers.items() if k == "Allow"})
     except LLMStreamError as e:
         return response_for(e)
+    except ConnectionResetError:
+        return web.Response(status=499)  # the client has gone: nobody reads this
     except Exception:
         log.exception("unexpected error serving %s %s", request.method, request.path)
         return error_response(500, "internal server error (see the server log)", "server_error")
