@@ -115,7 +115,8 @@ async def test_token_stream_equals_the_non_streamed_completion_for_the_same_seed
     body = await r.json()
     assert r.status == 200, body
     assert streamed and body["choices"][0]["text"] == streamed
-    assert body["usage"]["completion_tokens"] == 40 and body["choices"][0]["finish_reason"] == "length"
+    n, finish = body["usage"]["completion_tokens"], body["choices"][0]["finish_reason"]
+    assert (n == 40 and finish == "length") or (0 < n < 40 and finish == "stop")
     # the same seed reproduces; another seed (almost surely) does not
     r = await client.post("/token_stream", json={"query": "What is the capital of France?", **req})
     assert await r.text() == streamed
