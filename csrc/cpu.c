@@ -52,6 +52,11 @@ int ls_simd_has_vec_dot(int type) {
     return type >= 0 && type < LS_TYPE_SLOTS && ls_kernels_avx2.vec_dot[type] != NULL;
 }
 
+/* 1 when the AVX2 table has a 4-token vec_dot for weights of `type`. */
+int ls_simd_has_vec_dot_x4(int type) {
+    return type >= 0 && type < LS_TYPE_SLOTS && ls_kernels_avx2.vec_dot_x4[type] != NULL;
+}
+
 /* 1 when the AVX2 table has its own quantizer for the activation type `type`. */
 int ls_simd_has_quantize(int type) {
     return type >= 0 && type < LS_TYPE_SLOTS && ls_kernels_avx2.quantize[type] != NULL;

@@ -41,6 +41,17 @@ void    ls_dequantize_row(int type, const void *x, float *y, int64_t n);
 /* sum_i w[i] * x[i] over n elements: w one row in `type`, x one row in ls_vec_dot_type(type). */
 float   ls_vec_dot(int type, int64_t n, const void *w, const void *x);
 
+/* One weight row w (n,) in `type` against 4 activation rows x_t (each n elements in
+ * ls_vec_dot_type(type), x_stride bytes apart) -> y[t] = w · x_t for t = 0..3. The weight blocks are
+ * decoded once for the 4 rows (a dedicated kernel where the SIMD table has one, else 4 ls_vec_dot). */
+void    ls_vec_dot_x4(int type, int64_t n, const void *w, const void *x, size_t x_stride, float *y);
+/* Rows r0..r1-1 of W (n_out, n) in `type` (w_stride bytes apart) @ x (T, n) already converted to the
+ * vec_dot type (x_stride bytes apart) -> y[t * ldy + r] for t < T, r0 <= r < r1. Tokens go 4 at a
+ * time through ls_vec_dot_x4 (each weight block decoded once per 4 tokens), the rest one by one.
+ * Single-threaded: callers split the rows between threads. */
+void    ls_matmul_rows(int type, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                       const void *x, size_t x_stride, int64_t T, float *y, size_t ldy);
+
 /* SIMD level in use; ls_set_simd returns the level actually set (AVX2 only when the CPU has it). */
 int     ls_get_simd(void);
 int     ls_set_simd(int level);

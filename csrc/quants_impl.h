@@ -15,12 +15,15 @@
 typedef float (*ls_vec_dot_fn)(int64_t n, const void *w, const void *x);
 typedef void (*ls_quantize_fn)(const float *x, void *y, int64_t n);
 typedef void (*ls_dequantize_fn)(const void *x, float *y, int64_t n);
+/* One weight row against 4 activation rows (x_stride bytes apart): y[t] = w · x_t, t = 0..3. */
+typedef void (*ls_vec_dot_x4_fn)(int64_t n, const void *w, const void *x, size_t x_stride, float *y);
 
 /* One table per SIMD level; slots of types without such a kernel are NULL. */
 typedef struct {
     ls_vec_dot_fn vec_dot[LS_TYPE_SLOTS];       /* indexed by the weight type */
     ls_quantize_fn quantize[LS_TYPE_SLOTS];     /* indexed by the activation (vec_dot) type */
     ls_dequantize_fn dequantize[LS_TYPE_SLOTS];
+    ls_vec_dot_x4_fn vec_dot_x4[LS_TYPE_SLOTS]; /* indexed by the weight type; NULL: 4 vec_dots */
 } ls_kernel_table;
 
 extern const ls_kernel_table ls_kernels_scalar;   /* quants.c */
@@ -31,6 +34,7 @@ const ls_kernel_table *ls_kernels(void);
 /* cpu.c: 1 when the AVX2 table has its own (non-fallback) vec_dot / quantizer for `type`. */
 int ls_simd_has_vec_dot(int type);
 int ls_simd_has_quantize(int type);
+int ls_simd_has_vec_dot_x4(int type);
 
 /* ---- scalar reference (quants.c) ---- */
 void dequantize_row_f32(const void *x, float *y, int64_t n);

@@ -27,6 +27,9 @@ cdef extern from "quants.h" nogil:
     void ls_quantize_row(int type, const float *x, void *y, int64_t n)
     void ls_dequantize_row(int type, const void *x, float *y, int64_t n)
     float ls_vec_dot(int type, int64_t n, const void *w, const void *x)
+    void ls_vec_dot_x4(int type, int64_t n, const void *w, const void *x, size_t x_stride, float *y)
+    void ls_matmul_rows(int type, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy)
     int ls_get_simd()
     int ls_set_simd(int level)
     int ls_cpu_has_avx2()
@@ -77,13 +80,19 @@ def vec_dot_row_bytes(int wtype, int64_t n_in):
     return ls_row_size(vdt, n_in)
 
 
+# Output rows per work item of a matmul: a chunk's weights (<= 16 rows, at most ~70 KB) stay in
+# L1/L2 while every group of 4 tokens passes over them.
+DEF MATMUL_CHUNK = 16
+
+
 def matmul(const uint8_t[:, ::1] w, int wtype, const float[:, ::1] x, float[:, ::1] y,
            uint8_t[::1] xq):
     """W (n_out, n_in) @ x (T, n_in) -> y (T, n_out).
 
     w: raw rows of the weight tensor in wtype (n_out, row_bytes); x is converted once to the
-    type's vec_dot format in xq (scratch, >= T * vec_dot_row_bytes(wtype, n_in) bytes), then every
-    weight row is dotted with every token row. Threads split the output rows statically."""
+    type's vec_dot format in xq (scratch, >= T * vec_dot_row_bytes(wtype, n_in) bytes). Threads
+    split the output rows statically in chunks of MATMUL_CHUNK; within a chunk the tokens go 4 at a
+    time through ls_vec_dot_x4, which decodes each weight block once for the 4 of them."""
     cdef int64_t T = x.shape[0], n_in = x.shape[1], n_out = w.shape[0]
     cdef int vdt = ls_vec_dot_type(wtype)
     _check(vdt >= 0, f"unknown tensor type {wtype}")
@@ -93,15 +102,18 @@ def matmul(const uint8_t[:, ::1] w, int wtype, const float[:, ::1] x, float[:, :
     _check(y.shape[0] == T and y.shape[1] == n_out, "output shape mismatch")
     _check(<size_t>xq.shape[0] >= T * rs, "activation scratch too small")
     cdef int nt = effective_threads()
-    cdef int64_t t, r
-    if T == 0:
+    cdef int64_t t, c, r0, r1
+    cdef int64_t n_chunks = (n_out + MATMUL_CHUNK - 1) // MATMUL_CHUNK
+    if T == 0 or n_out == 0:
         return
     with nogil, parallel(num_threads=nt):
         for t in prange(T, schedule="static"):
             ls_quantize_row(vdt, &x[t, 0], &xq[t * rs], n_in)
-        for r in prange(n_out, schedule="static"):
-            for t in range(T):
-                y[t, r] = ls_vec_dot(wtype, n_in, &w[r, 0], &xq[t * rs])
+        for c in prange(n_chunks, schedule="static"):
+            r0 = c * MATMUL_CHUNK
+            r1 = min(r0 + MATMUL_CHUNK, n_out)
+            ls_matmul_rows(wtype, n_in, &w[0, 0], <size_t>w.shape[1], r0, r1, &xq[0], rs, T,
+                           &y[0, 0], <size_t>n_out)
 
 
 def get_rows(const uint8_t[:, ::1] w, int wtype, const int32_t[::1] ids, float[:, ::1] out):

@@ -101,3 +101,56 @@ def test_simd_vs_scalar_quantize(t):
             x[:blck] = 0.0
             a, b = both_levels(lambda: _ops.quantize_row(t, x))
             np.testing.assert_array_equal(a, b, err_msg=f"{NAMES[t]} n={n} scale={scale}")
+
+
+# ---- 4-token kernels (prompt matmuls): each pinned to 4 calls of the scalar single-token kernel ----
+
+def test_the_bench_weight_types_have_a_4_token_avx2_kernel():
+    from quants_ref import Q4_0, Q4_K, Q6_K, Q8_0
+    assert {Q4_0, Q8_0, Q4_K, Q6_K} <= set(_ops.simd_x4_types())
+
+
+@pytest.mark.parametrize("t", WEIGHT_TYPES, ids=[NAMES[t] for t in WEIGHT_TYPES])
+def test_vec_dot_x4_vs_scalar_vec_dot(t):
+    rng = np.random.default_rng(4000 + t)
+    xt = VEC_DOT_TYPE[t]
+    blck = max(BLOCK[t][0], BLOCK[xt][0])
+    sizes = [256, 2048, 5632] + ([32, 96] if blck == 32 else []) + ([7, 33] if blck == 1 else [])
+    for n in sizes:
+        w = random_weights(t, n, rng)
+        xs = [random_activations(n, rng, s) for s in (1.0, 1e-3, 50.0, 1.0)]
+        xs[3][: n // 2] = 0.0
+        xq = np.stack([_ops.quantize_row(xt, x) for x in xs])
+        before = _ops.get_simd()
+        try:
+            _ops.set_simd(0)
+            scalar = [_ops.vec_dot(t, n, w, xq[k]) for k in range(4)]
+            _ops.set_simd(1)
+            simd = _ops.vec_dot_x4(t, n, w, xq)
+        finally:
+            _ops.set_simd(before)
+        for k in range(4):
+            scale = max(abs(scalar[k]), abs_dot(t, w, xq[k], n) / math.sqrt(n))
+            assert abs(simd[k] - scalar[k]) <= SIMD_RTOL * scale, \
+                f"{NAMES[t]} n={n} token {k}: x4 {simd[k]!r} vs scalar {scalar[k]!r}"
+
+
+@pytest.mark.parametrize("t", WEIGHT_TYPES, ids=[NAMES[t] for t in WEIGHT_TYPES])
+def test_matmul_tiles_match_row_by_row_vec_dot(t):
+    """matmul (chunks of rows x groups of 4 tokens, any remainder) == vec_dot of every (row, token)."""
+    rng = np.random.default_rng(5000 + t)
+    xt = VEC_DOT_TYPE[t]
+    n = 512
+    n_out = 37                                   # not a multiple of the row chunk
+    w = np.stack([random_weights(t, n, rng) for _ in range(n_out)])
+    rs = row_bytes(xt, n)
+    for T in (1, 3, 4, 5, 9):
+        x = np.stack([random_activations(n, rng) for _ in range(T)])
+        y = np.zeros((T, n_out), np.float32)
+        _ops.matmul(w, t, x, y, np.zeros(T * rs, np.uint8))
+        for k in range(T):
+            xq = _ops.quantize_row(xt, x[k])
+            for r in range(n_out):
+                want = _ops.vec_dot(t, n, w[r], xq)
+                scale = max(abs(want), abs_dot(t, w[r], xq, n) / math.sqrt(n))
+                assert abs(y[k, r] - want) <= SIMD_RTOL * scale, f"{NAMES[t]} T={T} token {k} row {r}"
