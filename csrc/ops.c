@@ -37,11 +37,22 @@ void ls_layernorm(const float *x, const float *w, const float *b, float *y, int 
 void ls_rope(float *x, int n_head, int head_dim, int n_rot, int pos, float freq_base, int neox) {
     const float theta_scale = powf(freq_base, -2.0f / (float)n_rot);
     const int half = n_rot / 2;
+    /* the angles depend on i only: cos/sin once for all heads (up to 256 pairs on the stack) */
+    float cs[256], sn[256];
+    const int tab = half <= 256;
+    if (tab) {
+        float theta = (float)pos;
+        for (int i = 0; i < half; i++) {
+            cs[i] = cosf(theta);
+            sn[i] = sinf(theta);
+            theta *= theta_scale;
+        }
+    }
     for (int h = 0; h < n_head; h++) {
         float *v = x + (size_t)h * head_dim;
         float theta = (float)pos;
         for (int i = 0; i < half; i++) {
-            const float c = cosf(theta), s = sinf(theta);
+            const float c = tab ? cs[i] : cosf(theta), s = tab ? sn[i] : sinf(theta);
             const int i0 = neox ? i : 2 * i;
             const int i1 = neox ? i + half : 2 * i + 1;
             const float a = v[i0], b = v[i1];
@@ -56,7 +67,8 @@ void ls_rope(float *x, int n_head, int head_dim, int n_rot, int pos, float freq_
 void ls_swiglu(float *gate, const float *up, int n) {
     for (int i = 0; i < n; i++) {
         const float g = gate[i];
-        gate[i] = g / (1.0f + expf(-g)) * up[i];
+        /* expf(-g) overflows to inf for g < -88.73 (silu -> -0): skip libm's slow error path */
+        gate[i] = (g < -88.75f ? -0.0f : g / (1.0f + expf(-g))) * up[i];
     }
 }
 
@@ -99,7 +111,9 @@ void ls_attn_head(const float *q, const uint16_t *k, const uint16_t *v, size_t k
     }
     double sum = 0.0;
     for (int j = first_key; j < n_keys; j++) {
-        const float e = expf(scores[j] - mx);
+        /* expf underflows to 0 below -103.98: skip libm's slow error path */
+        const float dlt = scores[j] - mx;
+        const float e = dlt < -104.0f ? 0.0f : expf(dlt);
         scores[j] = e;
         sum += e;
     }

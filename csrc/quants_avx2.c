@@ -764,6 +764,26 @@ static void quantize_row_bf16_avx2(const float *x, void *vy, int64_t n) {
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * Dequantizers (exact widenings, identical to the scalar ones) */
+
+// x (n,) f16 -> y (n,) f32: F16C, 8 at a time; chunks holding a NaN go the scalar way (F16C would
+// quiet signaling NaNs; the scalar widening keeps the payload bits)
+static void dequantize_row_f16_avx2(const void *vx, float *y, int64_t n) {
+    const ls_fp16_t *x = vx;
+    const __m128i exp_mask = _mm_set1_epi16(0x7c00);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m128i h = _mm_loadu_si128((const __m128i *)(x + i));
+        if (_mm_movemask_epi8(_mm_cmpeq_epi16(_mm_and_si128(h, exp_mask), exp_mask))) {
+            for (int k = 0; k < 8; ++k) y[i + k] = ls_fp16_to_fp32(x[i + k]);
+        } else {
+            _mm256_storeu_ps(y + i, _mm256_cvtph_ps(h));
+        }
+    }
+    for (; i < n; ++i) y[i] = fp16_to_fp32_f16c(x[i]);
+}
+
+/* ---------------------------------------------------------------------------------------------
  * The AVX2 table */
 
 const ls_kernel_table ls_kernels_avx2 = {
@@ -789,7 +809,9 @@ const ls_kernel_table ls_kernels_avx2 = {
         [LS_TYPE_Q8_1] = quantize_row_q8_1_avx2,
         [LS_TYPE_Q8_K] = quantize_row_q8_K_avx2,
     },
-    .dequantize = {0},
+    .dequantize = {
+        [LS_TYPE_F16] = dequantize_row_f16_avx2,
+    },
     .vec_dot_x4 = {
         [LS_TYPE_Q4_0] = vec_dot_q4_0_q8_0_x4_avx2,
         [LS_TYPE_Q8_0] = vec_dot_q8_0_q8_0_x4_avx2,
