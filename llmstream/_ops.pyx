@@ -8,6 +8,7 @@ layer; anything per element or per row happens here or in C.
 import os
 
 from cython.parallel cimport prange, parallel, threadid
+from libc.math cimport sqrt
 from libc.stdint cimport uint8_t, uint16_t, int32_t, int64_t
 
 cdef extern from *:
@@ -231,3 +232,4 @@ def attention(const float[:, ::1] q, const uint16_t[:, ::1] kc, const uint16_t[:
 
 
 include "_quants.pxi"
+include "_llama.pxi"
