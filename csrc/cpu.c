@@ -28,6 +28,8 @@ int ls_cpu_has_avx2(void) {
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 }
 
+static int avx512_used;                  /* 1 while the AVX-512 4-token kernels fill avx2_complete */
+
 static void build_avx2_table(void) {
     avx2_complete = ls_kernels_avx2;
     for (int t = 0; t < LS_TYPE_SLOTS; ++t) {
@@ -36,6 +38,28 @@ static void build_avx2_table(void) {
         if (!avx2_complete.dequantize[t]) avx2_complete.dequantize[t] = ls_kernels_scalar.dequantize[t];
     }
 }
+
+int ls_cpu_has_avx512(void) {
+    __builtin_cpu_init();
+    return ls_cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+        && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+}
+
+/* The AVX-512 4-token kernels replace the AVX2 ones in the AVX2 table (slot by slot, atomically:
+ * a matmul running meanwhile may use either, both compute the same integer sums). */
+int ls_set_avx512(int on) {
+    if (!__atomic_load_n(&avx2_ready, __ATOMIC_ACQUIRE)) return 0;
+    const int use = on && ls_cpu_has_avx512();
+    for (int t = 0; t < LS_TYPE_SLOTS; ++t) {
+        ls_vec_dot_x4_fn f = ls_kernels_avx2.vec_dot_x4[t];
+        if (use && ls_kernels_avx512.vec_dot_x4[t]) f = ls_kernels_avx512.vec_dot_x4[t];
+        __atomic_store_n(&avx2_complete.vec_dot_x4[t], f, __ATOMIC_RELEASE);
+    }
+    __atomic_store_n(&avx512_used, use, __ATOMIC_RELEASE);
+    return use;
+}
+
+int ls_get_avx512(void) { return __atomic_load_n(&avx512_used, __ATOMIC_ACQUIRE); }
 
 int ls_get_simd(void) { return __atomic_load_n(&current_level, __ATOMIC_ACQUIRE); }
 
@@ -52,7 +76,7 @@ int ls_simd_has_vec_dot(int type) {
     return type >= 0 && type < LS_TYPE_SLOTS && ls_kernels_avx2.vec_dot[type] != NULL;
 }
 
-/* 1 when the AVX2 table has a 4-token vec_dot for weights of `type`. */
+/* 1 when the AVX2 level has a 4-token vec_dot for weights of `type` (AVX2 or AVX-512). */
 int ls_simd_has_vec_dot_x4(int type) {
     return type >= 0 && type < LS_TYPE_SLOTS && ls_kernels_avx2.vec_dot_x4[type] != NULL;
 }
@@ -66,6 +90,8 @@ __attribute__((constructor)) static void ls_cpu_init(void) {
     if (ls_cpu_has_avx2()) {
         build_avx2_table();
         __atomic_store_n(&avx2_ready, 1, __ATOMIC_RELEASE);
+        const char *e512 = getenv("LLMSTREAM_AVX512");
+        ls_set_avx512(!(e512 && (!strcmp(e512, "0") || !strcasecmp(e512, "off") || !strcasecmp(e512, "no"))));
     }
     const char *env = getenv("LLMSTREAM_SIMD");
     int want = LS_SIMD_AVX2;

@@ -28,6 +28,7 @@ typedef struct {
 
 extern const ls_kernel_table ls_kernels_scalar;   /* quants.c */
 extern const ls_kernel_table ls_kernels_avx2;     /* quants_avx2.c */
+extern const ls_kernel_table ls_kernels_avx512;   /* quants_avx512.c: vec_dot_x4 slots only */
 
 /* cpu.c: the table in use (an atomic load; set once at start-up, changed only by ls_set_simd). */
 const ls_kernel_table *ls_kernels(void);
@@ -35,6 +36,11 @@ const ls_kernel_table *ls_kernels(void);
 int ls_simd_has_vec_dot(int type);
 int ls_simd_has_quantize(int type);
 int ls_simd_has_vec_dot_x4(int type);
+/* cpu.c: 1 when the CPU has AVX512F/BW/VL/VNNI; ls_set_avx512(0) makes the AVX2 level use the
+ * AVX2 4-token kernels even then (tests; LLMSTREAM_AVX512=0). Both return whether they are used. */
+int ls_cpu_has_avx512(void);
+int ls_set_avx512(int on);
+int ls_get_avx512(void);
 
 /* ---- scalar reference (quants.c) ---- */
 void dequantize_row_f32(const void *x, float *y, int64_t n);

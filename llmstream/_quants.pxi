@@ -25,6 +25,9 @@ cdef extern from "quants_impl.h" nogil:
     int ls_simd_has_vec_dot(int type)
     int ls_simd_has_quantize(int type)
     int ls_simd_has_vec_dot_x4(int type)
+    int ls_cpu_has_avx512()
+    int ls_set_avx512(int on)
+    int ls_get_avx512()
 
 # GGML type ids llmstream knows (quants.h enum ls_type).
 TYPE_F32 = 0
@@ -193,6 +196,23 @@ def cpu_has_avx2():
 def simd_kernel_types():
     """Type ids whose vec_dot has a dedicated AVX2 kernel (the rest fall back to scalar)."""
     return [t for t in TYPE_NAMES if ls_simd_has_vec_dot(t)]
+
+
+def cpu_has_avx512():
+    """True when the CPU has AVX512F/BW/VL/VNNI (used by the 4-token Q4_K / Q6_K kernels)."""
+    return bool(ls_cpu_has_avx512())
+
+
+def set_avx512(bint on):
+    """Let the AVX2 level use the AVX-512 4-token kernels (default when the CPU has them; the
+    environment variable LLMSTREAM_AVX512=0 turns them off). Returns whether they are used now.
+    Meant for tests and benchmarks."""
+    return bool(ls_set_avx512(on))
+
+
+def get_avx512():
+    """True while the AVX-512 4-token kernels are in use."""
+    return bool(ls_get_avx512())
 
 
 def simd_x4_types():

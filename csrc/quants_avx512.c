@@ -1,0 +1,139 @@
+/* quants_avx512.c — AVX-512 (BW, VL, VNNI) 4-token kernels for prompt matmuls.
+ *
+ * Only this file is compiled for AVX-512 (the pragma below); cpu.c puts its kernels into the
+ * AVX2 table's vec_dot_x4 slots when the CPU has AVX512F/BW/VL/VNNI (and LLMSTREAM_AVX512 is not
+ * 0), so the SIMD levels stay scalar / AVX2. On such CPUs a 512-bit register holds 64 weights:
+ * one maddubs (u8 x s8 -> int16 pairs) and one vpdpwssd (int16 pairs x sub-block scales, added
+ * to int32 accumulators) per 64 multiply-adds and token. The integer block sums are exactly those
+ * of the scalar kernels (same saturation-free ranges as quants_avx2.c); only the order of the
+ * float additions differs. Pinned to the scalar vec_dot by tests/test_quants_simd.py.
+ */
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")
+
+#include <immintrin.h>
+#include <string.h>
+
+#include "quants_impl.h"
+
+static inline float f16c_to_f32(ls_fp16_t h) { return _cvtsh_ss(h); }
+
+static inline float hsum_ps128_(__m128 s) {
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Q4_K / Q5_K packed 6-bit scales and mins -> 16 int16 (lanes 0-7 scales, 8-15 mins); as in
+ * quants_avx2.c (unpack_scales_mins_k4). */
+static inline __m256i unpack_scales_mins_k4_(const uint8_t *q) {
+    uint32_t w[3];
+    memcpy(w, q, 12);
+    const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
+    const uint32_t sc_lo = w[0] & m6;
+    const uint32_t sc_hi = (w[2] & m4) | (((w[0] >> 6) & m2) << 4);
+    const uint32_t mn_lo = w[1] & m6;
+    const uint32_t mn_hi = ((w[2] >> 4) & m4) | (((w[1] >> 6) & m2) << 4);
+    return _mm256_cvtepu8_epi16(_mm_set_epi32((int)mn_hi, (int)mn_lo, (int)sc_hi, (int)sc_lo));
+}
+
+/* Index vector for vpermw: int16 lane i <- lane first + i / per (per lanes of each scale). */
+static inline __m512i scale_index(int first, int per) {
+    int16_t idx[32];
+    for (int i = 0; i < 32; ++i) idx[i] = (int16_t)(first + i / per);
+    return _mm512_loadu_si512(idx);
+}
+
+#define X4_ROWS(T, vx, xs) { (const T *)(vx), (const T *)((const char *)(vx) + (xs)), \
+    (const T *)((const char *)(vx) + 2 * (xs)), (const T *)((const char *)(vx) + 3 * (xs)) }
+
+// w (n,) in Q4_K · x_t (n,) in Q8_K, t = 0..3 -> y[t] = sum_b (dx*d) * sum_s sc_s*(q·qx)_s - (dx*dmin) * sum_s m_s*bsum_s
+// Register k (0..3) holds elements 64k..64k+63: the low nibbles of qs[32k..] (sub-block 2k) then
+// the high nibbles (sub-block 2k+1) — the order of the Q8_K activations.
+static void vec_dot_q4_K_q8_K_x4_avx512(int64_t n, const void *vw, const void *vx, size_t xs, float *y) {
+    const block_q4_K *w = vw;
+    const block_q8_K *x[4] = X4_ROWS(block_q8_K, vx, xs);
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    __m512i idx[4];
+    for (int k = 0; k < 4; ++k) idx[k] = scale_index(2 * k, 16);
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    __m128 acc_m[4] = {_mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps()};
+    for (int64_t b = 0; b < n / QK_K; ++b) {
+        const float d = f16c_to_f32(w[b].d), dmin = f16c_to_f32(w[b].dmin);
+        const __m256i scales_mins = unpack_scales_mins_k4_(w[b].scales);
+        const __m256i mins = _mm256_permute2x128_si256(scales_mins, scales_mins, 0x11);
+        for (int t = 0; t < 4; ++t) {
+            const __m256i bs = _mm256_loadu_si256((const __m256i *)x[t][b].bsums);
+            const __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+            const __m128i msum = _mm_madd_epi16(_mm256_castsi256_si128(mins), pairs);
+            acc_m[t] = _mm_fmadd_ps(_mm_set1_ps(-dmin * x[t][b].d), _mm_cvtepi32_ps(msum), acc_m[t]);
+        }
+        const __m512i sc = _mm512_broadcast_i32x4(_mm256_castsi256_si128(scales_mins));
+        __m512i sumi[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+        for (int k = 0; k < 4; ++k) {
+            const __m256i bits = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * k));
+            const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(bits, low4)),
+                                                 _mm256_and_si256(_mm256_srli_epi16(bits, 4), low4), 1);
+            const __m512i s = _mm512_permutexvar_epi16(idx[k], sc);
+            for (int t = 0; t < 4; ++t) {
+                const __m512i p = _mm512_maddubs_epi16(q, _mm512_loadu_si512(x[t][b].qs + 64 * k));
+                sumi[t] = _mm512_dpwssd_epi32(sumi[t], p, s);
+            }
+        }
+        for (int t = 0; t < 4; ++t)
+            acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(d * x[t][b].d), _mm512_cvtepi32_ps(sumi[t]), acc[t]);
+    }
+    for (int t = 0; t < 4; ++t) y[t] = _mm512_reduce_add_ps(acc[t]) + hsum_ps128_(acc_m[t]);
+}
+
+// w (n,) in Q6_K · x_t (n,) in Q8_K, t = 0..3 -> y[t] = sum_b (dx*d) * sum_s scale_s * ((q-32)·qx)_s
+// Register k = 2h + m holds elements 128h + 64m .. +63: 6-bit chunks j = 2m and 2m+1 of half h.
+static void vec_dot_q6_K_q8_K_x4_avx512(int64_t n, const void *vw, const void *vx, size_t xs, float *y) {
+    const block_q6_K *w = vw;
+    const block_q8_K *x[4] = X4_ROWS(block_q8_K, vx, xs);
+    const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x03);
+    __m512i idx[4];
+    for (int k = 0; k < 4; ++k) idx[k] = scale_index(4 * k, 8);
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int64_t b = 0; b < n / QK_K; ++b) {
+        const float d = f16c_to_f32(w[b].d);
+        const __m256i scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w[b].scales));
+        const __m512i sc = _mm512_castsi256_si512(scales16);
+        __m512i sumi[4];
+        for (int t = 0; t < 4; ++t)   /* the -32 offset: sum_s scale_s * 32 * bsum_s */
+            sumi[t] = _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(
+                _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)x[t][b].bsums), scales16), 5)));
+        for (int h = 0; h < 2; ++h) {
+            const uint8_t *L = w[b].ql + 64 * h;
+            const __m256i l0 = _mm256_loadu_si256((const __m256i *)L);
+            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(L + 32));
+            const __m256i hb = _mm256_loadu_si256((const __m256i *)(w[b].qh + 32 * h));
+            const __m256i q0 = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(hb, two), 4));
+            const __m256i q1 = _mm256_or_si256(_mm256_and_si256(l1, low4),
+                                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), two), 4));
+            const __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
+                                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), two), 4));
+            const __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
+                                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), two), 4));
+            const __m512i qa = _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1);
+            const __m512i qb = _mm512_inserti64x4(_mm512_castsi256_si512(q2), q3, 1);
+            const __m512i sa = _mm512_permutexvar_epi16(idx[2 * h], sc);
+            const __m512i sb = _mm512_permutexvar_epi16(idx[2 * h + 1], sc);
+            for (int t = 0; t < 4; ++t) {
+                const int8_t *q8 = x[t][b].qs + 128 * h;
+                sumi[t] = _mm512_dpwssd_epi32(sumi[t], _mm512_maddubs_epi16(qa, _mm512_loadu_si512(q8)), sa);
+                sumi[t] = _mm512_dpwssd_epi32(sumi[t], _mm512_maddubs_epi16(qb, _mm512_loadu_si512(q8 + 64)), sb);
+            }
+        }
+        for (int t = 0; t < 4; ++t)
+            acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(d * x[t][b].d), _mm512_cvtepi32_ps(sumi[t]), acc[t]);
+    }
+    for (int t = 0; t < 4; ++t) y[t] = _mm512_reduce_add_ps(acc[t]);
+}
+
+/* Only the vec_dot_x4 slots are used (cpu.c copies them into the AVX2 table). */
+const ls_kernel_table ls_kernels_avx512 = {
+    .vec_dot_x4 = {
+        [LS_TYPE_Q4_K] = vec_dot_q4_K_q8_K_x4_avx512,
+        [LS_TYPE_Q6_K] = vec_dot_q6_K_q8_K_x4_avx512,
+    },
+};
