@@ -8,6 +8,7 @@
  * F16 / BF16 sum float products in double (like ggml_vec_dot_f16).
  */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "quants_impl.h"
@@ -85,6 +86,17 @@ void ls_vec_dot_x4(int type, int64_t n, const void *w, const void *x, size_t x_s
         return;
     }
     const ls_kernel_table *k = ls_kernels();
+    const ls_vec_dot_x4p_fn f4p = __atomic_load_n(&k->vec_dot_x4p[type], __ATOMIC_ACQUIRE);
+    const ls_pack_x4_fn pack = __atomic_load_n(&k->pack_x4[type], __ATOMIC_ACQUIRE);
+    if (f4p && pack && n % 64 == 0) {
+        void *packed = aligned_alloc(64, ls_pack_x4_bytes(n));
+        if (packed) {
+            pack(n, x, x_stride, packed);
+            f4p(n, w, packed, y);
+            free(packed);
+            return;
+        }
+    }
     if (k->vec_dot_x4[type]) {
         k->vec_dot_x4[type](n, w, x, x_stride, y);
         return;
@@ -100,8 +112,24 @@ void ls_matmul_rows(int type, int64_t n, const void *w, size_t w_stride, int64_t
     const ls_kernel_table *k = ls_kernels();
     const ls_vec_dot_fn f = k->vec_dot[type];
     const ls_vec_dot_x4_fn f4 = k->vec_dot_x4[type];
+    const ls_vec_dot_x4p_fn f4p = __atomic_load_n(&k->vec_dot_x4p[type], __ATOMIC_ACQUIRE);
+    const ls_pack_x4_fn pack = __atomic_load_n(&k->pack_x4[type], __ATOMIC_ACQUIRE);
     const char *wb = w, *xb = x;
     int64_t t = 0;
+    void *packed = NULL;
+    if (f4p && pack && T >= 4 && n % 64 == 0 &&
+        (packed = aligned_alloc(64, ls_pack_x4_bytes(n))) != NULL) {
+        /* the 4 tokens are packed once per group for all the rows of this call */
+        for (; t + 4 <= T; t += 4) {
+            pack(n, xb + (size_t)t * x_stride, x_stride, packed);
+            for (int64_t r = r0; r < r1; ++r) {
+                float o[4];
+                f4p(n, wb + (size_t)r * w_stride, packed, o);
+                for (int j = 0; j < 4; ++j) y[(size_t)(t + j) * ldy + r] = o[j];
+            }
+        }
+        free(packed);
+    }
     if (f4) {
         for (; t + 4 <= T; t += 4) {
             const char *xt = xb + (size_t)t * x_stride;

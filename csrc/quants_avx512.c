@@ -1,4 +1,6 @@
 /* quants_avx512.c — AVX-512 (BW, VL, VNNI) 4-token kernels for prompt matmuls.
+ * (Q4_K, Q6_K: vec_dot_x4 on the Q8_K rows as they are; Q4_0, Q8_0: the 4 Q8_0 rows are first
+ * packed, see below.)
  *
  * Only this file is compiled for AVX-512 (the pragma below); cpu.c puts its kernels into the
  * AVX2 table's vec_dot_x4 slots when the CPU has AVX512F/BW/VL/VNNI (and LLMSTREAM_AVX512 is not
@@ -130,10 +132,113 @@ static void vec_dot_q6_K_q8_K_x4_avx512(int64_t n, const void *vw, const void *v
     for (int t = 0; t < 4; ++t) y[t] = _mm512_reduce_add_ps(acc[t]);
 }
 
-/* Only the vec_dot_x4 slots are used (cpu.c copies them into the AVX2 table). */
+/* ---------------------------------------------------------------------------------------------
+ * 32-element blocks (Q4_0, Q8_0 weights; Q8_0 activations): 4 tokens packed once per matmul call.
+ *
+ * Per token and pair of blocks (64 elements) the packed record holds what the inner loop needs in
+ * the shape it needs it, so each token costs one vpdpbusd, one conversion and two float ops per 64
+ * weights: the 64 quants; the two fp16 scales as floats, each repeated over the 8 int32 lanes of its
+ * block; and, in lanes 0 and 8, the offset correction -c * sum(q) of each block. vpdpbusd multiplies
+ * unsigned by signed bytes, so weights go in unsigned with a known offset c: Q4_0 as its raw
+ * nibbles q in 0..15 (value q - 8: c = 8), Q8_0 as q + 128 (c = 128); then
+ *   sum_k (q_k - c) x_k = vpdpbusd(q, x) - c * sum_k x_k        (exact in int32).
+ * Record order: pair p, then token t (record 4p + t). */
+
+typedef struct {
+    int8_t qs[64];        /* blocks 2p, 2p+1 of the token */
+    float d[16];          /* fp16(d) of block 2p in lanes 0-7, of block 2p+1 in lanes 8-15 */
+    int32_t corr[16];     /* lane 0: -c * sum(qs of block 2p); lane 8: the same for 2p+1; else 0 */
+} q8_0_pair_x4;
+_Static_assert(sizeof(q8_0_pair_x4) == 192, "packed record must be 192 bytes (ls_pack_x4_bytes)");
+
+static inline int block_sum_i8(const int8_t *q) {
+    const __m256i v = _mm256_loadu_si256((const __m256i *)q);
+    const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), v), _mm256_set1_epi16(1));
+    __m128i h = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    h = _mm_add_epi32(h, _mm_unpackhi_epi64(h, h));
+    h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 1));
+    return _mm_cvtsi128_si32(h);
+}
+
+// x_t (n,) in Q8_0, t = 0..3 (x_stride bytes apart) -> packed records (n/64 pairs x 4 tokens),
+// offset correction c = 1 << shift
+static inline void pack_q8_0_x4(int64_t n, const void *vx, size_t xs, void *out, int shift) {
+    const block_q8_0 *x[4] = X4_ROWS(block_q8_0, vx, xs);
+    q8_0_pair_x4 *o = out;
+    for (int64_t p = 0; p < n / 64; ++p)
+        for (int t = 0; t < 4; ++t, ++o) {
+            const block_q8_0 *b0 = &x[t][2 * p], *b1 = &x[t][2 * p + 1];
+            _mm256_storeu_si256((__m256i *)o->qs, _mm256_loadu_si256((const __m256i *)b0->qs));
+            _mm256_storeu_si256((__m256i *)(o->qs + 32), _mm256_loadu_si256((const __m256i *)b1->qs));
+            _mm256_storeu_ps(o->d, _mm256_set1_ps(f16c_to_f32(b0->d)));
+            _mm256_storeu_ps(o->d + 8, _mm256_set1_ps(f16c_to_f32(b1->d)));
+            _mm512_storeu_si512(o->corr, _mm512_setzero_si512());
+            o->corr[0] = -(block_sum_i8(b0->qs) << shift);
+            o->corr[8] = -(block_sum_i8(b1->qs) << shift);
+        }
+}
+
+static void pack_q8_0_x4_c8(int64_t n, const void *x, size_t xs, void *out) { pack_q8_0_x4(n, x, xs, out, 3); }
+static void pack_q8_0_x4_c128(int64_t n, const void *x, size_t xs, void *out) { pack_q8_0_x4(n, x, xs, out, 7); }
+
+/* [a x 8 | b x 8] as 16 floats. */
+static inline __m512 two_scales(float a, float b) {
+    return _mm512_castsi512_ps(_mm512_inserti64x4(_mm512_castsi256_si512(_mm256_castps_si256(_mm256_set1_ps(a))),
+                                                  _mm256_castps_si256(_mm256_set1_ps(b)), 1));
+}
+
+// w (n,) in Q4_0 · 4 packed Q8_0 tokens -> y[t] = sum_b (dw*dx_t) * sum_k (qw-8)*qx_t
+static void vec_dot_q4_0_q8_0_x4p_avx512(int64_t n, const void *vw, const void *packed, float *y) {
+    const block_q4_0 *w = vw;
+    const q8_0_pair_x4 *xp = packed;
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int64_t p = 0; p < n / 64; ++p, xp += 4) {
+        const block_q4_0 *b0 = &w[2 * p], *b1 = &w[2 * p + 1];
+        const __m128i r0 = _mm_loadu_si128((const __m128i *)b0->qs), r1 = _mm_loadu_si128((const __m128i *)b1->qs);
+        const __m256i q0 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(r0, 4), r0), low4);
+        const __m256i q1 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(r1, 4), r1), low4);
+        const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1);
+        const __m512 dw = two_scales(f16c_to_f32(b0->d), f16c_to_f32(b1->d));
+        for (int t = 0; t < 4; ++t) {
+            const __m512i s = _mm512_dpbusd_epi32(_mm512_loadu_si512(xp[t].corr), q, _mm512_loadu_si512(xp[t].qs));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_loadu_ps(xp[t].d)), acc[t]);
+        }
+    }
+    for (int t = 0; t < 4; ++t) y[t] = _mm512_reduce_add_ps(acc[t]);
+}
+
+// w (n,) in Q8_0 · 4 packed Q8_0 tokens -> y[t] = sum_b (dw*dx_t) * sum_k qw*qx_t   (qw + 128 unsigned)
+static void vec_dot_q8_0_q8_0_x4p_avx512(int64_t n, const void *vw, const void *packed, float *y) {
+    const block_q8_0 *w = vw;
+    const q8_0_pair_x4 *xp = packed;
+    const __m512i bias = _mm512_set1_epi8((char)0x80);
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int64_t p = 0; p < n / 64; ++p, xp += 4) {
+        const block_q8_0 *b0 = &w[2 * p], *b1 = &w[2 * p + 1];
+        const __m512i q = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(
+            _mm256_loadu_si256((const __m256i *)b0->qs)), _mm256_loadu_si256((const __m256i *)b1->qs), 1), bias);
+        const __m512 dw = two_scales(f16c_to_f32(b0->d), f16c_to_f32(b1->d));
+        for (int t = 0; t < 4; ++t) {
+            const __m512i s = _mm512_dpbusd_epi32(_mm512_loadu_si512(xp[t].corr), q, _mm512_loadu_si512(xp[t].qs));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_loadu_ps(xp[t].d)), acc[t]);
+        }
+    }
+    for (int t = 0; t < 4; ++t) y[t] = _mm512_reduce_add_ps(acc[t]);
+}
+
+/* Only the 4-token slots are used (cpu.c copies them into the AVX2 table). */
 const ls_kernel_table ls_kernels_avx512 = {
     .vec_dot_x4 = {
         [LS_TYPE_Q4_K] = vec_dot_q4_K_q8_K_x4_avx512,
         [LS_TYPE_Q6_K] = vec_dot_q6_K_q8_K_x4_avx512,
+    },
+    .pack_x4 = {
+        [LS_TYPE_Q4_0] = pack_q8_0_x4_c8,
+        [LS_TYPE_Q8_0] = pack_q8_0_x4_c128,
+    },
+    .vec_dot_x4p = {
+        [LS_TYPE_Q4_0] = vec_dot_q4_0_q8_0_x4p_avx512,
+        [LS_TYPE_Q8_0] = vec_dot_q8_0_q8_0_x4p_avx512,
     },
 };

@@ -17,27 +17,27 @@ cdef struct _Lin:
     size_t ldy
 
 
-cdef inline int64_t _n_chunks(const _Lin *L) noexcept nogil:
-    return (L.n_out + MATMUL_CHUNK - 1) // MATMUL_CHUNK
+cdef inline int64_t _n_chunks(const _Lin *L, int64_t T) noexcept nogil:
+    return (L.n_out + matmul_chunk(T) - 1) // matmul_chunk(T)
 
 
 cdef inline void _lin_chunk(const _Lin *L, int64_t c, int64_t T) noexcept nogil:
-    """Rows c*MATMUL_CHUNK .. of L for all T tokens."""
-    cdef int64_t r0 = c * MATMUL_CHUNK
-    cdef int64_t r1 = min(r0 + MATMUL_CHUNK, L.n_out)
+    """Rows c*matmul_chunk(T) .. of L for all T tokens."""
+    cdef int64_t r0 = c * matmul_chunk(T)
+    cdef int64_t r1 = min(r0 + matmul_chunk(T), L.n_out)
     ls_matmul_rows(L.type, L.n_in, L.w, L.wstride, r0, r1, L.xq, L.xrs, T, L.y, L.ldy)
 
 
 cdef inline void _lin3_chunk(const _Lin *a, const _Lin *b, const _Lin *c, int64_t i,
                              int64_t T) noexcept nogil:
     """Chunk i of the rows of a, then b, then c (b, c may be NULL): one work list for fused matmuls."""
-    cdef int64_t na = _n_chunks(a), nb = 0
+    cdef int64_t na = _n_chunks(a, T), nb = 0
     if i < na:
         _lin_chunk(a, i, T)
         return
     i -= na
     if b != NULL:
-        nb = _n_chunks(b)
+        nb = _n_chunks(b, T)
         if i < nb:
             _lin_chunk(b, i, T)
             return
@@ -128,9 +128,9 @@ def llama_layer(float[:, ::1] x, const float[::1] attn_norm, const float[::1] ff
            and Lq.n_out == E and Lk.n_out == KV and Lv.n_out == KV, "weight shapes mismatch")
     cdef bint k_own = Lk.xq != Lq.xq, v_own = Lv.xq != Lq.xq and Lv.xq != Lk.xq
     cdef bint u_own = Lu.xq != Lg.xq
-    cdef int64_t nc_qkv = _n_chunks(&Lq) + _n_chunks(&Lk) + _n_chunks(&Lv)
-    cdef int64_t nc_o = _n_chunks(&Lo), nc_gu = _n_chunks(&Lg) + _n_chunks(&Lu)
-    cdef int64_t nc_d = _n_chunks(&Ld)
+    cdef int64_t nc_qkv = _n_chunks(&Lq, T) + _n_chunks(&Lk, T) + _n_chunks(&Lv, T)
+    cdef int64_t nc_o = _n_chunks(&Lo, T), nc_gu = _n_chunks(&Lg, T) + _n_chunks(&Lu, T)
+    cdef int64_t nc_d = _n_chunks(&Ld, T)
     cdef int group = n_head // n_head_kv
     cdef size_t stride = <size_t>KV
     cdef float scale = 1.0 / sqrt(<double>head_dim)

@@ -81,9 +81,11 @@ def vec_dot_row_bytes(int wtype, int64_t n_in):
     return ls_row_size(vdt, n_in)
 
 
-# Output rows per work item of a matmul: a chunk's weights (<= 16 rows, at most ~70 KB) stay in
-# L1/L2 while every group of 4 tokens passes over them.
-DEF MATMUL_CHUNK = 16
+cdef inline int64_t matmul_chunk(int64_t T) noexcept nogil:
+    """Output rows per work item of a matmul over T tokens. One token: 16 rows (fine-grained, even
+    split of the weight stream). A batch: 64 rows (<= ~300 KB of weights, in L2) — each group of 4
+    tokens is converted / packed once per work item and then meets every row of it."""
+    return 16 if T < 4 else 64
 
 
 def matmul(const uint8_t[:, ::1] w, int wtype, const float[:, ::1] x, float[:, ::1] y,
@@ -92,7 +94,7 @@ def matmul(const uint8_t[:, ::1] w, int wtype, const float[:, ::1] x, float[:, :
 
     w: raw rows of the weight tensor in wtype (n_out, row_bytes); x is converted once to the
     type's vec_dot format in xq (scratch, >= T * vec_dot_row_bytes(wtype, n_in) bytes). Threads
-    split the output rows statically in chunks of MATMUL_CHUNK; within a chunk the tokens go 4 at a
+    split the output rows statically in chunks of matmul_chunk(T); within a chunk the tokens go 4 at a
     time through ls_vec_dot_x4, which decodes each weight block once for the 4 of them."""
     cdef int64_t T = x.shape[0], n_in = x.shape[1], n_out = w.shape[0]
     cdef int vdt = ls_vec_dot_type(wtype)
@@ -104,15 +106,16 @@ def matmul(const uint8_t[:, ::1] w, int wtype, const float[:, ::1] x, float[:, :
     _check(<size_t>xq.shape[0] >= T * rs, "activation scratch too small")
     cdef int nt = effective_threads()
     cdef int64_t t, c, r0, r1
-    cdef int64_t n_chunks = (n_out + MATMUL_CHUNK - 1) // MATMUL_CHUNK
+    cdef int64_t chunk = matmul_chunk(T)
+    cdef int64_t n_chunks = (n_out + chunk - 1) // chunk
     if T == 0 or n_out == 0:
         return
     with nogil, parallel(num_threads=nt):
         for t in prange(T, schedule="static"):
             ls_quantize_row(vdt, &x[t, 0], &xq[t * rs], n_in)
         for c in prange(n_chunks, schedule="static"):
-            r0 = c * MATMUL_CHUNK
-            r1 = min(r0 + MATMUL_CHUNK, n_out)
+            r0 = c * chunk
+            r1 = min(r0 + chunk, n_out)
             ls_matmul_rows(wtype, n_in, &w[0, 0], <size_t>w.shape[1], r0, r1, &xq[0], rs, T,
                            &y[0, 0], <size_t>n_out)
 
