@@ -111,9 +111,10 @@ void ls_attn_head(const float *q, const uint16_t *k, const uint16_t *v, size_t k
     }
     double sum = 0.0;
     for (int j = first_key; j < n_keys; j++) {
-        /* expf underflows to 0 below -103.98: skip libm's slow error path */
+        /* below -87.3 expf is subnormal (< 2^-126, nothing next to the maximum's 1) and goes
+         * through libm's slow underflow path: flush it to 0 */
         const float dlt = scores[j] - mx;
-        const float e = dlt < -104.0f ? 0.0f : expf(dlt);
+        const float e = dlt < -87.3f ? 0.0f : expf(dlt);
         scores[j] = e;
         sum += e;
     }
