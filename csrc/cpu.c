@@ -54,13 +54,15 @@ int ls_set_avx512(int on) {
         ls_vec_dot_x4_fn f = ls_kernels_avx2.vec_dot_x4[t];
         if (use && ls_kernels_avx512.vec_dot_x4[t]) f = ls_kernels_avx512.vec_dot_x4[t];
         __atomic_store_n(&avx2_complete.vec_dot_x4[t], f, __ATOMIC_RELEASE);
-        /* a matmul reads vec_dot_x4p first, then pack_x4: clear in that order, set in reverse */
+        /* a matmul reads the kernels first, then pack: clear in that order, set in reverse */
         if (use) {
-            __atomic_store_n(&avx2_complete.pack_x4[t], ls_kernels_avx512.pack_x4[t], __ATOMIC_RELEASE);
+            __atomic_store_n(&avx2_complete.pack[t], ls_kernels_avx512.pack[t], __ATOMIC_RELEASE);
             __atomic_store_n(&avx2_complete.vec_dot_x4p[t], ls_kernels_avx512.vec_dot_x4p[t], __ATOMIC_RELEASE);
+            __atomic_store_n(&avx2_complete.vec_dot_x1p[t], ls_kernels_avx512.vec_dot_x1p[t], __ATOMIC_RELEASE);
         } else {
             __atomic_store_n(&avx2_complete.vec_dot_x4p[t], (ls_vec_dot_x4p_fn)0, __ATOMIC_RELEASE);
-            __atomic_store_n(&avx2_complete.pack_x4[t], (ls_pack_x4_fn)0, __ATOMIC_RELEASE);
+            __atomic_store_n(&avx2_complete.vec_dot_x1p[t], (ls_vec_dot_x1p_fn)0, __ATOMIC_RELEASE);
+            __atomic_store_n(&avx2_complete.pack[t], (ls_pack_fn)0, __ATOMIC_RELEASE);
         }
     }
     __atomic_store_n(&avx512_used, use, __ATOMIC_RELEASE);

@@ -133,23 +133,26 @@ static void vec_dot_q6_K_q8_K_x4_avx512(int64_t n, const void *vw, const void *v
 }
 
 /* ---------------------------------------------------------------------------------------------
- * 32-element blocks (Q4_0, Q8_0 weights; Q8_0 activations): 4 tokens packed once per matmul call.
+ * 32-element blocks (Q4_0, Q8_0 weights; Q8_0 activations): the tokens are packed once per matmul
+ * work item (ls_matmul_rows) and every weight row then meets them in this form.
  *
  * Per token and pair of blocks (64 elements) the packed record holds what the inner loop needs in
  * the shape it needs it, so each token costs one vpdpbusd, one conversion and two float ops per 64
- * weights: the 64 quants; the two fp16 scales as floats, each repeated over the 8 int32 lanes of its
- * block; and, in lanes 0 and 8, the offset correction -c * sum(q) of each block. vpdpbusd multiplies
- * unsigned by signed bytes, so weights go in unsigned with a known offset c: Q4_0 as its raw
- * nibbles q in 0..15 (value q - 8: c = 8), Q8_0 as q + 128 (c = 128); then
+ * weights: the 64 quants; the two fp16 scales as floats, each repeated over the int32 lanes of its
+ * block; and the offset correction -c * sum(q) of each block in one lane of that block. vpdpbusd
+ * multiplies unsigned by signed bytes, so weights go in unsigned with a known offset c: Q4_0 as its
+ * raw nibbles q in 0..15 (value q - 8: c = 8), Q8_0 as q + 128 (c = 128); then
  *   sum_k (q_k - c) x_k = vpdpbusd(q, x) - c * sum_k x_k        (exact in int32).
- * Record order: pair p, then token t (record 4p + t). */
+ * Element order within a record: Q8_0 natural (block 2p in bytes 0-31, 2p+1 in 32-63); Q4_0 the
+ * order its nibbles unpack cheapest: 16-byte quarters [2p: 0-15 | 2p+1: 0-15 | 2p: 16-31 | 2p+1:
+ * 16-31] (low nibbles of both blocks, then high nibbles). Records: pair p, then token t. */
 
 typedef struct {
-    int8_t qs[64];        /* blocks 2p, 2p+1 of the token */
-    float d[16];          /* fp16(d) of block 2p in lanes 0-7, of block 2p+1 in lanes 8-15 */
-    int32_t corr[16];     /* lane 0: -c * sum(qs of block 2p); lane 8: the same for 2p+1; else 0 */
-} q8_0_pair_x4;
-_Static_assert(sizeof(q8_0_pair_x4) == 192, "packed record must be 192 bytes (ls_pack_x4_bytes)");
+    int8_t qs[64];
+    float d[16];          /* fp16(d) of the block each int32 lane of qs belongs to */
+    int32_t corr[16];     /* -c * sum(qs of a block) in that block's first lane, else 0 */
+} q8_0_pair_rec;
+_Static_assert(sizeof(q8_0_pair_rec) == 192, "packed record must be 192 bytes (ls_pack_bytes)");
 
 static inline int block_sum_i8(const int8_t *q) {
     const __m256i v = _mm256_loadu_si256((const __m256i *)q);
@@ -160,65 +163,103 @@ static inline int block_sum_i8(const int8_t *q) {
     return _mm_cvtsi128_si32(h);
 }
 
-// x_t (n,) in Q8_0, t = 0..3 (x_stride bytes apart) -> packed records (n/64 pairs x 4 tokens),
-// offset correction c = 1 << shift
-static inline void pack_q8_0_x4(int64_t n, const void *vx, size_t xs, void *out, int shift) {
-    const block_q8_0 *x[4] = X4_ROWS(block_q8_0, vx, xs);
-    q8_0_pair_x4 *o = out;
+// x_t (n,) in Q8_0, t < nt (x_stride bytes apart) -> packed records (n/64 pairs x nt tokens)
+static inline void pack_q8_0(int64_t n, const void *vx, size_t xs, int nt, void *out, int q4_order) {
+    q8_0_pair_rec *o = out;
+    const int shift = q4_order ? 3 : 7;          /* c = 8 (Q4_0) or 128 (Q8_0) */
     for (int64_t p = 0; p < n / 64; ++p)
-        for (int t = 0; t < 4; ++t, ++o) {
-            const block_q8_0 *b0 = &x[t][2 * p], *b1 = &x[t][2 * p + 1];
-            _mm256_storeu_si256((__m256i *)o->qs, _mm256_loadu_si256((const __m256i *)b0->qs));
-            _mm256_storeu_si256((__m256i *)(o->qs + 32), _mm256_loadu_si256((const __m256i *)b1->qs));
-            _mm256_storeu_ps(o->d, _mm256_set1_ps(f16c_to_f32(b0->d)));
-            _mm256_storeu_ps(o->d + 8, _mm256_set1_ps(f16c_to_f32(b1->d)));
+        for (int t = 0; t < nt; ++t, ++o) {
+            const block_q8_0 *x = (const block_q8_0 *)((const char *)vx + (size_t)t * xs);
+            const block_q8_0 *b0 = &x[2 * p], *b1 = &x[2 * p + 1];
+            const __m256i q0 = _mm256_loadu_si256((const __m256i *)b0->qs);
+            const __m256i q1 = _mm256_loadu_si256((const __m256i *)b1->qs);
+            const __m256 d0 = _mm256_set1_ps(f16c_to_f32(b0->d)), d1 = _mm256_set1_ps(f16c_to_f32(b1->d));
             _mm512_storeu_si512(o->corr, _mm512_setzero_si512());
-            o->corr[0] = -(block_sum_i8(b0->qs) << shift);
-            o->corr[8] = -(block_sum_i8(b1->qs) << shift);
+            if (q4_order) {
+                _mm256_storeu_si256((__m256i *)o->qs, _mm256_permute2x128_si256(q0, q1, 0x20));
+                _mm256_storeu_si256((__m256i *)(o->qs + 32), _mm256_permute2x128_si256(q0, q1, 0x31));
+                _mm256_storeu_ps(o->d, _mm256_blend_ps(d0, d1, 0xf0));
+                _mm256_storeu_ps(o->d + 8, _mm256_blend_ps(d0, d1, 0xf0));
+                o->corr[0] = -(block_sum_i8(b0->qs) << shift);
+                o->corr[4] = -(block_sum_i8(b1->qs) << shift);
+            } else {
+                _mm256_storeu_si256((__m256i *)o->qs, q0);
+                _mm256_storeu_si256((__m256i *)(o->qs + 32), q1);
+                _mm256_storeu_ps(o->d, d0);
+                _mm256_storeu_ps(o->d + 8, d1);
+                o->corr[0] = -(block_sum_i8(b0->qs) << shift);
+                o->corr[8] = -(block_sum_i8(b1->qs) << shift);
+            }
         }
 }
 
-static void pack_q8_0_x4_c8(int64_t n, const void *x, size_t xs, void *out) { pack_q8_0_x4(n, x, xs, out, 3); }
-static void pack_q8_0_x4_c128(int64_t n, const void *x, size_t xs, void *out) { pack_q8_0_x4(n, x, xs, out, 7); }
+static void pack_for_q4_0(int64_t n, const void *x, size_t xs, int nt, void *out) { pack_q8_0(n, x, xs, nt, out, 1); }
+static void pack_for_q8_0(int64_t n, const void *x, size_t xs, int nt, void *out) { pack_q8_0(n, x, xs, nt, out, 0); }
 
-/* [a x 8 | b x 8] as 16 floats. */
-static inline __m512 two_scales(float a, float b) {
-    return _mm512_castsi512_ps(_mm512_inserti64x4(_mm512_castsi256_si512(_mm256_castps_si256(_mm256_set1_ps(a))),
-                                                  _mm256_castps_si256(_mm256_set1_ps(b)), 1));
+/* The 64 unsigned quants (0..15) of Q4_0 blocks b, b+1 in the packed Q4_0 order. */
+static inline __m512i q4_0_pair(const block_q4_0 *b) {
+    const __m256i r = _mm256_loadu2_m128i((const __m128i *)b[1].qs, (const __m128i *)b[0].qs);
+    return _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(r), _mm256_srli_epi16(r, 4), 1),
+                            _mm512_set1_epi8(0x0f));
+}
+
+/* The fp16 scales of blocks b, b+1 (at byte offsets 0 and `stride`) as 16 floats: lanes of block b
+ * where `lanes_b1` has a 0 bit, else of block b+1. */
+static inline __m512 pair_scales(const void *b, size_t stride, __mmask16 lanes_b1) {
+    const ls_fp16_t h0 = *(const ls_fp16_t *)b, h1 = *(const ls_fp16_t *)((const char *)b + stride);
+    return _mm512_mask_blend_ps(lanes_b1, _mm512_set1_ps(f16c_to_f32(h0)), _mm512_set1_ps(f16c_to_f32(h1)));
 }
 
 // w (n,) in Q4_0 · 4 packed Q8_0 tokens -> y[t] = sum_b (dw*dx_t) * sum_k (qw-8)*qx_t
 static void vec_dot_q4_0_q8_0_x4p_avx512(int64_t n, const void *vw, const void *packed, float *y) {
     const block_q4_0 *w = vw;
-    const q8_0_pair_x4 *xp = packed;
-    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    const q8_0_pair_rec *xp = packed;
     __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     for (int64_t p = 0; p < n / 64; ++p, xp += 4) {
-        const block_q4_0 *b0 = &w[2 * p], *b1 = &w[2 * p + 1];
-        const __m128i r0 = _mm_loadu_si128((const __m128i *)b0->qs), r1 = _mm_loadu_si128((const __m128i *)b1->qs);
-        const __m256i q0 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(r0, 4), r0), low4);
-        const __m256i q1 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(r1, 4), r1), low4);
-        const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1);
-        const __m512 dw = two_scales(f16c_to_f32(b0->d), f16c_to_f32(b1->d));
+        const __m512i q = q4_0_pair(&w[2 * p]);
+        const __m512 dw = pair_scales(&w[2 * p], sizeof(block_q4_0), 0xf0f0);
         for (int t = 0; t < 4; ++t) {
             const __m512i s = _mm512_dpbusd_epi32(_mm512_loadu_si512(xp[t].corr), q, _mm512_loadu_si512(xp[t].qs));
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_loadu_ps(xp[t].d)), acc[t]);
         }
     }
     for (int t = 0; t < 4; ++t) y[t] = _mm512_reduce_add_ps(acc[t]);
+}
+
+// w (n,) in Q4_0 · 1 packed Q8_0 token -> sum_b (dw*dx) * sum_k (qw-8)*qx   (decode: two pairs per step)
+static float vec_dot_q4_0_q8_0_x1p_avx512(int64_t n, const void *vw, const void *packed) {
+    const block_q4_0 *w = vw;
+    const q8_0_pair_rec *xp = packed;
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    int64_t p = 0;
+    for (; p + 1 < n / 64; p += 2) {
+        const __m512i s0 = _mm512_dpbusd_epi32(_mm512_loadu_si512(xp[p].corr), q4_0_pair(&w[2 * p]), _mm512_loadu_si512(xp[p].qs));
+        const __m512i s1 = _mm512_dpbusd_epi32(_mm512_loadu_si512(xp[p + 1].corr), q4_0_pair(&w[2 * p + 2]), _mm512_loadu_si512(xp[p + 1].qs));
+        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(pair_scales(&w[2 * p], sizeof(block_q4_0), 0xf0f0), _mm512_loadu_ps(xp[p].d)), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), _mm512_mul_ps(pair_scales(&w[2 * p + 2], sizeof(block_q4_0), 0xf0f0), _mm512_loadu_ps(xp[p + 1].d)), acc1);
+    }
+    for (; p < n / 64; ++p) {
+        const __m512i s0 = _mm512_dpbusd_epi32(_mm512_loadu_si512(xp[p].corr), q4_0_pair(&w[2 * p]), _mm512_loadu_si512(xp[p].qs));
+        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(pair_scales(&w[2 * p], sizeof(block_q4_0), 0xf0f0), _mm512_loadu_ps(xp[p].d)), acc0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+
+/* The 64 quants of Q8_0 blocks b, b+1 plus 128 (unsigned), natural order. */
+static inline __m512i q8_0_pair_u8(const block_q8_0 *b) {
+    return _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)b[0].qs)),
+                                               _mm256_loadu_si256((const __m256i *)b[1].qs), 1),
+                            _mm512_set1_epi8((char)0x80));
 }
 
 // w (n,) in Q8_0 · 4 packed Q8_0 tokens -> y[t] = sum_b (dw*dx_t) * sum_k qw*qx_t   (qw + 128 unsigned)
 static void vec_dot_q8_0_q8_0_x4p_avx512(int64_t n, const void *vw, const void *packed, float *y) {
     const block_q8_0 *w = vw;
-    const q8_0_pair_x4 *xp = packed;
-    const __m512i bias = _mm512_set1_epi8((char)0x80);
+    const q8_0_pair_rec *xp = packed;
     __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     for (int64_t p = 0; p < n / 64; ++p, xp += 4) {
-        const block_q8_0 *b0 = &w[2 * p], *b1 = &w[2 * p + 1];
-        const __m512i q = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(
-            _mm256_loadu_si256((const __m256i *)b0->qs)), _mm256_loadu_si256((const __m256i *)b1->qs), 1), bias);
-        const __m512 dw = two_scales(f16c_to_f32(b0->d), f16c_to_f32(b1->d));
+        const __m512i q = q8_0_pair_u8(&w[2 * p]);
+        const __m512 dw = pair_scales(&w[2 * p], sizeof(block_q8_0), 0xff00);
         for (int t = 0; t < 4; ++t) {
             const __m512i s = _mm512_dpbusd_epi32(_mm512_loadu_si512(xp[t].corr), q, _mm512_loadu_si512(xp[t].qs));
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_loadu_ps(xp[t].d)), acc[t]);
@@ -227,18 +268,41 @@ static void vec_dot_q8_0_q8_0_x4p_avx512(int64_t n, const void *vw, const void *
     for (int t = 0; t < 4; ++t) y[t] = _mm512_reduce_add_ps(acc[t]);
 }
 
-/* Only the 4-token slots are used (cpu.c copies them into the AVX2 table). */
+// w (n,) in Q8_0 · 1 packed Q8_0 token -> sum_b (dw*dx) * sum_k qw*qx   (decode: two pairs per step)
+static float vec_dot_q8_0_q8_0_x1p_avx512(int64_t n, const void *vw, const void *packed) {
+    const block_q8_0 *w = vw;
+    const q8_0_pair_rec *xp = packed;
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    int64_t p = 0;
+    for (; p + 1 < n / 64; p += 2) {
+        const __m512i s0 = _mm512_dpbusd_epi32(_mm512_loadu_si512(xp[p].corr), q8_0_pair_u8(&w[2 * p]), _mm512_loadu_si512(xp[p].qs));
+        const __m512i s1 = _mm512_dpbusd_epi32(_mm512_loadu_si512(xp[p + 1].corr), q8_0_pair_u8(&w[2 * p + 2]), _mm512_loadu_si512(xp[p + 1].qs));
+        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(pair_scales(&w[2 * p], sizeof(block_q8_0), 0xff00), _mm512_loadu_ps(xp[p].d)), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), _mm512_mul_ps(pair_scales(&w[2 * p + 2], sizeof(block_q8_0), 0xff00), _mm512_loadu_ps(xp[p + 1].d)), acc1);
+    }
+    for (; p < n / 64; ++p) {
+        const __m512i s0 = _mm512_dpbusd_epi32(_mm512_loadu_si512(xp[p].corr), q8_0_pair_u8(&w[2 * p]), _mm512_loadu_si512(xp[p].qs));
+        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(pair_scales(&w[2 * p], sizeof(block_q8_0), 0xff00), _mm512_loadu_ps(xp[p].d)), acc0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+
+/* Only the 4-token and packed slots are used (cpu.c copies them into the AVX2 table). */
 const ls_kernel_table ls_kernels_avx512 = {
     .vec_dot_x4 = {
         [LS_TYPE_Q4_K] = vec_dot_q4_K_q8_K_x4_avx512,
         [LS_TYPE_Q6_K] = vec_dot_q6_K_q8_K_x4_avx512,
     },
-    .pack_x4 = {
-        [LS_TYPE_Q4_0] = pack_q8_0_x4_c8,
-        [LS_TYPE_Q8_0] = pack_q8_0_x4_c128,
+    .pack = {
+        [LS_TYPE_Q4_0] = pack_for_q4_0,
+        [LS_TYPE_Q8_0] = pack_for_q8_0,
     },
     .vec_dot_x4p = {
         [LS_TYPE_Q4_0] = vec_dot_q4_0_q8_0_x4p_avx512,
         [LS_TYPE_Q8_0] = vec_dot_q8_0_q8_0_x4p_avx512,
+    },
+    .vec_dot_x1p = {
+        [LS_TYPE_Q4_0] = vec_dot_q4_0_q8_0_x1p_avx512,
+        [LS_TYPE_Q8_0] = vec_dot_q8_0_q8_0_x1p_avx512,
     },
 };

@@ -18,12 +18,14 @@ typedef void (*ls_dequantize_fn)(const void *x, float *y, int64_t n);
 /* One weight row against 4 activation rows (x_stride bytes apart): y[t] = w · x_t, t = 0..3. */
 typedef void (*ls_vec_dot_x4_fn)(int64_t n, const void *w, const void *x, size_t x_stride, float *y);
 
-/* Packed activations of 4 tokens (prompt matmuls, AVX-512): x_t (4 rows of n elements in the
- * type's vec_dot type, x_stride bytes apart) -> out, ls_pack_x4_bytes(n) bytes (64-byte aligned);
- * then one weight row · the packed tokens -> y[4]. The pair replaces vec_dot_x4 where present. */
-typedef void (*ls_pack_x4_fn)(int64_t n, const void *x, size_t x_stride, void *out);
+/* Packed activations (AVX-512, 32-element block types): nt tokens x_t (nt rows of n elements in the
+ * type's vec_dot type, x_stride bytes apart, nt = 1..4) -> out, nt * ls_pack_bytes(n) bytes (64-byte
+ * aligned); then one weight row · the packed tokens: y[t] for 4 tokens (x4p), or 1 token (x1p).
+ * Where present they replace vec_dot_x4 / vec_dot for matmuls. */
+typedef void (*ls_pack_fn)(int64_t n, const void *x, size_t x_stride, int nt, void *out);
 typedef void (*ls_vec_dot_x4p_fn)(int64_t n, const void *w, const void *packed, float *y);
-#define ls_pack_x4_bytes(n) ((size_t)(n) * 12)   /* 192 bytes per 64 elements (quants_avx512.c) */
+typedef float (*ls_vec_dot_x1p_fn)(int64_t n, const void *w, const void *packed);
+#define ls_pack_bytes(n) ((size_t)(n) * 3)   /* per token: 192 bytes per 64 elements (quants_avx512.c) */
 
 /* One table per SIMD level; slots of types without such a kernel are NULL. */
 typedef struct {
@@ -31,8 +33,9 @@ typedef struct {
     ls_quantize_fn quantize[LS_TYPE_SLOTS];     /* indexed by the activation (vec_dot) type */
     ls_dequantize_fn dequantize[LS_TYPE_SLOTS];
     ls_vec_dot_x4_fn vec_dot_x4[LS_TYPE_SLOTS]; /* indexed by the weight type; NULL: 4 vec_dots */
-    ls_pack_x4_fn pack_x4[LS_TYPE_SLOTS];       /* indexed by the weight type (AVX-512 only) */
+    ls_pack_fn pack[LS_TYPE_SLOTS];             /* indexed by the weight type (AVX-512 only) */
     ls_vec_dot_x4p_fn vec_dot_x4p[LS_TYPE_SLOTS];
+    ls_vec_dot_x1p_fn vec_dot_x1p[LS_TYPE_SLOTS];
 } ls_kernel_table;
 
 extern const ls_kernel_table ls_kernels_scalar;   /* quants.c */

@@ -148,7 +148,8 @@ def test_vec_dot_x4_vs_scalar_vec_dot(t, x4_kernels):
 
 @pytest.mark.parametrize("t", WEIGHT_TYPES, ids=[NAMES[t] for t in WEIGHT_TYPES])
 def test_matmul_tiles_match_row_by_row_vec_dot(t, x4_kernels):
-    """matmul (chunks of rows x groups of 4 tokens, any remainder) == vec_dot of every (row, token)."""
+    """matmul (chunks of rows x groups of 4 tokens, any remainder; packed activations on AVX-512)
+    == the scalar vec_dot of every (row, token)."""
     rng = np.random.default_rng(5000 + t)
     xt = VEC_DOT_TYPE[t]
     n = 512
@@ -159,9 +160,16 @@ def test_matmul_tiles_match_row_by_row_vec_dot(t, x4_kernels):
         x = np.stack([random_activations(n, rng) for _ in range(T)])
         y = np.zeros((T, n_out), np.float32)
         _ops.matmul(w, t, x, y, np.zeros(T * rs, np.uint8))
+        before = _ops.get_simd()
+        _ops.set_simd(0)
+        try:
+            want_all = [[_ops.vec_dot(t, n, w[r], _ops.quantize_row(xt, x[k])) for r in range(n_out)]
+                        for k in range(T)]
+        finally:
+            _ops.set_simd(before)
         for k in range(T):
             xq = _ops.quantize_row(xt, x[k])
             for r in range(n_out):
-                want = _ops.vec_dot(t, n, w[r], xq)
+                want = want_all[k][r]
                 scale = max(abs(want), abs_dot(t, w[r], xq, n) / math.sqrt(n))
                 assert abs(y[k, r] - want) <= SIMD_RTOL * scale, f"{NAMES[t]} T={T} token {k} row {r}"
