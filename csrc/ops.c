@@ -67,8 +67,10 @@ void ls_rope(float *x, int n_head, int head_dim, int n_rot, int pos, float freq_
 void ls_swiglu(float *gate, const float *up, int n) {
     for (int i = 0; i < n; i++) {
         const float g = gate[i];
-        /* expf(-g) overflows to inf for g < -88.73 (silu -> -0): skip libm's slow error path */
-        gate[i] = (g < -88.75f ? -0.0f : g / (1.0f + expf(-g))) * up[i];
+        /* skip libm's slow error paths where the result is known: expf(-g) overflows to inf for
+         * g < -88.73 (silu = -0), and for g > 20 1 + expf(-g) rounds to 1 (silu = g) */
+        const float sg = g < -88.75f ? -0.0f : (g > 20.0f ? g : g / (1.0f + expf(-g)));
+        gate[i] = sg * up[i];
     }
 }
 
