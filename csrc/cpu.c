@@ -45,12 +45,16 @@ int ls_cpu_has_avx512(void) {
         && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 }
 
-/* The AVX-512 4-token kernels replace the AVX2 ones in the AVX2 table (slot by slot, atomically:
- * a matmul running meanwhile may use either, both compute the same integer sums). */
+/* The AVX-512 kernels (Q4_K / Q6_K vec_dot and 4-token, Q4_0 / Q8_0 packed) replace the AVX2 ones
+ * in the AVX2 table (slot by slot, atomically: a matmul running meanwhile may use either; both
+ * compute the same integer block sums). */
 int ls_set_avx512(int on) {
     if (!__atomic_load_n(&avx2_ready, __ATOMIC_ACQUIRE)) return 0;
     const int use = on && ls_cpu_has_avx512();
     for (int t = 0; t < LS_TYPE_SLOTS; ++t) {
+        ls_vec_dot_fn v = ls_kernels_avx2.vec_dot[t] ? ls_kernels_avx2.vec_dot[t] : ls_kernels_scalar.vec_dot[t];
+        if (use && ls_kernels_avx512.vec_dot[t]) v = ls_kernels_avx512.vec_dot[t];
+        __atomic_store_n(&avx2_complete.vec_dot[t], v, __ATOMIC_RELEASE);
         ls_vec_dot_x4_fn f = ls_kernels_avx2.vec_dot_x4[t];
         if (use && ls_kernels_avx512.vec_dot_x4[t]) f = ls_kernels_avx512.vec_dot_x4[t];
         __atomic_store_n(&avx2_complete.vec_dot_x4[t], f, __ATOMIC_RELEASE);

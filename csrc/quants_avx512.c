@@ -132,6 +132,79 @@ static void vec_dot_q6_K_q8_K_x4_avx512(int64_t n, const void *vw, const void *v
     for (int t = 0; t < 4; ++t) y[t] = _mm512_reduce_add_ps(acc[t]);
 }
 
+// w (n,) in Q4_K · x (n,) in Q8_K -> float (decode): as vec_dot_q4_K_q8_K_x4_avx512 for one token
+static float vec_dot_q4_K_q8_K_avx512(int64_t n, const void *vw, const void *vx) {
+    const block_q4_K *w = vw;
+    const block_q8_K *x = vx;
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    __m512i idx[4];
+    for (int k = 0; k < 4; ++k) idx[k] = scale_index(2 * k, 16);
+    __m512 acc = _mm512_setzero_ps();
+    __m128 acc_m = _mm_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; ++b) {
+        const float d = f16c_to_f32(w[b].d) * x[b].d, dmin = f16c_to_f32(w[b].dmin) * x[b].d;
+        const __m256i scales_mins = unpack_scales_mins_k4_(w[b].scales);
+        const __m256i bs = _mm256_loadu_si256((const __m256i *)x[b].bsums);
+        const __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+        const __m128i msum = _mm_madd_epi16(_mm256_extracti128_si256(scales_mins, 1), pairs);
+        acc_m = _mm_fmadd_ps(_mm_set1_ps(-dmin), _mm_cvtepi32_ps(msum), acc_m);
+        const __m512i sc = _mm512_broadcast_i32x4(_mm256_castsi256_si128(scales_mins));
+        __m512i sumi0 = _mm512_setzero_si512(), sumi1 = _mm512_setzero_si512();
+        for (int k = 0; k < 4; k += 2) {
+            const __m256i b0 = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * k));
+            const __m256i b1 = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * k + 32));
+            const __m512i q0 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(b0, low4)),
+                                                  _mm256_and_si256(_mm256_srli_epi16(b0, 4), low4), 1);
+            const __m512i q1 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(b1, low4)),
+                                                  _mm256_and_si256(_mm256_srli_epi16(b1, 4), low4), 1);
+            sumi0 = _mm512_dpwssd_epi32(sumi0, _mm512_maddubs_epi16(q0, _mm512_loadu_si512(x[b].qs + 64 * k)),
+                                        _mm512_permutexvar_epi16(idx[k], sc));
+            sumi1 = _mm512_dpwssd_epi32(sumi1, _mm512_maddubs_epi16(q1, _mm512_loadu_si512(x[b].qs + 64 * k + 64)),
+                                        _mm512_permutexvar_epi16(idx[k + 1], sc));
+        }
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(_mm512_add_epi32(sumi0, sumi1)), acc);
+    }
+    return _mm512_reduce_add_ps(acc) + hsum_ps128_(acc_m);
+}
+
+// w (n,) in Q6_K · x (n,) in Q8_K -> float (decode): as vec_dot_q6_K_q8_K_x4_avx512 for one token
+static float vec_dot_q6_K_q8_K_avx512(int64_t n, const void *vw, const void *vx) {
+    const block_q6_K *w = vw;
+    const block_q8_K *x = vx;
+    const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x03);
+    __m512i idx[4];
+    for (int k = 0; k < 4; ++k) idx[k] = scale_index(4 * k, 8);
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; ++b) {
+        const float d = f16c_to_f32(w[b].d) * x[b].d;
+        const __m256i scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w[b].scales));
+        const __m512i sc = _mm512_castsi256_si512(scales16);
+        __m512i sumi0 = _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(
+            _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)x[b].bsums), scales16), 5)));
+        __m512i sumi1 = _mm512_setzero_si512();
+        for (int h = 0; h < 2; ++h) {
+            const uint8_t *L = w[b].ql + 64 * h;
+            const __m256i l0 = _mm256_loadu_si256((const __m256i *)L);
+            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(L + 32));
+            const __m256i hb = _mm256_loadu_si256((const __m256i *)(w[b].qh + 32 * h));
+            const __m256i q0 = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(hb, two), 4));
+            const __m256i q1 = _mm256_or_si256(_mm256_and_si256(l1, low4),
+                                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), two), 4));
+            const __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
+                                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), two), 4));
+            const __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
+                                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), two), 4));
+            const int8_t *q8 = x[b].qs + 128 * h;
+            sumi0 = _mm512_dpwssd_epi32(sumi0, _mm512_maddubs_epi16(_mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1),
+                                        _mm512_loadu_si512(q8)), _mm512_permutexvar_epi16(idx[2 * h], sc));
+            sumi1 = _mm512_dpwssd_epi32(sumi1, _mm512_maddubs_epi16(_mm512_inserti64x4(_mm512_castsi256_si512(q2), q3, 1),
+                                        _mm512_loadu_si512(q8 + 64)), _mm512_permutexvar_epi16(idx[2 * h + 1], sc));
+        }
+        acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(_mm512_add_epi32(sumi0, sumi1)), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
 /* ---------------------------------------------------------------------------------------------
  * 32-element blocks (Q4_0, Q8_0 weights; Q8_0 activations): the tokens are packed once per matmul
  * work item (ls_matmul_rows) and every weight row then meets them in this form.
@@ -287,8 +360,12 @@ static float vec_dot_q8_0_q8_0_x1p_avx512(int64_t n, const void *vw, const void 
     return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
 
-/* Only the 4-token and packed slots are used (cpu.c copies them into the AVX2 table). */
+/* cpu.c copies the non-NULL slots into the AVX2 table (ls_set_avx512). */
 const ls_kernel_table ls_kernels_avx512 = {
+    .vec_dot = {
+        [LS_TYPE_Q4_K] = vec_dot_q4_K_q8_K_avx512,
+        [LS_TYPE_Q6_K] = vec_dot_q6_K_q8_K_avx512,
+    },
     .vec_dot_x4 = {
         [LS_TYPE_Q4_K] = vec_dot_q4_K_q8_K_x4_avx512,
         [LS_TYPE_Q6_K] = vec_dot_q6_K_q8_K_x4_avx512,

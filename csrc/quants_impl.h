@@ -40,7 +40,7 @@ typedef struct {
 
 extern const ls_kernel_table ls_kernels_scalar;   /* quants.c */
 extern const ls_kernel_table ls_kernels_avx2;     /* quants_avx2.c */
-extern const ls_kernel_table ls_kernels_avx512;   /* quants_avx512.c: vec_dot_x4 slots only */
+extern const ls_kernel_table ls_kernels_avx512;   /* quants_avx512.c: a few slots, see cpu.c */
 
 /* cpu.c: the table in use (an atomic load; set once at start-up, changed only by ls_set_simd). */
 const ls_kernel_table *ls_kernels(void);
@@ -49,7 +49,7 @@ int ls_simd_has_vec_dot(int type);
 int ls_simd_has_quantize(int type);
 int ls_simd_has_vec_dot_x4(int type);
 /* cpu.c: 1 when the CPU has AVX512F/BW/VL/VNNI; ls_set_avx512(0) makes the AVX2 level use the
- * AVX2 4-token kernels even then (tests; LLMSTREAM_AVX512=0). Both return whether they are used. */
+ * AVX2 kernels only even then (tests; LLMSTREAM_AVX512=0). Both return whether they are used. */
 int ls_cpu_has_avx512(void);
 int ls_set_avx512(int on);
 int ls_get_avx512(void);

@@ -20,6 +20,17 @@ pytestmark = pytest.mark.skipif(not _ops.cpu_has_avx2(),
 SIMD_RTOL = 1e-5
 
 
+@pytest.fixture(params=[False, True], ids=["avx2", "avx512"])
+def avx512(request):
+    """Run a test with the AVX2 kernels only, then with the AVX-512 ones (where the CPU has them)."""
+    if request.param and not _ops.cpu_has_avx512():
+        pytest.skip("CPU lacks AVX512F/BW/VL/VNNI: no AVX-512 kernels to compare")
+    before = _ops.get_avx512()
+    assert _ops.set_avx512(request.param) == request.param
+    yield request.param
+    _ops.set_avx512(before)
+
+
 def both_levels(fn):
     before = _ops.get_simd()
     try:
@@ -52,7 +63,7 @@ def test_every_weight_type_has_an_avx2_vec_dot():
 
 
 @pytest.mark.parametrize("t", WEIGHT_TYPES, ids=[NAMES[t] for t in WEIGHT_TYPES])
-def test_simd_vs_scalar_random_rows(t):
+def test_simd_vs_scalar_random_rows(t, avx512):
     rng = np.random.default_rng(2000 + t)
     xt = VEC_DOT_TYPE[t]
     blck = max(BLOCK[t][0], BLOCK[xt][0])
@@ -71,7 +82,7 @@ def test_simd_vs_scalar_random_rows(t):
 
 
 @pytest.mark.parametrize("t", WEIGHT_TYPES, ids=[NAMES[t] for t in WEIGHT_TYPES])
-def test_simd_vs_scalar_real_rows(t):
+def test_simd_vs_scalar_real_rows(t, avx512):
     if t == BF16:
         pytest.skip("no BF16 tensors in the reference files (covered by the random rows)")
     found = tensors_of_type(t)
@@ -110,19 +121,8 @@ def test_the_bench_weight_types_have_a_4_token_avx2_kernel():
     assert {Q4_0, Q8_0, Q4_K, Q6_K} <= set(_ops.simd_x4_types())
 
 
-@pytest.fixture(params=[False, True], ids=["avx2-x4", "avx512-x4"])
-def x4_kernels(request):
-    """Run a test with the AVX2 4-token kernels, then with the AVX-512 ones (where the CPU has them)."""
-    if request.param and not _ops.cpu_has_avx512():
-        pytest.skip("CPU lacks AVX512F/BW/VL/VNNI: no AVX-512 4-token kernels to compare")
-    before = _ops.get_avx512()
-    assert _ops.set_avx512(request.param) == request.param
-    yield request.param
-    _ops.set_avx512(before)
-
-
 @pytest.mark.parametrize("t", WEIGHT_TYPES, ids=[NAMES[t] for t in WEIGHT_TYPES])
-def test_vec_dot_x4_vs_scalar_vec_dot(t, x4_kernels):
+def test_vec_dot_x4_vs_scalar_vec_dot(t, avx512):
     rng = np.random.default_rng(4000 + t)
     xt = VEC_DOT_TYPE[t]
     blck = max(BLOCK[t][0], BLOCK[xt][0])
@@ -147,7 +147,7 @@ def test_vec_dot_x4_vs_scalar_vec_dot(t, x4_kernels):
 
 
 @pytest.mark.parametrize("t", WEIGHT_TYPES, ids=[NAMES[t] for t in WEIGHT_TYPES])
-def test_matmul_tiles_match_row_by_row_vec_dot(t, x4_kernels):
+def test_matmul_tiles_match_row_by_row_vec_dot(t, avx512):
     """matmul (chunks of rows x groups of 4 tokens, any remainder; packed activations on AVX-512)
     == the scalar vec_dot of every (row, token)."""
     rng = np.random.default_rng(5000 + t)
