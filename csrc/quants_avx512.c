@@ -13,6 +13,7 @@
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")
 
 #include <immintrin.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "quants_impl.h"
@@ -360,6 +361,122 @@ static float vec_dot_q8_0_q8_0_x1p_avx512(int64_t n, const void *vw, const void 
     return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Batch matmul for Q4_0 weights with the int32 lanes as output rows.
+ *
+ * The kernels above put consecutive elements of one row in the lanes, so every 64 weights and token
+ * need their own conversion and float scaling. Here each group of 16 rows is first rearranged
+ * (in a per-thread buffer, once per call, then reused by every token): for block b and element
+ * group g (elements 4g..4g+3), one register holds those 4 unsigned quants of each of the 16 rows.
+ * A token's 4 activations of group g are broadcast to all lanes, so one vpdpbusd does 64 multiply-
+ * adds for 16 rows, and the float work (convert, scale, accumulate) is once per block for 16 rows:
+ *   acc_r += (d_r * dx) * (sum_g vpdpbusd(q_r,g, x_g) - 8 * sum(x))     for the 16 rows r at once.
+ * Lane p of a tile holds row 4 * (p % 4) + p / 4 of the group (the order the transposition leaves). */
+
+typedef struct {
+    uint32_t q[8][16];    /* [g][lane]: the 4 quants of elements 4g..4g+3 of the lane's row */
+    float d[16];          /* fp16(d) of the lane's row */
+} q4_0_tile16;            /* one block of 16 rows */
+
+static inline int tile_row(int p) { return 4 * (p % 4) + p / 4; }
+
+// W rows r..r+15 (Q4_0, w_stride bytes apart), blocks 0..nb-1 -> tiles[nb]
+static void tile_q4_0_rows16(int64_t nb, const uint8_t *w, size_t w_stride, q4_0_tile16 *tiles) {
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
+    for (int64_t b = 0; b < nb; ++b) {
+        __m512i a[4];   /* a[k]: rows 4k..4k+3, 16 quant bytes each, one 128-bit lane per row */
+        for (int k = 0; k < 4; ++k) {
+            const block_q4_0 *r = (const block_q4_0 *)(w + (size_t)(4 * k) * w_stride) + b;
+            a[k] = _mm512_inserti32x4(_mm512_inserti32x4(_mm512_inserti32x4(_mm512_castsi128_si512(
+                _mm_loadu_si128((const __m128i *)r->qs)),
+                _mm_loadu_si128((const __m128i *)((const block_q4_0 *)((const uint8_t *)r + w_stride))->qs), 1),
+                _mm_loadu_si128((const __m128i *)((const block_q4_0 *)((const uint8_t *)r + 2 * w_stride))->qs), 2),
+                _mm_loadu_si128((const __m128i *)((const block_q4_0 *)((const uint8_t *)r + 3 * w_stride))->qs), 3);
+        }
+        for (int half = 0; half < 2; ++half) {        /* low nibbles: groups 0-3; high: 4-7 */
+            __m512i v[4];
+            for (int k = 0; k < 4; ++k) v[k] = _mm512_and_si512(half ? _mm512_srli_epi16(a[k], 4) : a[k], low4);
+            const __m512i t01l = _mm512_unpacklo_epi32(v[0], v[1]), t01h = _mm512_unpackhi_epi32(v[0], v[1]);
+            const __m512i t23l = _mm512_unpacklo_epi32(v[2], v[3]), t23h = _mm512_unpackhi_epi32(v[2], v[3]);
+            /* lane p = 4*i + m of the results: row 4*m + i (i = 128-bit lane, m = dword within it) */
+            _mm512_storeu_si512(tiles[b].q[4 * half + 0], _mm512_unpacklo_epi64(t01l, t23l));
+            _mm512_storeu_si512(tiles[b].q[4 * half + 1], _mm512_unpackhi_epi64(t01l, t23l));
+            _mm512_storeu_si512(tiles[b].q[4 * half + 2], _mm512_unpacklo_epi64(t01h, t23h));
+            _mm512_storeu_si512(tiles[b].q[4 * half + 3], _mm512_unpackhi_epi64(t01h, t23h));
+        }
+        for (int p = 0; p < 16; ++p)
+            tiles[b].d[p] = f16c_to_f32(((const block_q4_0 *)(w + (size_t)tile_row(p) * w_stride))[b].d);
+    }
+}
+
+/* Per token and block of the activations: fp16(dx) as float and -8 * sum(qx). */
+typedef struct { float d; int32_t corr; } q8_0_side;
+
+static inline __attribute__((always_inline)) void gemm_q4_0_tile(
+        int64_t nb, const q4_0_tile16 *tiles, const uint8_t *x, size_t x_stride, const q8_0_side *side,
+        int64_t t0, const int nt, float *y, size_t ldy) {
+    __m512 acc[4];
+    for (int t = 0; t < nt; ++t) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        const q4_0_tile16 *tl = &tiles[b];
+        __m512i ai[4];
+        for (int t = 0; t < nt; ++t) ai[t] = _mm512_set1_epi32(side[(t0 + t) * nb + b].corr);
+        for (int g = 0; g < 8; ++g) {
+            const __m512i q = _mm512_loadu_si512(tl->q[g]);
+            for (int t = 0; t < nt; ++t) {
+                const block_q8_0 *xb = (const block_q8_0 *)(x + (size_t)(t0 + t) * x_stride) + b;
+                int32_t xg;
+                memcpy(&xg, xb->qs + 4 * g, 4);
+                ai[t] = _mm512_dpbusd_epi32(ai[t], q, _mm512_set1_epi32(xg));
+            }
+        }
+        const __m512 dw = _mm512_loadu_ps(tl->d);
+        for (int t = 0; t < nt; ++t)
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai[t]), _mm512_mul_ps(dw, _mm512_set1_ps(side[(t0 + t) * nb + b].d)), acc[t]);
+    }
+    for (int t = 0; t < nt; ++t) {
+        float o[16];
+        _mm512_storeu_ps(o, acc[t]);
+        for (int p = 0; p < 16; ++p) y[(size_t)(t0 + t) * ldy + tile_row(p)] = o[p];
+    }
+}
+
+static inline void *thread_buffer(size_t bytes, int which) {
+    static __thread void *buf[2];
+    static __thread size_t cap[2];
+    if (bytes > cap[which]) {
+        free(buf[which]);
+        buf[which] = aligned_alloc(64, (bytes + 63) / 64 * 64);
+        cap[which] = buf[which] ? bytes : 0;
+    }
+    return buf[which];
+}
+
+// W rows r0.. (Q4_0) @ x (T, n) Q8_0 -> y[t * ldy + r], whole groups of 16 rows; returns the first
+// row not done
+static int64_t gemm_q4_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    const int64_t nb = n / QK4_0;
+    q4_0_tile16 *tiles = thread_buffer((size_t)nb * sizeof(q4_0_tile16), 0);
+    q8_0_side *side = thread_buffer((size_t)(T * nb) * sizeof(q8_0_side), 1);
+    if (!tiles || !side || r1 - r0 < 16) return r0;
+    for (int64_t t = 0; t < T; ++t) {
+        const block_q8_0 *xb = (const block_q8_0 *)((const uint8_t *)x + (size_t)t * x_stride);
+        for (int64_t b = 0; b < nb; ++b) {
+            side[t * nb + b].d = f16c_to_f32(xb[b].d);
+            side[t * nb + b].corr = -8 * block_sum_i8(xb[b].qs);
+        }
+    }
+    int64_t r = r0;
+    for (; r + 16 <= r1; r += 16) {
+        tile_q4_0_rows16(nb, (const uint8_t *)w + (size_t)r * w_stride, w_stride, tiles);
+        int64_t t = 0;
+        for (; t + 4 <= T; t += 4) gemm_q4_0_tile(nb, tiles, x, x_stride, side, t, 4, y + r, ldy);
+        for (; t < T; ++t) gemm_q4_0_tile(nb, tiles, x, x_stride, side, t, 1, y + r, ldy);
+    }
+    return r;
+}
+
 /* cpu.c copies the non-NULL slots into the AVX2 table (ls_set_avx512). */
 const ls_kernel_table ls_kernels_avx512 = {
     .vec_dot = {
@@ -377,6 +494,9 @@ const ls_kernel_table ls_kernels_avx512 = {
     .vec_dot_x4p = {
         [LS_TYPE_Q4_0] = vec_dot_q4_0_q8_0_x4p_avx512,
         [LS_TYPE_Q8_0] = vec_dot_q8_0_q8_0_x4p_avx512,
+    },
+    .gemm = {
+        [LS_TYPE_Q4_0] = gemm_q4_0_q8_0_avx512,
     },
     .vec_dot_x1p = {
         [LS_TYPE_Q4_0] = vec_dot_q4_0_q8_0_x1p_avx512,

@@ -25,6 +25,10 @@ typedef void (*ls_vec_dot_x4_fn)(int64_t n, const void *w, const void *x, size_t
 typedef void (*ls_pack_fn)(int64_t n, const void *x, size_t x_stride, int nt, void *out);
 typedef void (*ls_vec_dot_x4p_fn)(int64_t n, const void *w, const void *packed, float *y);
 typedef float (*ls_vec_dot_x1p_fn)(int64_t n, const void *w, const void *packed);
+/* A whole batch matmul on rows r0..r1-1 (the signature of ls_matmul_rows, T >= 4); it may handle
+ * only the first rows itself and return the row where it stopped (the caller does the rest). */
+typedef int64_t (*ls_matmul_rows_fn)(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy);
 #define ls_pack_bytes(n) ((size_t)(n) * 3)   /* per token: 192 bytes per 64 elements (quants_avx512.c) */
 
 /* One table per SIMD level; slots of types without such a kernel are NULL. */
@@ -36,6 +40,7 @@ typedef struct {
     ls_pack_fn pack[LS_TYPE_SLOTS];             /* indexed by the weight type (AVX-512 only) */
     ls_vec_dot_x4p_fn vec_dot_x4p[LS_TYPE_SLOTS];
     ls_vec_dot_x1p_fn vec_dot_x1p[LS_TYPE_SLOTS];
+    ls_matmul_rows_fn gemm[LS_TYPE_SLOTS];      /* batch matmul (T >= 4), AVX-512 only */
 } ls_kernel_table;
 
 extern const ls_kernel_table ls_kernels_scalar;   /* quants.c */

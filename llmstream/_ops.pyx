@@ -83,9 +83,10 @@ def vec_dot_row_bytes(int wtype, int64_t n_in):
 
 cdef inline int64_t matmul_chunk(int64_t T) noexcept nogil:
     """Output rows per work item of a matmul over T tokens: 128 for 1-3 tokens (the weights stream
-    through once; packing the activations once per work item costs < 1 %), 64 for a batch (<= ~300
-    KB of weights, in L2, while every group of 4 tokens is packed once and meets each row)."""
-    return 128 if T < 4 else 64
+    through once; packing the activations once per work item costs < 1 %), 256 for a batch (<= ~1.2
+    MB of weights, in L2; what is prepared once per work item — packed or summed activations —
+    costs a few % at most)."""
+    return 128 if T < 4 else 256
 
 
 def matmul(const uint8_t[:, ::1] w, int wtype, const float[:, ::1] x, float[:, ::1] y,
