@@ -13,6 +13,7 @@
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")
 
 #include <immintrin.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -477,6 +478,151 @@ static int64_t gemm_q4_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, 
     return r;
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Batch matmul for Q4_K weights with the int32 lanes as output rows (as for Q4_0 above).
+ *
+ * Tile of 16 rows per super-block: for each sub-block s and element group j (elements
+ * 32s + 4j .. +3), one register of the 16 rows' 4 quants; the rows' 6-bit scales and mins as
+ * int32 lanes; d and dmin as floats. Per token and super-block, with x_g the token's 4 activations
+ * of group g broadcast to every lane and bs_s the sum of its sub-block s (from bsums):
+ *   isum_r = sum_s sc_r,s * sum_j vpdpbusd(q_r,s,j, x_s,j)     (vpmulld applies the scale)
+ *   msum_r = sum_s m_r,s * bs_s                                  (vpdpwssd on pairs of sub-blocks)
+ *   acc_r += (d_r * dx) * isum_r - (dmin_r * dx) * msum_r          for the 16 rows at once. */
+
+typedef struct {
+    uint32_t q[64][16];   /* [8 s + j][lane] */
+    int32_t sc[8][16];    /* [s][lane] */
+    int32_t m[4][16];     /* [pair][lane]: m of sub-blocks 2 pair (low int16) and 2 pair + 1 (high) */
+    float d[16], dmin[16];
+} q4_K_tile16;
+
+/* Four 128-bit pieces (at p, p + stride, p + 2 stride, p + 3 stride) in one register. */
+static inline __m512i load4x128(const uint8_t *p, size_t stride) {
+    return _mm512_inserti32x4(_mm512_inserti32x4(_mm512_inserti32x4(_mm512_castsi128_si512(
+        _mm_loadu_si128((const __m128i *)p)), _mm_loadu_si128((const __m128i *)(p + stride)), 1),
+        _mm_loadu_si128((const __m128i *)(p + 2 * stride)), 2), _mm_loadu_si128((const __m128i *)(p + 3 * stride)), 3);
+}
+
+/* a[k] = dword m of 128-bit lane i holds group m of row 4k + i -> out[m], lane 4i + k: row 4k + i
+ * ... i.e. lane p of out[m] is row tile_row(p). */
+static inline void transpose16x4(const __m512i a[4], uint32_t out[4][16]) {
+    const __m512i t01l = _mm512_unpacklo_epi32(a[0], a[1]), t01h = _mm512_unpackhi_epi32(a[0], a[1]);
+    const __m512i t23l = _mm512_unpacklo_epi32(a[2], a[3]), t23h = _mm512_unpackhi_epi32(a[2], a[3]);
+    _mm512_storeu_si512(out[0], _mm512_unpacklo_epi64(t01l, t23l));
+    _mm512_storeu_si512(out[1], _mm512_unpackhi_epi64(t01l, t23l));
+    _mm512_storeu_si512(out[2], _mm512_unpacklo_epi64(t01h, t23h));
+    _mm512_storeu_si512(out[3], _mm512_unpackhi_epi64(t01h, t23h));
+}
+
+// W rows r..r+15 (Q4_K, w_stride bytes apart), super-blocks 0..nb-1 -> tiles[nb]
+static void tile_q4_K_rows16(int64_t nb, const uint8_t *w, size_t w_stride, q4_K_tile16 *tiles) {
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
+    for (int64_t b = 0; b < nb; ++b) {
+        q4_K_tile16 *tl = &tiles[b];
+        const uint8_t *base = (const uint8_t *)((const block_q4_K *)w + b);
+        for (int k = 0; k < 4; ++k)              /* qs chunk k: sub-blocks 2k (low), 2k+1 (high) */
+            for (int half = 0; half < 2; ++half) {   /* bytes 0-15 (groups 0-3), 16-31 (4-7) */
+                __m512i raw[4], lo[4], hi[4];
+                for (int kk = 0; kk < 4; ++kk)
+                    raw[kk] = load4x128(base + (size_t)(4 * kk) * w_stride + offsetof(block_q4_K, qs) + 32 * k + 16 * half, w_stride);
+                for (int kk = 0; kk < 4; ++kk) {
+                    lo[kk] = _mm512_and_si512(raw[kk], low4);
+                    hi[kk] = _mm512_and_si512(_mm512_srli_epi16(raw[kk], 4), low4);
+                }
+                transpose16x4(lo, &tl->q[8 * (2 * k) + 4 * half]);
+                transpose16x4(hi, &tl->q[8 * (2 * k + 1) + 4 * half]);
+            }
+        for (int p = 0; p < 16; ++p) {
+            const block_q4_K *blk = (const block_q4_K *)(w + (size_t)tile_row(p) * w_stride) + b;
+            uint8_t sc[8], m[8];
+            ls_unpack_scales_k4(blk->scales, sc, m);
+            for (int s = 0; s < 8; ++s) tl->sc[s][p] = sc[s];
+            for (int j = 0; j < 4; ++j) tl->m[j][p] = (int32_t)m[2 * j] | ((int32_t)m[2 * j + 1] << 16);
+            tl->d[p] = f16c_to_f32(blk->d);
+            tl->dmin[p] = f16c_to_f32(blk->dmin);
+        }
+    }
+}
+
+/* Per token and super-block of Q8_K activations: d, and the sub-block sums as int16 pairs. */
+typedef struct { float d; int32_t bs[4]; } q8_K_side;
+
+static inline __attribute__((always_inline)) void gemm_q4_K_tile(
+        int64_t nb, const q4_K_tile16 *tiles, const uint8_t *x, size_t x_stride, const q8_K_side *side,
+        int64_t t0, const int nt, float *y, size_t ldy) {
+    __m512 acc[4];
+    for (int t = 0; t < nt; ++t) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        const q4_K_tile16 *tl = &tiles[b];
+        const int8_t *xq[4];
+        __m512i isum[4], msum[4];
+        for (int t = 0; t < nt; ++t) {
+            xq[t] = ((const block_q8_K *)(x + (size_t)(t0 + t) * x_stride) + b)->qs;
+            isum[t] = _mm512_setzero_si512();
+            msum[t] = _mm512_setzero_si512();
+        }
+        for (int sb = 0; sb < 8; ++sb) {
+            __m512i si[4];
+            for (int t = 0; t < nt; ++t) si[t] = _mm512_setzero_si512();
+            for (int j = 0; j < 8; ++j) {
+                const __m512i q = _mm512_loadu_si512(tl->q[8 * sb + j]);
+                for (int t = 0; t < nt; ++t) {
+                    int32_t xg;
+                    memcpy(&xg, xq[t] + 32 * sb + 4 * j, 4);
+                    si[t] = _mm512_dpbusd_epi32(si[t], q, _mm512_set1_epi32(xg));
+                }
+            }
+            const __m512i sc = _mm512_loadu_si512(tl->sc[sb]);
+            for (int t = 0; t < nt; ++t) isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(si[t], sc));
+        }
+        for (int j = 0; j < 4; ++j) {
+            const __m512i m = _mm512_loadu_si512(tl->m[j]);
+            for (int t = 0; t < nt; ++t)
+                msum[t] = _mm512_dpwssd_epi32(msum[t], m, _mm512_set1_epi32(side[(t0 + t) * nb + b].bs[j]));
+        }
+        const __m512 d = _mm512_loadu_ps(tl->d), dmin = _mm512_loadu_ps(tl->dmin);
+        for (int t = 0; t < nt; ++t) {
+            const __m512 dx = _mm512_set1_ps(side[(t0 + t) * nb + b].d);
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(d, dx), acc[t]);
+            acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum[t]), _mm512_mul_ps(dmin, dx), acc[t]);
+        }
+    }
+    for (int t = 0; t < nt; ++t) {
+        float o[16];
+        _mm512_storeu_ps(o, acc[t]);
+        for (int p = 0; p < 16; ++p) y[(size_t)(t0 + t) * ldy + tile_row(p)] = o[p];
+    }
+}
+
+// W rows r0.. (Q4_K) @ x (T, n) Q8_K -> y[t * ldy + r], whole groups of 16 rows; returns the first
+// row not done
+static int64_t gemm_q4_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    const int64_t nb = n / QK_K;
+    q4_K_tile16 *tiles = thread_buffer((size_t)nb * sizeof(q4_K_tile16), 0);
+    q8_K_side *side = thread_buffer((size_t)(T * nb) * sizeof(q8_K_side), 1);
+    if (!tiles || !side || r1 - r0 < 16) return r0;
+    for (int64_t t = 0; t < T; ++t) {
+        const block_q8_K *xb = (const block_q8_K *)((const uint8_t *)x + (size_t)t * x_stride);
+        for (int64_t b = 0; b < nb; ++b) {
+            side[t * nb + b].d = xb[b].d;
+            for (int j = 0; j < 4; ++j) {
+                const int lo = xb[b].bsums[4 * j] + xb[b].bsums[4 * j + 1];
+                const int hi = xb[b].bsums[4 * j + 2] + xb[b].bsums[4 * j + 3];
+                side[t * nb + b].bs[j] = (int32_t)(uint16_t)(int16_t)lo | (int32_t)((uint32_t)(uint16_t)(int16_t)hi << 16);
+            }
+        }
+    }
+    int64_t r = r0;
+    for (; r + 16 <= r1; r += 16) {
+        tile_q4_K_rows16(nb, (const uint8_t *)w + (size_t)r * w_stride, w_stride, tiles);
+        int64_t t = 0;
+        for (; t + 4 <= T; t += 4) gemm_q4_K_tile(nb, tiles, x, x_stride, side, t, 4, y + r, ldy);
+        for (; t < T; ++t) gemm_q4_K_tile(nb, tiles, x, x_stride, side, t, 1, y + r, ldy);
+    }
+    return r;
+}
+
 /* cpu.c copies the non-NULL slots into the AVX2 table (ls_set_avx512). */
 const ls_kernel_table ls_kernels_avx512 = {
     .vec_dot = {
@@ -497,6 +643,7 @@ const ls_kernel_table ls_kernels_avx512 = {
     },
     .gemm = {
         [LS_TYPE_Q4_0] = gemm_q4_0_q8_0_avx512,
+        [LS_TYPE_Q4_K] = gemm_q4_K_q8_K_avx512,
     },
     .vec_dot_x1p = {
         [LS_TYPE_Q4_0] = vec_dot_q4_0_q8_0_x1p_avx512,
