@@ -374,6 +374,24 @@ static float vec_dot_q8_0_q8_0_x1p_avx512(int64_t n, const void *vw, const void 
  *   acc_r += (d_r * dx) * (sum_g vpdpbusd(q_r,g, x_g) - 8 * sum(x))     for the 16 rows r at once.
  * Lane p of a tile holds row 4 * (p % 4) + p / 4 of the group (the order the transposition leaves). */
 
+/* Four 128-bit pieces (at p, p + stride, p + 2 stride, p + 3 stride) in one register. */
+static inline __m512i load4x128(const uint8_t *p, size_t stride) {
+    return _mm512_inserti32x4(_mm512_inserti32x4(_mm512_inserti32x4(_mm512_castsi128_si512(
+        _mm_loadu_si128((const __m128i *)p)), _mm_loadu_si128((const __m128i *)(p + stride)), 1),
+        _mm_loadu_si128((const __m128i *)(p + 2 * stride)), 2), _mm_loadu_si128((const __m128i *)(p + 3 * stride)), 3);
+}
+
+/* a[k] = dword m of 128-bit lane i holds group m of row 4k + i -> out[m], lane 4i + k: row 4k + i
+ * ... i.e. lane p of out[m] is row tile_row(p). */
+static inline void transpose16x4(const __m512i a[4], uint32_t out[4][16]) {
+    const __m512i t01l = _mm512_unpacklo_epi32(a[0], a[1]), t01h = _mm512_unpackhi_epi32(a[0], a[1]);
+    const __m512i t23l = _mm512_unpacklo_epi32(a[2], a[3]), t23h = _mm512_unpackhi_epi32(a[2], a[3]);
+    _mm512_storeu_si512(out[0], _mm512_unpacklo_epi64(t01l, t23l));
+    _mm512_storeu_si512(out[1], _mm512_unpackhi_epi64(t01l, t23l));
+    _mm512_storeu_si512(out[2], _mm512_unpacklo_epi64(t01h, t23h));
+    _mm512_storeu_si512(out[3], _mm512_unpackhi_epi64(t01h, t23h));
+}
+
 typedef struct {
     uint32_t q[8][16];    /* [g][lane]: the 4 quants of elements 4g..4g+3 of the lane's row */
     float d[16];          /* fp16(d) of the lane's row */
@@ -453,11 +471,28 @@ static inline void *thread_buffer(size_t bytes, int which) {
     return buf[which];
 }
 
-// W rows r0.. (Q4_0) @ x (T, n) Q8_0 -> y[t * ldy + r], whole groups of 16 rows; returns the first
-// row not done
-static int64_t gemm_q4_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    const int64_t nb = n / QK4_0;
+// W rows r..r+15 (Q8_0, w_stride bytes apart), blocks 0..nb-1 -> tiles[nb], quants + 128 (unsigned)
+static void tile_q8_0_rows16(int64_t nb, const uint8_t *w, size_t w_stride, q4_0_tile16 *tiles) {
+    const __m512i bias = _mm512_set1_epi8((char)0x80);
+    for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t *base = (const uint8_t *)((const block_q8_0 *)w + b) + offsetof(block_q8_0, qs);
+        for (int half = 0; half < 2; ++half) {        /* bytes 0-15: groups 0-3; 16-31: 4-7 */
+            __m512i v[4];
+            for (int k = 0; k < 4; ++k)
+                v[k] = _mm512_xor_si512(load4x128(base + (size_t)(4 * k) * w_stride + 16 * half, w_stride), bias);
+            transpose16x4(v, &tiles[b].q[4 * half]);
+        }
+        for (int p = 0; p < 16; ++p)
+            tiles[b].d[p] = f16c_to_f32(((const block_q8_0 *)(w + (size_t)tile_row(p) * w_stride))[b].d);
+    }
+}
+
+/* Q4_0 / Q8_0 weights @ x (T, n) Q8_0 -> y[t * ldy + r] for whole groups of 16 rows from r0; returns
+ * the first row not done. Offset c = 1 << shift (8 for Q4_0's raw nibbles, 128 for Q8_0 + 128). */
+static int64_t gemm_q32_q8_0(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                             const void *x, size_t x_stride, int64_t T, float *y, size_t ldy,
+                             void (*tile)(int64_t, const uint8_t *, size_t, q4_0_tile16 *), int shift) {
+    const int64_t nb = n / 32;
     q4_0_tile16 *tiles = thread_buffer((size_t)nb * sizeof(q4_0_tile16), 0);
     q8_0_side *side = thread_buffer((size_t)(T * nb) * sizeof(q8_0_side), 1);
     if (!tiles || !side || r1 - r0 < 16) return r0;
@@ -465,17 +500,29 @@ static int64_t gemm_q4_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, 
         const block_q8_0 *xb = (const block_q8_0 *)((const uint8_t *)x + (size_t)t * x_stride);
         for (int64_t b = 0; b < nb; ++b) {
             side[t * nb + b].d = f16c_to_f32(xb[b].d);
-            side[t * nb + b].corr = -8 * block_sum_i8(xb[b].qs);
+            side[t * nb + b].corr = -(block_sum_i8(xb[b].qs) << shift);
         }
     }
     int64_t r = r0;
     for (; r + 16 <= r1; r += 16) {
-        tile_q4_0_rows16(nb, (const uint8_t *)w + (size_t)r * w_stride, w_stride, tiles);
+        tile(nb, (const uint8_t *)w + (size_t)r * w_stride, w_stride, tiles);
         int64_t t = 0;
         for (; t + 4 <= T; t += 4) gemm_q4_0_tile(nb, tiles, x, x_stride, side, t, 4, y + r, ldy);
         for (; t < T; ++t) gemm_q4_0_tile(nb, tiles, x, x_stride, side, t, 1, y + r, ldy);
     }
     return r;
+}
+
+// W rows r0.. (Q4_0) @ x (T, n) Q8_0 -> y[t * ldy + r]: sum_b (dw*dx) * (vpdpbusd(q, x) - 8 * sum(x))
+static int64_t gemm_q4_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    return gemm_q32_q8_0(n, w, w_stride, r0, r1, x, x_stride, T, y, ldy, tile_q4_0_rows16, 3);
+}
+
+// W rows r0.. (Q8_0) @ x (T, n) Q8_0 -> y[t * ldy + r]: sum_b (dw*dx) * (vpdpbusd(q + 128, x) - 128 * sum(x))
+static int64_t gemm_q8_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    return gemm_q32_q8_0(n, w, w_stride, r0, r1, x, x_stride, T, y, ldy, tile_q8_0_rows16, 7);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -495,24 +542,6 @@ typedef struct {
     int32_t m[4][16];     /* [pair][lane]: m of sub-blocks 2 pair (low int16) and 2 pair + 1 (high) */
     float d[16], dmin[16];
 } q4_K_tile16;
-
-/* Four 128-bit pieces (at p, p + stride, p + 2 stride, p + 3 stride) in one register. */
-static inline __m512i load4x128(const uint8_t *p, size_t stride) {
-    return _mm512_inserti32x4(_mm512_inserti32x4(_mm512_inserti32x4(_mm512_castsi128_si512(
-        _mm_loadu_si128((const __m128i *)p)), _mm_loadu_si128((const __m128i *)(p + stride)), 1),
-        _mm_loadu_si128((const __m128i *)(p + 2 * stride)), 2), _mm_loadu_si128((const __m128i *)(p + 3 * stride)), 3);
-}
-
-/* a[k] = dword m of 128-bit lane i holds group m of row 4k + i -> out[m], lane 4i + k: row 4k + i
- * ... i.e. lane p of out[m] is row tile_row(p). */
-static inline void transpose16x4(const __m512i a[4], uint32_t out[4][16]) {
-    const __m512i t01l = _mm512_unpacklo_epi32(a[0], a[1]), t01h = _mm512_unpackhi_epi32(a[0], a[1]);
-    const __m512i t23l = _mm512_unpacklo_epi32(a[2], a[3]), t23h = _mm512_unpackhi_epi32(a[2], a[3]);
-    _mm512_storeu_si512(out[0], _mm512_unpacklo_epi64(t01l, t23l));
-    _mm512_storeu_si512(out[1], _mm512_unpackhi_epi64(t01l, t23l));
-    _mm512_storeu_si512(out[2], _mm512_unpacklo_epi64(t01h, t23h));
-    _mm512_storeu_si512(out[3], _mm512_unpackhi_epi64(t01h, t23h));
-}
 
 // W rows r..r+15 (Q4_K, w_stride bytes apart), super-blocks 0..nb-1 -> tiles[nb]
 static void tile_q4_K_rows16(int64_t nb, const uint8_t *w, size_t w_stride, q4_K_tile16 *tiles) {
@@ -623,6 +652,122 @@ static int64_t gemm_q4_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, 
     return r;
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Batch matmul for Q6_K weights with the int32 lanes as output rows (as for Q4_K above): the 6-bit
+ * quants q go in unsigned (0..63), the -32 offset comes back through the activation block sums:
+ *   isum_r = sum_s sc_r,s * (sum_j vpdpbusd(q_r,s,j, x_s,j) - 32 * bsum_s)    (16 sub-blocks of 16) */
+
+typedef struct {
+    uint32_t q[64][16];   /* [4 s + j][lane]: elements 16 s + 4 j .. +3 */
+    int32_t sc[16][16];   /* [s][lane] */
+    int32_t scp[8][16];   /* [pair][lane]: scales of sub-blocks 2 pair (low int16), 2 pair + 1 (high) */
+    float d[16];
+} q6_K_tile16;
+
+// W rows r..r+15 (Q6_K, w_stride bytes apart), super-blocks 0..nb-1 -> tiles[nb]
+static void tile_q6_K_rows16(int64_t nb, const uint8_t *w, size_t w_stride, q6_K_tile16 *tiles) {
+    const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x03);
+    uint8_t qs[16][QK_K];     /* the 16 rows' quants (0..63) in element order */
+    for (int64_t b = 0; b < nb; ++b) {
+        q6_K_tile16 *tl = &tiles[b];
+        for (int r = 0; r < 16; ++r) {
+            const block_q6_K *blk = (const block_q6_K *)(w + (size_t)r * w_stride) + b;
+            for (int h = 0; h < 2; ++h) {
+                const __m256i l0 = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h));
+                const __m256i l1 = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h + 32));
+                const __m256i hb = _mm256_loadu_si256((const __m256i *)(blk->qh + 32 * h));
+                uint8_t *o = qs[r] + 128 * h;
+                _mm256_storeu_si256((__m256i *)o, _mm256_or_si256(_mm256_and_si256(l0, low4),
+                                    _mm256_slli_epi16(_mm256_and_si256(hb, two), 4)));
+                _mm256_storeu_si256((__m256i *)(o + 32), _mm256_or_si256(_mm256_and_si256(l1, low4),
+                                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), two), 4)));
+                _mm256_storeu_si256((__m256i *)(o + 64), _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
+                                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), two), 4)));
+                _mm256_storeu_si256((__m256i *)(o + 96), _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
+                                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), two), 4)));
+            }
+        }
+        for (int c = 0; c < 16; ++c) {           /* 16-byte column c: groups 4c .. 4c+3 */
+            __m512i v[4];
+            for (int k = 0; k < 4; ++k) v[k] = load4x128(qs[4 * k] + 16 * c, QK_K);
+            transpose16x4(v, &tl->q[4 * c]);
+        }
+        for (int p = 0; p < 16; ++p) {
+            const block_q6_K *blk = (const block_q6_K *)(w + (size_t)tile_row(p) * w_stride) + b;
+            for (int sb = 0; sb < 16; ++sb) tl->sc[sb][p] = blk->scales[sb];
+            for (int j = 0; j < 8; ++j)
+                tl->scp[j][p] = (int32_t)(uint16_t)(int16_t)blk->scales[2 * j]
+                              | (int32_t)((uint32_t)(uint16_t)(int16_t)blk->scales[2 * j + 1] << 16);
+            tl->d[p] = f16c_to_f32(blk->d);
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void gemm_q6_K_tile(
+        int64_t nb, const q6_K_tile16 *tiles, const uint8_t *x, size_t x_stride,
+        int64_t t0, const int nt, float *y, size_t ldy) {
+    __m512 acc[4];
+    for (int t = 0; t < nt; ++t) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        const q6_K_tile16 *tl = &tiles[b];
+        const block_q8_K *xb[4];
+        __m512i isum[4], off[4];
+        for (int t = 0; t < nt; ++t) {
+            xb[t] = (const block_q8_K *)(x + (size_t)(t0 + t) * x_stride) + b;
+            isum[t] = _mm512_setzero_si512();
+            off[t] = _mm512_setzero_si512();
+        }
+        for (int sb = 0; sb < 16; ++sb) {
+            __m512i si[4];
+            for (int t = 0; t < nt; ++t) si[t] = _mm512_setzero_si512();
+            for (int j = 0; j < 4; ++j) {
+                const __m512i q = _mm512_loadu_si512(tl->q[4 * sb + j]);
+                for (int t = 0; t < nt; ++t) {
+                    int32_t xg;
+                    memcpy(&xg, xb[t]->qs + 16 * sb + 4 * j, 4);
+                    si[t] = _mm512_dpbusd_epi32(si[t], q, _mm512_set1_epi32(xg));
+                }
+            }
+            const __m512i sc = _mm512_loadu_si512(tl->sc[sb]);
+            for (int t = 0; t < nt; ++t) isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(si[t], sc));
+        }
+        for (int j = 0; j < 8; ++j) {
+            const __m512i scp = _mm512_loadu_si512(tl->scp[j]);
+            for (int t = 0; t < nt; ++t) {
+                int32_t bp;
+                memcpy(&bp, &xb[t]->bsums[2 * j], 4);
+                off[t] = _mm512_dpwssd_epi32(off[t], scp, _mm512_set1_epi32(bp));
+            }
+        }
+        const __m512 d = _mm512_loadu_ps(tl->d);
+        for (int t = 0; t < nt; ++t)
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(isum[t], _mm512_slli_epi32(off[t], 5))),
+                                     _mm512_mul_ps(d, _mm512_set1_ps(xb[t]->d)), acc[t]);
+    }
+    for (int t = 0; t < nt; ++t) {
+        float o[16];
+        _mm512_storeu_ps(o, acc[t]);
+        for (int p = 0; p < 16; ++p) y[(size_t)(t0 + t) * ldy + tile_row(p)] = o[p];
+    }
+}
+
+// W rows r0.. (Q6_K) @ x (T, n) Q8_K -> y[t * ldy + r], whole groups of 16 rows; returns the first
+// row not done
+static int64_t gemm_q6_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    const int64_t nb = n / QK_K;
+    q6_K_tile16 *tiles = thread_buffer((size_t)nb * sizeof(q6_K_tile16), 0);
+    if (!tiles || r1 - r0 < 16) return r0;
+    int64_t r = r0;
+    for (; r + 16 <= r1; r += 16) {
+        tile_q6_K_rows16(nb, (const uint8_t *)w + (size_t)r * w_stride, w_stride, tiles);
+        int64_t t = 0;
+        for (; t + 4 <= T; t += 4) gemm_q6_K_tile(nb, tiles, x, x_stride, t, 4, y + r, ldy);
+        for (; t < T; ++t) gemm_q6_K_tile(nb, tiles, x, x_stride, t, 1, y + r, ldy);
+    }
+    return r;
+}
+
 /* cpu.c copies the non-NULL slots into the AVX2 table (ls_set_avx512). */
 const ls_kernel_table ls_kernels_avx512 = {
     .vec_dot = {
@@ -644,6 +789,8 @@ const ls_kernel_table ls_kernels_avx512 = {
     .gemm = {
         [LS_TYPE_Q4_0] = gemm_q4_0_q8_0_avx512,
         [LS_TYPE_Q4_K] = gemm_q4_K_q8_K_avx512,
+        [LS_TYPE_Q8_0] = gemm_q8_0_q8_0_avx512,
+        [LS_TYPE_Q6_K] = gemm_q6_K_q8_K_avx512,
     },
     .vec_dot_x1p = {
         [LS_TYPE_Q4_0] = vec_dot_q4_0_q8_0_x1p_avx512,
