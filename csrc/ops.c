@@ -104,6 +104,10 @@ void ls_gelu(float *x, int n) {
 void ls_attn_head(const float *q, const uint16_t *k, const uint16_t *v, size_t kv_stride,
                   int first_key, int n_keys, int head_dim, float scale,
                   float *scores, uint16_t *q16, float *vrow, float *out) {
+    if (ls_get_simd() >= LS_SIMD_AVX2 && head_dim % 8 == 0 && head_dim <= 256) {
+        ls_attn_head_avx2(q, k, v, kv_stride, first_key, n_keys, head_dim, scale, scores, out);
+        return;
+    }
     ls_quantize_row(LS_TYPE_F16, q, q16, head_dim);
     float mx = -INFINITY;
     for (int j = first_key; j < n_keys; j++) {
