@@ -18,13 +18,15 @@ cdef struct _Lin:
 
 
 cdef inline int64_t _n_chunks(const _Lin *L, int64_t T) noexcept nogil:
-    return (L.n_out + matmul_chunk(T) - 1) // matmul_chunk(T)
+    cdef int64_t ch = matmul_chunk(T, L.wstride)
+    return (L.n_out + ch - 1) // ch
 
 
 cdef inline void _lin_chunk(const _Lin *L, int64_t c, int64_t T) noexcept nogil:
-    """Rows c*matmul_chunk(T) .. of L for all T tokens."""
-    cdef int64_t r0 = c * matmul_chunk(T)
-    cdef int64_t r1 = min(r0 + matmul_chunk(T), L.n_out)
+    """Rows c*matmul_chunk(T, row bytes) .. of L for all T tokens."""
+    cdef int64_t ch = matmul_chunk(T, L.wstride)
+    cdef int64_t r0 = c * ch
+    cdef int64_t r1 = min(r0 + ch, L.n_out)
     ls_matmul_rows(L.type, L.n_in, L.w, L.wstride, r0, r1, L.xq, L.xrs, T, L.y, L.ldy)
 
 

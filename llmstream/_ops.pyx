@@ -53,14 +53,37 @@ def openmp_enabled():
     return bool(LS_OPENMP)
 
 
+def physical_cores():
+    """Physical cores this process may run on: CPUs of its affinity set, SMT siblings counted once
+    (Linux sysfs topology); the CPU count where that is unknown."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+    cores = set()
+    for c in cpus:
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{c}/topology/physical_package_id") as f:
+                pkg = f.read().strip()
+            with open(f"/sys/devices/system/cpu/cpu{c}/topology/core_id") as f:
+                cores.add((pkg, f.read().strip()))
+        except OSError:
+            cores.add(("cpu", str(c)))
+    return max(1, len(cores))
+
+
+_PHYSICAL_CORES = physical_cores()
+
+
 def effective_threads():
-    """Threads the kernels use: set_threads() if called, else OMP_NUM_THREADS, else all cores."""
+    """Threads the kernels use: set_threads() if called, else OMP_NUM_THREADS, else one per
+    physical core (hyper-threads share a core's vector units: more threads only add barriers)."""
     if _threads > 0:
         return _threads
     env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     if env.isdigit() and int(env) > 0:
         return int(env)
-    return os.cpu_count() or 1
+    return _PHYSICAL_CORES
 
 
 def set_threads(int n):
@@ -81,12 +104,16 @@ def vec_dot_row_bytes(int wtype, int64_t n_in):
     return ls_row_size(vdt, n_in)
 
 
-cdef inline int64_t matmul_chunk(int64_t T) noexcept nogil:
-    """Output rows per work item of a matmul over T tokens: 128 for 1-3 tokens (the weights stream
-    through once; packing the activations once per work item costs < 1 %), 256 for a batch (<= ~1.2
-    MB of weights, in L2; what is prepared once per work item — packed or summed activations —
-    costs a few % at most)."""
-    return 128 if T < 4 else 256
+cdef inline int64_t matmul_chunk(int64_t T, size_t row_bytes) noexcept nogil:
+    """Output rows per work item of a matmul over T tokens. 1-3 tokens: ~144 KB of weights (128
+    rows of a 2048-wide Q4_K), a multiple of 16 rows — equal bytes, so the threads of a fused
+    work list over tensors of different types finish together; what is prepared once per work
+    item (packed activations) costs ~1 %. A batch: 256 rows (<= ~1.2 MB of weights, in L2)."""
+    cdef int64_t rows
+    if T >= 4:
+        return 256
+    rows = <int64_t>(147456 // max(row_bytes, <size_t>1)) // 16 * 16
+    return rows if rows >= 16 else 16
 
 
 def matmul(const uint8_t[:, ::1] w, int wtype, const float[:, ::1] x, float[:, ::1] y,
@@ -95,7 +122,7 @@ def matmul(const uint8_t[:, ::1] w, int wtype, const float[:, ::1] x, float[:, :
 
     w: raw rows of the weight tensor in wtype (n_out, row_bytes); x is converted once to the
     type's vec_dot format in xq (scratch, >= T * vec_dot_row_bytes(wtype, n_in) bytes). Threads
-    split the output rows statically in chunks of matmul_chunk(T); within a chunk the tokens go 4 at a
+    split the output rows statically in chunks of matmul_chunk(T, row bytes); within a chunk the tokens go 4 at a
     time through ls_vec_dot_x4, which decodes each weight block once for the 4 of them."""
     cdef int64_t T = x.shape[0], n_in = x.shape[1], n_out = w.shape[0]
     cdef int vdt = ls_vec_dot_type(wtype)
@@ -107,7 +134,7 @@ def matmul(const uint8_t[:, ::1] w, int wtype, const float[:, ::1] x, float[:, :
     _check(<size_t>xq.shape[0] >= T * rs, "activation scratch too small")
     cdef int nt = effective_threads()
     cdef int64_t t, c, r0, r1
-    cdef int64_t chunk = matmul_chunk(T)
+    cdef int64_t chunk = matmul_chunk(T, <size_t>w.shape[1])
     cdef int64_t n_chunks = (n_out + chunk - 1) // chunk
     if T == 0 or n_out == 0:
         return
