@@ -3,6 +3,8 @@
  * At load time (a constructor) the CPU is probed for AVX2 + FMA + F16C and the AVX2 table is
  * completed with the scalar kernels for any slot it leaves empty; the level is then the best the
  * CPU has, unless the environment variable LLMSTREAM_SIMD=scalar forces the scalar path.
+ * On CPUs that also have AVX512F/BW/VL/VNNI the AVX2 level takes the few AVX-512 kernels of
+ * quants_avx512.c into its table (ls_set_avx512; LLMSTREAM_AVX512=0 keeps it AVX2-only).
  *
  * Dispatch is one atomic pointer load per call (ls_kernels()), then an indexed function pointer:
  * cheap, and safe from any number of OpenMP threads. ls_set_simd() swaps the pointer atomically;

@@ -122,8 +122,8 @@ def matmul(const uint8_t[:, ::1] w, int wtype, const float[:, ::1] x, float[:, :
 
     w: raw rows of the weight tensor in wtype (n_out, row_bytes); x is converted once to the
     type's vec_dot format in xq (scratch, >= T * vec_dot_row_bytes(wtype, n_in) bytes). Threads
-    split the output rows statically in chunks of matmul_chunk(T, row bytes); within a chunk the tokens go 4 at a
-    time through ls_vec_dot_x4, which decodes each weight block once for the 4 of them."""
+    split the output rows statically in work items of matmul_chunk(T, row bytes) rows, each done
+    by ls_matmul_rows (batch kernels for 4+ tokens, see csrc/quants.h)."""
     cdef int64_t T = x.shape[0], n_in = x.shape[1], n_out = w.shape[0]
     cdef int vdt = ls_vec_dot_type(wtype)
     _check(vdt >= 0, f"unknown tensor type {wtype}")

@@ -176,7 +176,8 @@ def vec_dot_x4(int type, int64_t n, const uint8_t[::1] w, const uint8_t[:, ::1] 
 
 
 def get_simd():
-    """The SIMD level in use: 0 = scalar reference, 1 = AVX2/FMA."""
+    """The SIMD level in use: 0 = scalar reference, 1 = AVX2/FMA (plus the AVX-512 kernels where
+    the CPU has them and get_avx512() is true)."""
     return ls_get_simd()
 
 
