@@ -146,14 +146,14 @@ def test_vec_dot_x4_vs_scalar_vec_dot(t, avx512):
                 f"{NAMES[t]} n={n} token {k}: x4 {simd[k]!r} vs scalar {scalar[k]!r}"
 
 
+@pytest.mark.parametrize("n", [512, 2304])
 @pytest.mark.parametrize("t", WEIGHT_TYPES, ids=[NAMES[t] for t in WEIGHT_TYPES])
-def test_matmul_tiles_match_row_by_row_vec_dot(t, avx512):
+def test_matmul_tiles_match_row_by_row_vec_dot(t, n, avx512):
     """matmul (chunks of rows x groups of 4 tokens, any remainder; packed activations on AVX-512)
     == the scalar vec_dot of every (row, token)."""
     rng = np.random.default_rng(5000 + t)
     xt = VEC_DOT_TYPE[t]
-    n = 512
-    n_out = 37                                   # not a multiple of the row chunk
+    n_out = 37                                   # not a multiple of 16 (the batch kernels' rows)
     w = np.stack([random_weights(t, n, rng) for _ in range(n_out)])
     rs = row_bytes(xt, n)
     for T in (1, 3, 4, 5, 9):
