@@ -63,6 +63,8 @@ int ls_set_avx512(int on) {
         /* a matmul reads the kernels first, then pack: clear in that order, set in reverse */
         __atomic_store_n(&avx2_complete.gemm[t], use ? ls_kernels_avx512.gemm[t] : (ls_matmul_rows_fn)0,
                          __ATOMIC_RELEASE);
+        __atomic_store_n(&avx2_complete.gemv[t], use ? ls_kernels_avx512.gemv[t] : (ls_matmul_rows_fn)0,
+                         __ATOMIC_RELEASE);
         if (use) {
             __atomic_store_n(&avx2_complete.pack[t], ls_kernels_avx512.pack[t], __ATOMIC_RELEASE);
             __atomic_store_n(&avx2_complete.vec_dot_x4p[t], ls_kernels_avx512.vec_dot_x4p[t], __ATOMIC_RELEASE);

@@ -122,10 +122,15 @@ void ls_matmul_rows(int type, int64_t n, const void *w, size_t w_stride, int64_t
                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     if (!ls_row_ok(type, n)) return;
     const ls_kernel_table *k = ls_kernels();
+    /* batch (gemm) and decode (gemv) kernels give bit-identical rows: a token's result does not
+     * depend on the batch it came in (see quants.h) */
     const ls_matmul_rows_fn gemm = __atomic_load_n(&k->gemm[type], __ATOMIC_ACQUIRE);
-    if (gemm && T >= 4) {
-        r0 = gemm(n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
-        if (r0 >= r1) return;
+    const ls_matmul_rows_fn gemv = __atomic_load_n(&k->gemv[type], __ATOMIC_ACQUIRE);
+    if (gemm && gemv) {
+        const int64_t done = (T >= 4 ? gemm : gemv)(n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
+        if (done >= r1) return;
+        if (done == r0) gemm(n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);   /* gemv declined */
+        return;
     }
     const ls_vec_dot_fn f = k->vec_dot[type];
     const ls_vec_dot_x4_fn f4 = k->vec_dot_x4[type];

@@ -381,6 +381,13 @@ static inline __m512i load4x128(const uint8_t *p, size_t stride) {
         _mm_loadu_si128((const __m128i *)(p + 2 * stride)), 2), _mm_loadu_si128((const __m128i *)(p + 3 * stride)), 3);
 }
 
+/* The 128-bit pieces at byte offset off of rows rp[0..3], in one register. */
+static inline __m512i load4rows(const uint8_t *const *rp, size_t off) {
+    return _mm512_inserti32x4(_mm512_inserti32x4(_mm512_inserti32x4(_mm512_castsi128_si512(
+        _mm_loadu_si128((const __m128i *)(rp[0] + off))), _mm_loadu_si128((const __m128i *)(rp[1] + off)), 1),
+        _mm_loadu_si128((const __m128i *)(rp[2] + off)), 2), _mm_loadu_si128((const __m128i *)(rp[3] + off)), 3);
+}
+
 /* a[k] = dword m of 128-bit lane i holds group m of row 4k + i -> out[m], lane 4i + k: row 4k + i
  * ... i.e. lane p of out[m] is row tile_row(p). */
 static inline void transpose16x4(const __m512i a[4], uint32_t out[4][16]) {
@@ -392,6 +399,21 @@ static inline void transpose16x4(const __m512i a[4], uint32_t out[4][16]) {
     _mm512_storeu_si512(out[3], _mm512_unpackhi_epi64(t01h, t23h));
 }
 
+/* Pointers to rows r .. r+15 of W, the ones past r1 repeating the last row (their lanes are
+ * computed but not stored): a partial group is computed lane for lane as a full one. */
+static inline int row_ptrs(const void *w, size_t w_stride, int64_t r, int64_t r1, const uint8_t *rp[16]) {
+    const int rows = r1 - r < 16 ? (int)(r1 - r) : 16;
+    for (int i = 0; i < 16; ++i) rp[i] = (const uint8_t *)w + (size_t)(r + (i < rows ? i : rows - 1)) * w_stride;
+    /* the group reads its 16 rows side by side, which the hardware prefetchers do not follow:
+     * fetch the next group's rows (contiguous) while this one is computed */
+    if (r + 16 < r1) {
+        const char *next = (const char *)w + (size_t)(r + 16) * w_stride;
+        const size_t bytes = (size_t)(r1 - r - 16 < 16 ? r1 - r - 16 : 16) * w_stride;
+        for (size_t o = 0; o < bytes; o += 64) _mm_prefetch(next + o, _MM_HINT_T0);
+    }
+    return rows;
+}
+
 typedef struct {
     uint32_t q[8][16];    /* [g][lane]: the 4 quants of elements 4g..4g+3 of the lane's row */
     float d[16];          /* fp16(d) of the lane's row */
@@ -399,19 +421,12 @@ typedef struct {
 
 static inline int tile_row(int p) { return 4 * (p % 4) + p / 4; }
 
-// W rows r..r+15 (Q4_0, w_stride bytes apart), blocks 0..nb-1 -> tiles[nb]
-static void tile_q4_0_rows16(int64_t nb, const uint8_t *w, size_t w_stride, q4_0_tile16 *tiles) {
+// W rows rp[0..15] (Q4_0), blocks 0..nb-1 -> tiles[nb]
+static void tile_q4_0_rows16(int64_t nb, const uint8_t *const *rp, q4_0_tile16 *tiles) {
     const __m512i low4 = _mm512_set1_epi8(0x0f);
     for (int64_t b = 0; b < nb; ++b) {
         __m512i a[4];   /* a[k]: rows 4k..4k+3, 16 quant bytes each, one 128-bit lane per row */
-        for (int k = 0; k < 4; ++k) {
-            const block_q4_0 *r = (const block_q4_0 *)(w + (size_t)(4 * k) * w_stride) + b;
-            a[k] = _mm512_inserti32x4(_mm512_inserti32x4(_mm512_inserti32x4(_mm512_castsi128_si512(
-                _mm_loadu_si128((const __m128i *)r->qs)),
-                _mm_loadu_si128((const __m128i *)((const block_q4_0 *)((const uint8_t *)r + w_stride))->qs), 1),
-                _mm_loadu_si128((const __m128i *)((const block_q4_0 *)((const uint8_t *)r + 2 * w_stride))->qs), 2),
-                _mm_loadu_si128((const __m128i *)((const block_q4_0 *)((const uint8_t *)r + 3 * w_stride))->qs), 3);
-        }
+        for (int k = 0; k < 4; ++k) a[k] = load4rows(rp + 4 * k, (size_t)b * sizeof(block_q4_0) + offsetof(block_q4_0, qs));
         for (int half = 0; half < 2; ++half) {        /* low nibbles: groups 0-3; high: 4-7 */
             __m512i v[4];
             for (int k = 0; k < 4; ++k) v[k] = _mm512_and_si512(half ? _mm512_srli_epi16(a[k], 4) : a[k], low4);
@@ -424,7 +439,7 @@ static void tile_q4_0_rows16(int64_t nb, const uint8_t *w, size_t w_stride, q4_0
             _mm512_storeu_si512(tiles[b].q[4 * half + 3], _mm512_unpackhi_epi64(t01h, t23h));
         }
         for (int p = 0; p < 16; ++p)
-            tiles[b].d[p] = f16c_to_f32(((const block_q4_0 *)(w + (size_t)tile_row(p) * w_stride))[b].d);
+            tiles[b].d[p] = f16c_to_f32(((const block_q4_0 *)rp[tile_row(p)])[b].d);
     }
 }
 
@@ -433,7 +448,7 @@ typedef struct { float d; int32_t corr; } q8_0_side;
 
 static inline __attribute__((always_inline)) void gemm_q4_0_tile(
         int64_t nb, const q4_0_tile16 *tiles, const uint8_t *x, size_t x_stride, const q8_0_side *side,
-        int64_t t0, const int nt, float *y, size_t ldy) {
+        int64_t t0, const int nt, float *y, size_t ldy, int rows) {
     __m512 acc[4];
     for (int t = 0; t < nt; ++t) acc[t] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
@@ -456,7 +471,8 @@ static inline __attribute__((always_inline)) void gemm_q4_0_tile(
     for (int t = 0; t < nt; ++t) {
         float o[16];
         _mm512_storeu_ps(o, acc[t]);
-        for (int p = 0; p < 16; ++p) y[(size_t)(t0 + t) * ldy + tile_row(p)] = o[p];
+        for (int p = 0; p < 16; ++p)
+            if (tile_row(p) < rows) y[(size_t)(t0 + t) * ldy + tile_row(p)] = o[p];
     }
 }
 
@@ -471,19 +487,18 @@ static inline void *thread_buffer(size_t bytes, int which) {
     return buf[which];
 }
 
-// W rows r..r+15 (Q8_0, w_stride bytes apart), blocks 0..nb-1 -> tiles[nb], quants + 128 (unsigned)
-static void tile_q8_0_rows16(int64_t nb, const uint8_t *w, size_t w_stride, q4_0_tile16 *tiles) {
+// W rows rp[0..15] (Q8_0), blocks 0..nb-1 -> tiles[nb], quants + 128 (unsigned)
+static void tile_q8_0_rows16(int64_t nb, const uint8_t *const *rp, q4_0_tile16 *tiles) {
     const __m512i bias = _mm512_set1_epi8((char)0x80);
     for (int64_t b = 0; b < nb; ++b) {
-        const uint8_t *base = (const uint8_t *)((const block_q8_0 *)w + b) + offsetof(block_q8_0, qs);
+        const size_t base = (size_t)b * sizeof(block_q8_0) + offsetof(block_q8_0, qs);
         for (int half = 0; half < 2; ++half) {        /* bytes 0-15: groups 0-3; 16-31: 4-7 */
             __m512i v[4];
-            for (int k = 0; k < 4; ++k)
-                v[k] = _mm512_xor_si512(load4x128(base + (size_t)(4 * k) * w_stride + 16 * half, w_stride), bias);
+            for (int k = 0; k < 4; ++k) v[k] = _mm512_xor_si512(load4rows(rp + 4 * k, base + 16 * half), bias);
             transpose16x4(v, &tiles[b].q[4 * half]);
         }
         for (int p = 0; p < 16; ++p)
-            tiles[b].d[p] = f16c_to_f32(((const block_q8_0 *)(w + (size_t)tile_row(p) * w_stride))[b].d);
+            tiles[b].d[p] = f16c_to_f32(((const block_q8_0 *)rp[tile_row(p)])[b].d);
     }
 }
 
@@ -491,11 +506,11 @@ static void tile_q8_0_rows16(int64_t nb, const uint8_t *w, size_t w_stride, q4_0
  * the first row not done. Offset c = 1 << shift (8 for Q4_0's raw nibbles, 128 for Q8_0 + 128). */
 static int64_t gemm_q32_q8_0(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                              const void *x, size_t x_stride, int64_t T, float *y, size_t ldy,
-                             void (*tile)(int64_t, const uint8_t *, size_t, q4_0_tile16 *), int shift) {
+                             void (*tile)(int64_t, const uint8_t *const *, q4_0_tile16 *), int shift) {
     const int64_t nb = n / 32;
     q4_0_tile16 *tiles = thread_buffer((size_t)nb * sizeof(q4_0_tile16), 0);
     q8_0_side *side = thread_buffer((size_t)(T * nb) * sizeof(q8_0_side), 1);
-    if (!tiles || !side || r1 - r0 < 16) return r0;
+    if (!tiles || !side) return r0;
     for (int64_t t = 0; t < T; ++t) {
         const block_q8_0 *xb = (const block_q8_0 *)((const uint8_t *)x + (size_t)t * x_stride);
         for (int64_t b = 0; b < nb; ++b) {
@@ -504,13 +519,15 @@ static int64_t gemm_q32_q8_0(int64_t n, const void *w, size_t w_stride, int64_t 
         }
     }
     int64_t r = r0;
-    for (; r + 16 <= r1; r += 16) {
-        tile(nb, (const uint8_t *)w + (size_t)r * w_stride, w_stride, tiles);
+    for (; r < r1; r += 16) {
+        const uint8_t *rp[16];
+        const int rows = row_ptrs(w, w_stride, r, r1, rp);
+        tile(nb, rp, tiles);
         int64_t t = 0;
-        for (; t + 4 <= T; t += 4) gemm_q4_0_tile(nb, tiles, x, x_stride, side, t, 4, y + r, ldy);
-        for (; t < T; ++t) gemm_q4_0_tile(nb, tiles, x, x_stride, side, t, 1, y + r, ldy);
+        for (; t + 4 <= T; t += 4) gemm_q4_0_tile(nb, tiles, x, x_stride, side, t, 4, y + r, ldy, rows);
+        for (; t < T; ++t) gemm_q4_0_tile(nb, tiles, x, x_stride, side, t, 1, y + r, ldy, rows);
     }
-    return r;
+    return r1;
 }
 
 // W rows r0.. (Q4_0) @ x (T, n) Q8_0 -> y[t * ldy + r]: sum_b (dw*dx) * (vpdpbusd(q, x) - 8 * sum(x))
@@ -543,17 +560,17 @@ typedef struct {
     float d[16], dmin[16];
 } q4_K_tile16;
 
-// W rows r..r+15 (Q4_K, w_stride bytes apart), super-blocks 0..nb-1 -> tiles[nb]
-static void tile_q4_K_rows16(int64_t nb, const uint8_t *w, size_t w_stride, q4_K_tile16 *tiles) {
+// W rows rp[0..15] (Q4_K), super-blocks 0..nb-1 -> tiles[nb]
+static void tile_q4_K_rows16(int64_t nb, const uint8_t *const *rp, q4_K_tile16 *tiles) {
     const __m512i low4 = _mm512_set1_epi8(0x0f);
     for (int64_t b = 0; b < nb; ++b) {
         q4_K_tile16 *tl = &tiles[b];
-        const uint8_t *base = (const uint8_t *)((const block_q4_K *)w + b);
+        const size_t base = (size_t)b * sizeof(block_q4_K);
         for (int k = 0; k < 4; ++k)              /* qs chunk k: sub-blocks 2k (low), 2k+1 (high) */
             for (int half = 0; half < 2; ++half) {   /* bytes 0-15 (groups 0-3), 16-31 (4-7) */
                 __m512i raw[4], lo[4], hi[4];
                 for (int kk = 0; kk < 4; ++kk)
-                    raw[kk] = load4x128(base + (size_t)(4 * kk) * w_stride + offsetof(block_q4_K, qs) + 32 * k + 16 * half, w_stride);
+                    raw[kk] = load4rows(rp + 4 * kk, base + offsetof(block_q4_K, qs) + 32 * k + 16 * half);
                 for (int kk = 0; kk < 4; ++kk) {
                     lo[kk] = _mm512_and_si512(raw[kk], low4);
                     hi[kk] = _mm512_and_si512(_mm512_srli_epi16(raw[kk], 4), low4);
@@ -562,7 +579,7 @@ static void tile_q4_K_rows16(int64_t nb, const uint8_t *w, size_t w_stride, q4_K
                 transpose16x4(hi, &tl->q[8 * (2 * k + 1) + 4 * half]);
             }
         for (int p = 0; p < 16; ++p) {
-            const block_q4_K *blk = (const block_q4_K *)(w + (size_t)tile_row(p) * w_stride) + b;
+            const block_q4_K *blk = (const block_q4_K *)rp[tile_row(p)] + b;
             uint8_t sc[8], m[8];
             ls_unpack_scales_k4(blk->scales, sc, m);
             for (int s = 0; s < 8; ++s) tl->sc[s][p] = sc[s];
@@ -578,7 +595,7 @@ typedef struct { float d; int32_t bs[4]; } q8_K_side;
 
 static inline __attribute__((always_inline)) void gemm_q4_K_tile(
         int64_t nb, const q4_K_tile16 *tiles, const uint8_t *x, size_t x_stride, const q8_K_side *side,
-        int64_t t0, const int nt, float *y, size_t ldy) {
+        int64_t t0, const int nt, float *y, size_t ldy, int rows) {
     __m512 acc[4];
     for (int t = 0; t < nt; ++t) acc[t] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
@@ -619,18 +636,19 @@ static inline __attribute__((always_inline)) void gemm_q4_K_tile(
     for (int t = 0; t < nt; ++t) {
         float o[16];
         _mm512_storeu_ps(o, acc[t]);
-        for (int p = 0; p < 16; ++p) y[(size_t)(t0 + t) * ldy + tile_row(p)] = o[p];
+        for (int p = 0; p < 16; ++p)
+            if (tile_row(p) < rows) y[(size_t)(t0 + t) * ldy + tile_row(p)] = o[p];
     }
 }
 
 // W rows r0.. (Q4_K) @ x (T, n) Q8_K -> y[t * ldy + r], whole groups of 16 rows; returns the first
-// row not done
+// row not done (r1: every row, the last group possibly partial)
 static int64_t gemm_q4_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                      const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     const int64_t nb = n / QK_K;
     q4_K_tile16 *tiles = thread_buffer((size_t)nb * sizeof(q4_K_tile16), 0);
     q8_K_side *side = thread_buffer((size_t)(T * nb) * sizeof(q8_K_side), 1);
-    if (!tiles || !side || r1 - r0 < 16) return r0;
+    if (!tiles || !side) return r0;
     for (int64_t t = 0; t < T; ++t) {
         const block_q8_K *xb = (const block_q8_K *)((const uint8_t *)x + (size_t)t * x_stride);
         for (int64_t b = 0; b < nb; ++b) {
@@ -643,13 +661,15 @@ static int64_t gemm_q4_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, 
         }
     }
     int64_t r = r0;
-    for (; r + 16 <= r1; r += 16) {
-        tile_q4_K_rows16(nb, (const uint8_t *)w + (size_t)r * w_stride, w_stride, tiles);
+    for (; r < r1; r += 16) {
+        const uint8_t *rp[16];
+        const int rows = row_ptrs(w, w_stride, r, r1, rp);
+        tile_q4_K_rows16(nb, rp, tiles);
         int64_t t = 0;
-        for (; t + 4 <= T; t += 4) gemm_q4_K_tile(nb, tiles, x, x_stride, side, t, 4, y + r, ldy);
-        for (; t < T; ++t) gemm_q4_K_tile(nb, tiles, x, x_stride, side, t, 1, y + r, ldy);
+        for (; t + 4 <= T; t += 4) gemm_q4_K_tile(nb, tiles, x, x_stride, side, t, 4, y + r, ldy, rows);
+        for (; t < T; ++t) gemm_q4_K_tile(nb, tiles, x, x_stride, side, t, 1, y + r, ldy, rows);
     }
-    return r;
+    return r1;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -664,14 +684,14 @@ typedef struct {
     float d[16];
 } q6_K_tile16;
 
-// W rows r..r+15 (Q6_K, w_stride bytes apart), super-blocks 0..nb-1 -> tiles[nb]
-static void tile_q6_K_rows16(int64_t nb, const uint8_t *w, size_t w_stride, q6_K_tile16 *tiles) {
+// W rows rp[0..15] (Q6_K), super-blocks 0..nb-1 -> tiles[nb]
+static void tile_q6_K_rows16(int64_t nb, const uint8_t *const *rp, q6_K_tile16 *tiles) {
     const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x03);
     uint8_t qs[16][QK_K];     /* the 16 rows' quants (0..63) in element order */
     for (int64_t b = 0; b < nb; ++b) {
         q6_K_tile16 *tl = &tiles[b];
         for (int r = 0; r < 16; ++r) {
-            const block_q6_K *blk = (const block_q6_K *)(w + (size_t)r * w_stride) + b;
+            const block_q6_K *blk = (const block_q6_K *)rp[r] + b;
             for (int h = 0; h < 2; ++h) {
                 const __m256i l0 = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h));
                 const __m256i l1 = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h + 32));
@@ -693,7 +713,7 @@ static void tile_q6_K_rows16(int64_t nb, const uint8_t *w, size_t w_stride, q6_K
             transpose16x4(v, &tl->q[4 * c]);
         }
         for (int p = 0; p < 16; ++p) {
-            const block_q6_K *blk = (const block_q6_K *)(w + (size_t)tile_row(p) * w_stride) + b;
+            const block_q6_K *blk = (const block_q6_K *)rp[tile_row(p)] + b;
             for (int sb = 0; sb < 16; ++sb) tl->sc[sb][p] = blk->scales[sb];
             for (int j = 0; j < 8; ++j)
                 tl->scp[j][p] = (int32_t)(uint16_t)(int16_t)blk->scales[2 * j]
@@ -705,7 +725,7 @@ static void tile_q6_K_rows16(int64_t nb, const uint8_t *w, size_t w_stride, q6_K
 
 static inline __attribute__((always_inline)) void gemm_q6_K_tile(
         int64_t nb, const q6_K_tile16 *tiles, const uint8_t *x, size_t x_stride,
-        int64_t t0, const int nt, float *y, size_t ldy) {
+        int64_t t0, const int nt, float *y, size_t ldy, int rows) {
     __m512 acc[4];
     for (int t = 0; t < nt; ++t) acc[t] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
@@ -747,25 +767,233 @@ static inline __attribute__((always_inline)) void gemm_q6_K_tile(
     for (int t = 0; t < nt; ++t) {
         float o[16];
         _mm512_storeu_ps(o, acc[t]);
-        for (int p = 0; p < 16; ++p) y[(size_t)(t0 + t) * ldy + tile_row(p)] = o[p];
+        for (int p = 0; p < 16; ++p)
+            if (tile_row(p) < rows) y[(size_t)(t0 + t) * ldy + tile_row(p)] = o[p];
     }
 }
 
 // W rows r0.. (Q6_K) @ x (T, n) Q8_K -> y[t * ldy + r], whole groups of 16 rows; returns the first
-// row not done
+// row not done (r1: every row, the last group possibly partial)
 static int64_t gemm_q6_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                      const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     const int64_t nb = n / QK_K;
     q6_K_tile16 *tiles = thread_buffer((size_t)nb * sizeof(q6_K_tile16), 0);
-    if (!tiles || r1 - r0 < 16) return r0;
+    if (!tiles) return r0;
     int64_t r = r0;
-    for (; r + 16 <= r1; r += 16) {
-        tile_q6_K_rows16(nb, (const uint8_t *)w + (size_t)r * w_stride, w_stride, tiles);
+    for (; r < r1; r += 16) {
+        const uint8_t *rp[16];
+        const int rows = row_ptrs(w, w_stride, r, r1, rp);
+        tile_q6_K_rows16(nb, rp, tiles);
         int64_t t = 0;
-        for (; t + 4 <= T; t += 4) gemm_q6_K_tile(nb, tiles, x, x_stride, t, 4, y + r, ldy);
-        for (; t < T; ++t) gemm_q6_K_tile(nb, tiles, x, x_stride, t, 1, y + r, ldy);
+        for (; t + 4 <= T; t += 4) gemm_q6_K_tile(nb, tiles, x, x_stride, t, 4, y + r, ldy, rows);
+        for (; t < T; ++t) gemm_q6_K_tile(nb, tiles, x, x_stride, t, 1, y + r, ldy, rows);
     }
-    return r;
+    return r1;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Decode (1-3 tokens): the batch kernels' results, bit for bit, without rearranging the rows.
+ *
+ * A token's outputs must not depend on how it was batched, so a row's result is the same float
+ * recurrence as in the batch kernels above (per block, in order: acc = fma(float(isum_b),
+ * d_r * dx_b, acc), ...). Here each row's exact integer block sums are computed with the elements in
+ * the lanes (as the single-row kernels do, no rearranging), then 16 rows' sums are transposed and
+ * added into one register with a row per lane, and the float steps run on 16 rows at once. */
+
+/* v[i] (16 int32 lanes) -> b[j]: 128-bit lane L, dword m = sum of v[4j+m]'s four dwords in lane L. */
+static inline void reduce16_to_lanes4(const __m512i v[16], __m512i b[4]) {
+    __m512i a[8];
+    for (int j = 0; j < 8; ++j)
+        a[j] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * j], v[2 * j + 1]), _mm512_unpackhi_epi32(v[2 * j], v[2 * j + 1]));
+    for (int j = 0; j < 4; ++j)
+        b[j] = _mm512_add_epi32(_mm512_unpacklo_epi64(a[2 * j], a[2 * j + 1]), _mm512_unpackhi_epi64(a[2 * j], a[2 * j + 1]));
+}
+
+/* lane i = sum of the 16 lanes of v[i]. */
+static inline __m512i reduce16(const __m512i v[16]) {
+    __m512i b[4];
+    reduce16_to_lanes4(v, b);
+    const __m512i c0 = _mm512_add_epi32(_mm512_shuffle_i32x4(b[0], b[1], 0x88), _mm512_shuffle_i32x4(b[0], b[1], 0xdd));
+    const __m512i c1 = _mm512_add_epi32(_mm512_shuffle_i32x4(b[2], b[3], 0x88), _mm512_shuffle_i32x4(b[2], b[3], 0xdd));
+    return _mm512_add_epi32(_mm512_shuffle_i32x4(c0, c1, 0x88), _mm512_shuffle_i32x4(c0, c1, 0xdd));
+}
+
+/* Two blocks per v[i]: *A lane i = sum of v[i]'s lanes of block A, *B of block B. q4_order: block A
+ * in 128-bit lanes 0 and 2 (the packed Q4_0 order), else lanes 0 and 1. */
+static inline void reduce16_pair(const __m512i v[16], int q4_order, __m512i *A, __m512i *B) {
+    __m512i b[4];
+    reduce16_to_lanes4(v, b);
+    __m512i c0, c1;
+    if (q4_order) {   /* [L0+L2, L1+L3] per input: blocks A, B */
+        c0 = _mm512_add_epi32(_mm512_shuffle_i32x4(b[0], b[1], 0x44), _mm512_shuffle_i32x4(b[0], b[1], 0xee));
+        c1 = _mm512_add_epi32(_mm512_shuffle_i32x4(b[2], b[3], 0x44), _mm512_shuffle_i32x4(b[2], b[3], 0xee));
+    } else {          /* [L0+L1, L2+L3] */
+        c0 = _mm512_add_epi32(_mm512_shuffle_i32x4(b[0], b[1], 0x88), _mm512_shuffle_i32x4(b[0], b[1], 0xdd));
+        c1 = _mm512_add_epi32(_mm512_shuffle_i32x4(b[2], b[3], 0x88), _mm512_shuffle_i32x4(b[2], b[3], 0xdd));
+    }
+    *A = _mm512_shuffle_i32x4(c0, c1, 0x88);
+    *B = _mm512_shuffle_i32x4(c0, c1, 0xdd);
+}
+
+/* fp16 fields at byte offset off of rows rp[0..15] -> 16 floats (lane i: row rp[i]). */
+static inline __m512 gather_fp16(const uint8_t *const *rp, size_t off) {
+    uint16_t h[16];
+    for (int i = 0; i < 16; ++i) memcpy(&h[i], rp[i] + off, 2);
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)h));
+}
+
+static inline void store_rows(float *y, __m512 acc, int rows) {
+    float o[16];
+    _mm512_storeu_ps(o, acc);
+    for (int i = 0; i < rows; ++i) y[i] = o[i];
+}
+
+// W rows r0..r1-1 (Q4_0 / Q8_0) · 1 token (packed, see pack_q8_0) -> y[r]; as gemm_q32_q8_0
+static void gemv_q32_rows(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                          const q8_0_pair_rec *xp, float *y, int q4) {
+    const size_t bsz = q4 ? sizeof(block_q4_0) : sizeof(block_q8_0);
+    for (int64_t r = r0; r < r1; r += 16) {
+        const uint8_t *rp[16];
+        const int rows = row_ptrs(w, w_stride, r, r1, rp);
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t p = 0; p < n / 64; ++p) {
+            __m512i v[16];
+            const __m512i xq = _mm512_loadu_si512(xp[p].qs);
+            for (int i = 0; i < 16; ++i) {
+                const uint8_t *blk = rp[i] + (size_t)(2 * p) * bsz;
+                v[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(),
+                                           q4 ? q4_0_pair((const block_q4_0 *)blk) : q8_0_pair_u8((const block_q8_0 *)blk), xq);
+            }
+            __m512i A, B;
+            reduce16_pair(v, q4, &A, &B);
+            A = _mm512_add_epi32(A, _mm512_set1_epi32(xp[p].corr[0]));
+            B = _mm512_add_epi32(B, _mm512_set1_epi32(xp[p].corr[q4 ? 4 : 8]));
+            const __m512 dA = gather_fp16(rp, (size_t)(2 * p) * bsz), dB = gather_fp16(rp, (size_t)(2 * p + 1) * bsz);
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(A), _mm512_mul_ps(dA, _mm512_set1_ps(xp[p].d[0])), acc);
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(B), _mm512_mul_ps(dB, _mm512_set1_ps(xp[p].d[15])), acc);
+        }
+        store_rows(y + r, acc, rows);
+    }
+}
+
+static void gemv_q32(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy, int q4) {
+    q8_0_pair_rec *xp = thread_buffer(ls_pack_bytes(n), 1);
+    if (!xp) return;
+    for (int64_t t = 0; t < T; ++t) {
+        pack_q8_0(n, (const uint8_t *)x + (size_t)t * x_stride, x_stride, 1, xp, q4);
+        gemv_q32_rows(n, w, w_stride, r0, r1, xp, y + (size_t)t * ldy, q4);
+    }
+}
+
+// W rows (Q4_0) · 1-3 tokens -> y: bit for bit gemm_q4_0_q8_0_avx512
+static int64_t gemv_q4_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    if (n % 64) return r0;
+    gemv_q32(n, w, w_stride, r0, r1, x, x_stride, T, y, ldy, 1);
+    return r1;
+}
+
+// W rows (Q8_0) · 1-3 tokens -> y: bit for bit gemm_q8_0_q8_0_avx512
+static int64_t gemv_q8_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    if (n % 64) return r0;
+    gemv_q32(n, w, w_stride, r0, r1, x, x_stride, T, y, ldy, 0);
+    return r1;
+}
+
+// W rows (Q4_K) · 1-3 tokens (Q8_K) -> y: bit for bit gemm_q4_K_q8_K_avx512
+static int64_t gemv_q4_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    __m512i idx[4];
+    for (int k = 0; k < 4; ++k) idx[k] = scale_index(2 * k, 16);
+    for (int64_t t = 0; t < T; ++t) {
+        const block_q8_K *xb = (const block_q8_K *)((const uint8_t *)x + (size_t)t * x_stride);
+        for (int64_t r = r0; r < r1; r += 16) {
+            const uint8_t *rp[16];
+            const int rows = row_ptrs(w, w_stride, r, r1, rp);
+            __m512 acc = _mm512_setzero_ps();
+            for (int64_t b = 0; b < n / QK_K; ++b) {
+                const __m256i bs = _mm256_loadu_si256((const __m256i *)xb[b].bsums);
+                const __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+                __m512i v[16], m[16];
+                for (int i = 0; i < 16; ++i) {
+                    const block_q4_K *blk = (const block_q4_K *)rp[i] + b;
+                    const __m256i scales_mins = unpack_scales_mins_k4_(blk->scales);
+                    m[i] = _mm512_zextsi128_si512(_mm_madd_epi16(_mm256_extracti128_si256(scales_mins, 1), pairs));
+                    const __m512i sc = _mm512_broadcast_i32x4(_mm256_castsi256_si128(scales_mins));
+                    __m512i si = _mm512_setzero_si512();
+                    for (int k = 0; k < 4; ++k) {
+                        const __m256i bits = _mm256_loadu_si256((const __m256i *)(blk->qs + 32 * k));
+                        const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(bits, low4)),
+                                                             _mm256_and_si256(_mm256_srli_epi16(bits, 4), low4), 1);
+                        si = _mm512_dpwssd_epi32(si, _mm512_maddubs_epi16(q, _mm512_loadu_si512(xb[b].qs + 64 * k)),
+                                                 _mm512_permutexvar_epi16(idx[k], sc));
+                    }
+                    v[i] = si;
+                }
+                const __m512i isum = reduce16(v), msum = reduce16(m);
+                const __m512 dx = _mm512_set1_ps(xb[b].d);
+                const size_t off = (size_t)b * sizeof(block_q4_K);
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(gather_fp16(rp, off + offsetof(block_q4_K, d)), dx), acc);
+                acc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(gather_fp16(rp, off + offsetof(block_q4_K, dmin)), dx), acc);
+            }
+            store_rows(y + (size_t)t * ldy + r, acc, rows);
+        }
+    }
+    return r1;
+}
+
+// W rows (Q6_K) · 1-3 tokens (Q8_K) -> y: bit for bit gemm_q6_K_q8_K_avx512
+static int64_t gemv_q6_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x03);
+    __m512i idx[4];
+    for (int k = 0; k < 4; ++k) idx[k] = scale_index(4 * k, 8);
+    for (int64_t t = 0; t < T; ++t) {
+        const block_q8_K *xb = (const block_q8_K *)((const uint8_t *)x + (size_t)t * x_stride);
+        for (int64_t r = r0; r < r1; r += 16) {
+            const uint8_t *rp[16];
+            const int rows = row_ptrs(w, w_stride, r, r1, rp);
+            __m512 acc = _mm512_setzero_ps();
+            for (int64_t b = 0; b < n / QK_K; ++b) {
+                const __m256i bsums = _mm256_loadu_si256((const __m256i *)xb[b].bsums);
+                __m512i v[16];
+                for (int i = 0; i < 16; ++i) {
+                    const block_q6_K *blk = (const block_q6_K *)rp[i] + b;
+                    const __m256i scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)blk->scales));
+                    const __m512i sc = _mm512_castsi256_si512(scales16);
+                    __m512i si = _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(),
+                                     _mm256_slli_epi32(_mm256_madd_epi16(bsums, scales16), 5)));
+                    for (int h = 0; h < 2; ++h) {
+                        const __m256i l0 = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h));
+                        const __m256i l1 = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h + 32));
+                        const __m256i hb = _mm256_loadu_si256((const __m256i *)(blk->qh + 32 * h));
+                        const __m256i q0 = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(hb, two), 4));
+                        const __m256i q1 = _mm256_or_si256(_mm256_and_si256(l1, low4),
+                                                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), two), 4));
+                        const __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
+                                                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), two), 4));
+                        const __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
+                                                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), two), 4));
+                        const int8_t *q8 = xb[b].qs + 128 * h;
+                        si = _mm512_dpwssd_epi32(si, _mm512_maddubs_epi16(_mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1),
+                                                 _mm512_loadu_si512(q8)), _mm512_permutexvar_epi16(idx[2 * h], sc));
+                        si = _mm512_dpwssd_epi32(si, _mm512_maddubs_epi16(_mm512_inserti64x4(_mm512_castsi256_si512(q2), q3, 1),
+                                                 _mm512_loadu_si512(q8 + 64)), _mm512_permutexvar_epi16(idx[2 * h + 1], sc));
+                    }
+                    v[i] = si;
+                }
+                const __m512i isum = reduce16(v);
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum),
+                                      _mm512_mul_ps(gather_fp16(rp, (size_t)b * sizeof(block_q6_K) + offsetof(block_q6_K, d)),
+                                                    _mm512_set1_ps(xb[b].d)), acc);
+            }
+            store_rows(y + (size_t)t * ldy + r, acc, rows);
+        }
+    }
+    return r1;
 }
 
 /* cpu.c copies the non-NULL slots into the AVX2 table (ls_set_avx512). */
@@ -785,6 +1013,12 @@ const ls_kernel_table ls_kernels_avx512 = {
     .vec_dot_x4p = {
         [LS_TYPE_Q4_0] = vec_dot_q4_0_q8_0_x4p_avx512,
         [LS_TYPE_Q8_0] = vec_dot_q8_0_q8_0_x4p_avx512,
+    },
+    .gemv = {
+        [LS_TYPE_Q4_0] = gemv_q4_0_q8_0_avx512,
+        [LS_TYPE_Q8_0] = gemv_q8_0_q8_0_avx512,
+        [LS_TYPE_Q4_K] = gemv_q4_K_q8_K_avx512,
+        [LS_TYPE_Q6_K] = gemv_q6_K_q8_K_avx512,
     },
     .gemm = {
         [LS_TYPE_Q4_0] = gemm_q4_0_q8_0_avx512,

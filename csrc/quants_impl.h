@@ -41,6 +41,7 @@ typedef struct {
     ls_vec_dot_x4p_fn vec_dot_x4p[LS_TYPE_SLOTS];
     ls_vec_dot_x1p_fn vec_dot_x1p[LS_TYPE_SLOTS];
     ls_matmul_rows_fn gemm[LS_TYPE_SLOTS];      /* batch matmul (T >= 4), AVX-512 only */
+    ls_matmul_rows_fn gemv[LS_TYPE_SLOTS];      /* 1-3 tokens, bit for bit as gemm; AVX-512 only */
 } ls_kernel_table;
 
 extern const ls_kernel_table ls_kernels_scalar;   /* quants.c */

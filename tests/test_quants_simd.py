@@ -173,3 +173,23 @@ def test_matmul_tiles_match_row_by_row_vec_dot(t, n, avx512):
                 want = want_all[k][r]
                 scale = max(abs(want), abs_dot(t, w[r], xq, n) / math.sqrt(n))
                 assert abs(y[k, r] - want) <= SIMD_RTOL * scale, f"{NAMES[t]} T={T} token {k} row {r}"
+
+
+@pytest.mark.parametrize("n", [512, 2304])
+@pytest.mark.parametrize("t", WEIGHT_TYPES, ids=[NAMES[t] for t in WEIGHT_TYPES])
+def test_matmul_rows_do_not_depend_on_the_batch(t, n, avx512):
+    """A token's outputs are bit-identical whether it is multiplied alone or among 9 (batch kernels
+    and single-token kernels share one float evaluation order): the engine's batch invariance."""
+    rng = np.random.default_rng(6000 + t)
+    xt = VEC_DOT_TYPE[t]
+    n_out = 37
+    w = np.stack([random_weights(t, n, rng) for _ in range(n_out)])
+    rs = row_bytes(xt, n)
+    T = 9
+    x = np.stack([random_activations(n, rng) for _ in range(T)])
+    y = np.zeros((T, n_out), np.float32)
+    _ops.matmul(w, t, x, y, np.zeros(T * rs, np.uint8))
+    for k in range(T):
+        y1 = np.zeros((1, n_out), np.float32)
+        _ops.matmul(w, t, x[k:k + 1], y1, np.zeros(rs, np.uint8))
+        np.testing.assert_array_equal(y[k], y1[0], err_msg=f"{NAMES[t]} token {k}")
