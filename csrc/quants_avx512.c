@@ -401,12 +401,13 @@ static inline void transpose16x4(const __m512i a[4], uint32_t out[4][16]) {
 
 /* Pointers to rows r .. r+15 of W, the ones past r1 repeating the last row (their lanes are
  * computed but not stored): a partial group is computed lane for lane as a full one. */
-static inline int row_ptrs(const void *w, size_t w_stride, int64_t r, int64_t r1, const uint8_t *rp[16]) {
+static inline int row_ptrs(const void *w, size_t w_stride, int64_t r, int64_t r1, const uint8_t *rp[16],
+                           int prefetch) {
     const int rows = r1 - r < 16 ? (int)(r1 - r) : 16;
     for (int i = 0; i < 16; ++i) rp[i] = (const uint8_t *)w + (size_t)(r + (i < rows ? i : rows - 1)) * w_stride;
-    /* the group reads its 16 rows side by side, which the hardware prefetchers do not follow:
-     * fetch the next group's rows (contiguous) while this one is computed */
-    if (r + 16 < r1) {
+    /* the batch kernels read the group's 16 rows side by side, which the hardware prefetchers do
+     * not follow: fetch the next group's rows (contiguous) while this one is computed */
+    if (prefetch && r + 16 < r1) {
         const char *next = (const char *)w + (size_t)(r + 16) * w_stride;
         const size_t bytes = (size_t)(r1 - r - 16 < 16 ? r1 - r - 16 : 16) * w_stride;
         for (size_t o = 0; o < bytes; o += 64) _mm_prefetch(next + o, _MM_HINT_T0);
@@ -477,8 +478,8 @@ static inline __attribute__((always_inline)) void gemm_q4_0_tile(
 }
 
 static inline void *thread_buffer(size_t bytes, int which) {
-    static __thread void *buf[2];
-    static __thread size_t cap[2];
+    static __thread void *buf[3];
+    static __thread size_t cap[3];
     if (bytes > cap[which]) {
         free(buf[which]);
         buf[which] = aligned_alloc(64, (bytes + 63) / 64 * 64);
@@ -521,7 +522,7 @@ static int64_t gemm_q32_q8_0(int64_t n, const void *w, size_t w_stride, int64_t 
     int64_t r = r0;
     for (; r < r1; r += 16) {
         const uint8_t *rp[16];
-        const int rows = row_ptrs(w, w_stride, r, r1, rp);
+        const int rows = row_ptrs(w, w_stride, r, r1, rp, 1);
         tile(nb, rp, tiles);
         int64_t t = 0;
         for (; t + 4 <= T; t += 4) gemm_q4_0_tile(nb, tiles, x, x_stride, side, t, 4, y + r, ldy, rows);
@@ -663,7 +664,7 @@ static int64_t gemm_q4_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, 
     int64_t r = r0;
     for (; r < r1; r += 16) {
         const uint8_t *rp[16];
-        const int rows = row_ptrs(w, w_stride, r, r1, rp);
+        const int rows = row_ptrs(w, w_stride, r, r1, rp, 1);
         tile_q4_K_rows16(nb, rp, tiles);
         int64_t t = 0;
         for (; t + 4 <= T; t += 4) gemm_q4_K_tile(nb, tiles, x, x_stride, side, t, 4, y + r, ldy, rows);
@@ -782,7 +783,7 @@ static int64_t gemm_q6_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, 
     int64_t r = r0;
     for (; r < r1; r += 16) {
         const uint8_t *rp[16];
-        const int rows = row_ptrs(w, w_stride, r, r1, rp);
+        const int rows = row_ptrs(w, w_stride, r, r1, rp, 1);
         tile_q6_K_rows16(nb, rp, tiles);
         int64_t t = 0;
         for (; t + 4 <= T; t += 4) gemm_q6_K_tile(nb, tiles, x, x_stride, t, 4, y + r, ldy, rows);
@@ -797,43 +798,8 @@ static int64_t gemm_q6_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, 
  * A token's outputs must not depend on how it was batched, so a row's result is the same float
  * recurrence as in the batch kernels above (per block, in order: acc = fma(float(isum_b),
  * d_r * dx_b, acc), ...). Here each row's exact integer block sums are computed with the elements in
- * the lanes (as the single-row kernels do, no rearranging), then 16 rows' sums are transposed and
- * added into one register with a row per lane, and the float steps run on 16 rows at once. */
-
-/* v[i] (16 int32 lanes) -> b[j]: 128-bit lane L, dword m = sum of v[4j+m]'s four dwords in lane L. */
-static inline void reduce16_to_lanes4(const __m512i v[16], __m512i b[4]) {
-    __m512i a[8];
-    for (int j = 0; j < 8; ++j)
-        a[j] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * j], v[2 * j + 1]), _mm512_unpackhi_epi32(v[2 * j], v[2 * j + 1]));
-    for (int j = 0; j < 4; ++j)
-        b[j] = _mm512_add_epi32(_mm512_unpacklo_epi64(a[2 * j], a[2 * j + 1]), _mm512_unpackhi_epi64(a[2 * j], a[2 * j + 1]));
-}
-
-/* lane i = sum of the 16 lanes of v[i]. */
-static inline __m512i reduce16(const __m512i v[16]) {
-    __m512i b[4];
-    reduce16_to_lanes4(v, b);
-    const __m512i c0 = _mm512_add_epi32(_mm512_shuffle_i32x4(b[0], b[1], 0x88), _mm512_shuffle_i32x4(b[0], b[1], 0xdd));
-    const __m512i c1 = _mm512_add_epi32(_mm512_shuffle_i32x4(b[2], b[3], 0x88), _mm512_shuffle_i32x4(b[2], b[3], 0xdd));
-    return _mm512_add_epi32(_mm512_shuffle_i32x4(c0, c1, 0x88), _mm512_shuffle_i32x4(c0, c1, 0xdd));
-}
-
-/* Two blocks per v[i]: *A lane i = sum of v[i]'s lanes of block A, *B of block B. q4_order: block A
- * in 128-bit lanes 0 and 2 (the packed Q4_0 order), else lanes 0 and 1. */
-static inline void reduce16_pair(const __m512i v[16], int q4_order, __m512i *A, __m512i *B) {
-    __m512i b[4];
-    reduce16_to_lanes4(v, b);
-    __m512i c0, c1;
-    if (q4_order) {   /* [L0+L2, L1+L3] per input: blocks A, B */
-        c0 = _mm512_add_epi32(_mm512_shuffle_i32x4(b[0], b[1], 0x44), _mm512_shuffle_i32x4(b[0], b[1], 0xee));
-        c1 = _mm512_add_epi32(_mm512_shuffle_i32x4(b[2], b[3], 0x44), _mm512_shuffle_i32x4(b[2], b[3], 0xee));
-    } else {          /* [L0+L1, L2+L3] */
-        c0 = _mm512_add_epi32(_mm512_shuffle_i32x4(b[0], b[1], 0x88), _mm512_shuffle_i32x4(b[0], b[1], 0xdd));
-        c1 = _mm512_add_epi32(_mm512_shuffle_i32x4(b[2], b[3], 0x88), _mm512_shuffle_i32x4(b[2], b[3], 0xdd));
-    }
-    *A = _mm512_shuffle_i32x4(c0, c1, 0x88);
-    *B = _mm512_shuffle_i32x4(c0, c1, 0xdd);
-}
+ * the lanes (as the single-row kernels do, rows read in order), reduced to one int32 per row and
+ * block, and then the float steps run on 16 rows at once, a row per lane. */
 
 /* fp16 fields at byte offset off of rows rp[0..15] -> 16 floats (lane i: row rp[i]). */
 static inline __m512 gather_fp16(const uint8_t *const *rp, size_t off) {
@@ -848,26 +814,45 @@ static inline void store_rows(float *y, __m512 acc, int rows) {
     for (int i = 0; i < rows; ++i) y[i] = o[i];
 }
 
-// W rows r0..r1-1 (Q4_0 / Q8_0) · 1 token (packed, see pack_q8_0) -> y[r]; as gemm_q32_q8_0
+/* The two block sums of one row's pair of blocks: (A, B) from the 16 int32 lanes of v, block A in
+ * 128-bit lanes 0, 1 (q4_order: 0, 2). */
+static inline void pair_sums(__m512i v, int q4_order, int32_t *a, int32_t *b) {
+    if (q4_order) v = _mm512_shuffle_i64x2(v, v, 0xd8);            /* lanes 0, 2, 1, 3 */
+    const __m256i h = _mm256_hadd_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+    const __m256i h2 = _mm256_hadd_epi32(h, h);                     /* [A0-3, B0-3, .. | A4-7, B4-7, ..] */
+    const __m128i s = _mm_add_epi32(_mm256_castsi256_si128(h2), _mm256_extracti128_si256(h2, 1));
+    *a = _mm_cvtsi128_si32(s);
+    *b = _mm_extract_epi32(s, 1);
+}
+
+// W rows r0..r1-1 (Q4_0 / Q8_0) · 1 token (packed, see pack_q8_0) -> y[r]; as gemm_q32_q8_0.
+// v: int32 scratch of n/64 * 2 * 16 (each row's block sums, then read with a row per lane).
 static void gemv_q32_rows(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                          const q8_0_pair_rec *xp, float *y, int q4) {
+                          const q8_0_pair_rec *xp, float *y, int q4, int32_t *v) {
     const size_t bsz = q4 ? sizeof(block_q4_0) : sizeof(block_q8_0);
+    const int64_t np = n / 64;
     for (int64_t r = r0; r < r1; r += 16) {
         const uint8_t *rp[16];
-        const int rows = row_ptrs(w, w_stride, r, r1, rp);
-        __m512 acc = _mm512_setzero_ps();
-        for (int64_t p = 0; p < n / 64; ++p) {
-            __m512i v[16];
-            const __m512i xq = _mm512_loadu_si512(xp[p].qs);
-            for (int i = 0; i < 16; ++i) {
+        const int rows = row_ptrs(w, w_stride, r, r1, rp, 0);
+        for (int i = 0; i < 16; ++i)          /* row by row: the weights stream in order */
+            for (int64_t p = 0; p < np; ++p) {
                 const uint8_t *blk = rp[i] + (size_t)(2 * p) * bsz;
-                v[i] = _mm512_dpbusd_epi32(_mm512_setzero_si512(),
-                                           q4 ? q4_0_pair((const block_q4_0 *)blk) : q8_0_pair_u8((const block_q8_0 *)blk), xq);
+                /* the hardware prefetchers do not keep up with this loop: 4 rows ahead */
+                _mm_prefetch((const char *)blk + 4 * w_stride, _MM_HINT_T0);
+                _mm_prefetch((const char *)blk + 4 * w_stride + 2 * bsz - 1, _MM_HINT_T0);
+                if (i >= rows) {
+                    v[p * 32 + i] = v[p * 32 + 16 + i] = 0;
+                    continue;
+                }
+                pair_sums(_mm512_dpbusd_epi32(_mm512_setzero_si512(),
+                                              q4 ? q4_0_pair((const block_q4_0 *)blk) : q8_0_pair_u8((const block_q8_0 *)blk),
+                                              _mm512_loadu_si512(xp[p].qs)),
+                          q4, &v[p * 32 + i], &v[p * 32 + 16 + i]);
             }
-            __m512i A, B;
-            reduce16_pair(v, q4, &A, &B);
-            A = _mm512_add_epi32(A, _mm512_set1_epi32(xp[p].corr[0]));
-            B = _mm512_add_epi32(B, _mm512_set1_epi32(xp[p].corr[q4 ? 4 : 8]));
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t p = 0; p < np; ++p) {
+            const __m512i A = _mm512_add_epi32(_mm512_loadu_si512(v + p * 32), _mm512_set1_epi32(xp[p].corr[0]));
+            const __m512i B = _mm512_add_epi32(_mm512_loadu_si512(v + p * 32 + 16), _mm512_set1_epi32(xp[p].corr[q4 ? 4 : 8]));
             const __m512 dA = gather_fp16(rp, (size_t)(2 * p) * bsz), dB = gather_fp16(rp, (size_t)(2 * p + 1) * bsz);
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(A), _mm512_mul_ps(dA, _mm512_set1_ps(xp[p].d[0])), acc);
             acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(B), _mm512_mul_ps(dB, _mm512_set1_ps(xp[p].d[15])), acc);
@@ -879,17 +864,18 @@ static void gemv_q32_rows(int64_t n, const void *w, size_t w_stride, int64_t r0,
 static void gemv_q32(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                      const void *x, size_t x_stride, int64_t T, float *y, size_t ldy, int q4) {
     q8_0_pair_rec *xp = thread_buffer(ls_pack_bytes(n), 1);
-    if (!xp) return;
+    int32_t *v = thread_buffer((size_t)(n / 64) * 32 * sizeof(int32_t), 2);
+    if (!xp || !v) return;
     for (int64_t t = 0; t < T; ++t) {
         pack_q8_0(n, (const uint8_t *)x + (size_t)t * x_stride, x_stride, 1, xp, q4);
-        gemv_q32_rows(n, w, w_stride, r0, r1, xp, y + (size_t)t * ldy, q4);
+        gemv_q32_rows(n, w, w_stride, r0, r1, xp, y + (size_t)t * ldy, q4, v);
     }
 }
 
 // W rows (Q4_0) · 1-3 tokens -> y: bit for bit gemm_q4_0_q8_0_avx512
 static int64_t gemv_q4_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                      const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    if (n % 64) return r0;
+    if (n % 64 || !thread_buffer(ls_pack_bytes(n), 1) || !thread_buffer((size_t)(n / 64) * 32 * sizeof(int32_t), 2)) return r0;
     gemv_q32(n, w, w_stride, r0, r1, x, x_stride, T, y, ldy, 1);
     return r1;
 }
@@ -897,7 +883,7 @@ static int64_t gemv_q4_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, 
 // W rows (Q8_0) · 1-3 tokens -> y: bit for bit gemm_q8_0_q8_0_avx512
 static int64_t gemv_q8_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                      const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    if (n % 64) return r0;
+    if (n % 64 || !thread_buffer(ls_pack_bytes(n), 1) || !thread_buffer((size_t)(n / 64) * 32 * sizeof(int32_t), 2)) return r0;
     gemv_q32(n, w, w_stride, r0, r1, x, x_stride, T, y, ldy, 0);
     return r1;
 }
@@ -908,20 +894,30 @@ static int64_t gemv_q4_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, 
     const __m256i low4 = _mm256_set1_epi8(0x0f);
     __m512i idx[4];
     for (int k = 0; k < 4; ++k) idx[k] = scale_index(2 * k, 16);
+    const int64_t nb = n / QK_K;
+    int32_t *v = thread_buffer((size_t)nb * 32 * sizeof(int32_t), 2);
+    if (!v) return r0;
+    int32_t *m = v + nb * 16;       /* each row's block sums, then read with a row per lane */
     for (int64_t t = 0; t < T; ++t) {
         const block_q8_K *xb = (const block_q8_K *)((const uint8_t *)x + (size_t)t * x_stride);
         for (int64_t r = r0; r < r1; r += 16) {
             const uint8_t *rp[16];
-            const int rows = row_ptrs(w, w_stride, r, r1, rp);
-            __m512 acc = _mm512_setzero_ps();
-            for (int64_t b = 0; b < n / QK_K; ++b) {
-                const __m256i bs = _mm256_loadu_si256((const __m256i *)xb[b].bsums);
-                const __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
-                __m512i v[16], m[16];
-                for (int i = 0; i < 16; ++i) {
+            const int rows = row_ptrs(w, w_stride, r, r1, rp, 0);
+            for (int i = 0; i < 16; ++i)      /* row by row: the weights stream in order */
+                for (int64_t b = 0; b < nb; ++b) {
+                    if (i >= rows) {
+                        v[b * 16 + i] = m[b * 16 + i] = 0;
+                        continue;
+                    }
                     const block_q4_K *blk = (const block_q4_K *)rp[i] + b;
+                    for (size_t o = 0; o < sizeof(block_q4_K) + 63; o += 64)   /* 4 rows ahead */
+                        _mm_prefetch((const char *)blk + 4 * w_stride + o, _MM_HINT_T0);
+                    const __m256i bs = _mm256_loadu_si256((const __m256i *)xb[b].bsums);
+                    const __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
                     const __m256i scales_mins = unpack_scales_mins_k4_(blk->scales);
-                    m[i] = _mm512_zextsi128_si512(_mm_madd_epi16(_mm256_extracti128_si256(scales_mins, 1), pairs));
+                    const __m128i ms = _mm_madd_epi16(_mm256_extracti128_si256(scales_mins, 1), pairs);
+                    const __m128i ms2 = _mm_add_epi32(ms, _mm_unpackhi_epi64(ms, ms));
+                    m[b * 16 + i] = _mm_cvtsi128_si32(_mm_add_epi32(ms2, _mm_shuffle_epi32(ms2, 1)));
                     const __m512i sc = _mm512_broadcast_i32x4(_mm256_castsi256_si128(scales_mins));
                     __m512i si = _mm512_setzero_si512();
                     for (int k = 0; k < 4; ++k) {
@@ -931,9 +927,11 @@ static int64_t gemv_q4_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, 
                         si = _mm512_dpwssd_epi32(si, _mm512_maddubs_epi16(q, _mm512_loadu_si512(xb[b].qs + 64 * k)),
                                                  _mm512_permutexvar_epi16(idx[k], sc));
                     }
-                    v[i] = si;
+                    v[b * 16 + i] = _mm512_reduce_add_epi32(si);
                 }
-                const __m512i isum = reduce16(v), msum = reduce16(m);
+            __m512 acc = _mm512_setzero_ps();
+            for (int64_t b = 0; b < nb; ++b) {
+                const __m512i isum = _mm512_loadu_si512(v + b * 16), msum = _mm512_loadu_si512(m + b * 16);
                 const __m512 dx = _mm512_set1_ps(xb[b].d);
                 const size_t off = (size_t)b * sizeof(block_q4_K);
                 acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(gather_fp16(rp, off + offsetof(block_q4_K, d)), dx), acc);
@@ -951,17 +949,24 @@ static int64_t gemv_q6_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, 
     const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x03);
     __m512i idx[4];
     for (int k = 0; k < 4; ++k) idx[k] = scale_index(4 * k, 8);
+    const int64_t nb = n / QK_K;
+    int32_t *v = thread_buffer((size_t)nb * 16 * sizeof(int32_t), 2);   /* rows' block sums */
+    if (!v) return r0;
     for (int64_t t = 0; t < T; ++t) {
         const block_q8_K *xb = (const block_q8_K *)((const uint8_t *)x + (size_t)t * x_stride);
         for (int64_t r = r0; r < r1; r += 16) {
             const uint8_t *rp[16];
-            const int rows = row_ptrs(w, w_stride, r, r1, rp);
-            __m512 acc = _mm512_setzero_ps();
-            for (int64_t b = 0; b < n / QK_K; ++b) {
-                const __m256i bsums = _mm256_loadu_si256((const __m256i *)xb[b].bsums);
-                __m512i v[16];
-                for (int i = 0; i < 16; ++i) {
+            const int rows = row_ptrs(w, w_stride, r, r1, rp, 0);
+            for (int i = 0; i < 16; ++i)      /* row by row: the weights stream in order */
+                for (int64_t b = 0; b < nb; ++b) {
+                    if (i >= rows) {
+                        v[b * 16 + i] = 0;
+                        continue;
+                    }
                     const block_q6_K *blk = (const block_q6_K *)rp[i] + b;
+                    for (size_t o = 0; o < sizeof(block_q6_K) + 63; o += 64)   /* 4 rows ahead */
+                        _mm_prefetch((const char *)blk + 4 * w_stride + o, _MM_HINT_T0);
+                    const __m256i bsums = _mm256_loadu_si256((const __m256i *)xb[b].bsums);
                     const __m256i scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)blk->scales));
                     const __m512i sc = _mm512_castsi256_si512(scales16);
                     __m512i si = _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(),
@@ -983,13 +988,13 @@ static int64_t gemv_q6_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, 
                         si = _mm512_dpwssd_epi32(si, _mm512_maddubs_epi16(_mm512_inserti64x4(_mm512_castsi256_si512(q2), q3, 1),
                                                  _mm512_loadu_si512(q8 + 64)), _mm512_permutexvar_epi16(idx[2 * h + 1], sc));
                     }
-                    v[i] = si;
+                    v[b * 16 + i] = _mm512_reduce_add_epi32(si);
                 }
-                const __m512i isum = reduce16(v);
-                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum),
+            __m512 acc = _mm512_setzero_ps();
+            for (int64_t b = 0; b < nb; ++b)
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(v + b * 16)),
                                       _mm512_mul_ps(gather_fp16(rp, (size_t)b * sizeof(block_q6_K) + offsetof(block_q6_K, d)),
                                                     _mm512_set1_ps(xb[b].d)), acc);
-            }
             store_rows(y + (size_t)t * ldy + r, acc, rows);
         }
     }
