@@ -873,10 +873,62 @@ static void gemv_q32(int64_t n, const void *w, size_t w_stride, int64_t r0, int6
 }
 
 // W rows (Q4_0) · 1-3 tokens -> y: bit for bit gemm_q4_0_q8_0_avx512
+// (Q4_0 is rearranged on the fly instead: its 18-byte blocks make the per-row reduction above cost
+// more than the 16-row transposition of gemm_q4_0_tile, which runs here without storing the tile.)
 static int64_t gemv_q4_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                      const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    if (n % 64 || !thread_buffer(ls_pack_bytes(n), 1) || !thread_buffer((size_t)(n / 64) * 32 * sizeof(int32_t), 2)) return r0;
-    gemv_q32(n, w, w_stride, r0, r1, x, x_stride, T, y, ldy, 1);
+    const int64_t nb = n / QK4_0;
+    q8_0_side *side = thread_buffer((size_t)nb * sizeof(q8_0_side), 1);
+    if (!side) return r0;
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
+    for (int64_t t = 0; t < T; ++t) {
+        const block_q8_0 *xb = (const block_q8_0 *)((const uint8_t *)x + (size_t)t * x_stride);
+        for (int64_t b = 0; b < nb; ++b) {
+            side[b].d = f16c_to_f32(xb[b].d);
+            side[b].corr = -(block_sum_i8(xb[b].qs) << 3);
+        }
+        for (int64_t r = r0; r < r1; r += 16) {
+            const uint8_t *rp[16];
+            const int rows = row_ptrs(w, w_stride, r, r1, rp, 0);
+            const char *next = (const char *)w + (size_t)(r + 16) * w_stride;
+            const int64_t next_rows = r1 - r - 16 < 16 ? r1 - r - 16 : 16;
+            const size_t next_bytes = next_rows > 0 ? (size_t)next_rows * w_stride : 0;
+            const size_t per_block = (next_bytes / (size_t)nb + 63) / 64 * 64;
+            uint16_t dh[16];
+            __m512 acc = _mm512_setzero_ps();
+            for (int64_t b = 0; b < nb; ++b) {
+                /* the next group's rows (contiguous), spread over this group's blocks */
+                for (size_t o = (size_t)b * per_block; o < (size_t)(b + 1) * per_block && o < next_bytes; o += 64)
+                    _mm_prefetch(next + o, _MM_HINT_T0);
+                const size_t off = (size_t)b * sizeof(block_q4_0);
+                __m512i a[4], g[8];
+                for (int k = 0; k < 4; ++k) a[k] = load4rows(rp + 4 * k, off + offsetof(block_q4_0, qs));
+                for (int half = 0; half < 2; ++half) {
+                    __m512i v[4];
+                    for (int k = 0; k < 4; ++k) v[k] = _mm512_and_si512(half ? _mm512_srli_epi16(a[k], 4) : a[k], low4);
+                    const __m512i t01l = _mm512_unpacklo_epi32(v[0], v[1]), t01h = _mm512_unpackhi_epi32(v[0], v[1]);
+                    const __m512i t23l = _mm512_unpacklo_epi32(v[2], v[3]), t23h = _mm512_unpackhi_epi32(v[2], v[3]);
+                    g[4 * half + 0] = _mm512_unpacklo_epi64(t01l, t23l);
+                    g[4 * half + 1] = _mm512_unpackhi_epi64(t01l, t23l);
+                    g[4 * half + 2] = _mm512_unpacklo_epi64(t01h, t23h);
+                    g[4 * half + 3] = _mm512_unpackhi_epi64(t01h, t23h);
+                }
+                __m512i ai = _mm512_set1_epi32(side[b].corr);
+                for (int j = 0; j < 8; ++j) {
+                    int32_t xg;
+                    memcpy(&xg, xb[b].qs + 4 * j, 4);
+                    ai = _mm512_dpbusd_epi32(ai, g[j], _mm512_set1_epi32(xg));
+                }
+                for (int p = 0; p < 16; ++p) memcpy(&dh[p], rp[tile_row(p)] + off, 2);
+                const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)dh));
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai), _mm512_mul_ps(dw, _mm512_set1_ps(side[b].d)), acc);
+            }
+            float o[16];
+            _mm512_storeu_ps(o, acc);
+            for (int p = 0; p < 16; ++p)
+                if (tile_row(p) < rows) y[(size_t)t * ldy + r + tile_row(p)] = o[p];
+        }
+    }
     return r1;
 }
 
