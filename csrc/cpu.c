@@ -47,33 +47,16 @@ int ls_cpu_has_avx512(void) {
         && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 }
 
-/* The AVX-512 kernels (Q4_K / Q6_K vec_dot and 4-token, Q4_0 / Q8_0 packed) replace the AVX2 ones
- * in the AVX2 table (slot by slot, atomically: a matmul running meanwhile may use either; both
- * compute the same integer block sums). */
+/* The AVX-512 matmul kernels (gemm / gemv slots) join the AVX2 table, slot by slot, atomically (a
+ * matmul running meanwhile may use either kind; tests and benchmarks switch, not servers). */
 int ls_set_avx512(int on) {
     if (!__atomic_load_n(&avx2_ready, __ATOMIC_ACQUIRE)) return 0;
     const int use = on && ls_cpu_has_avx512();
     for (int t = 0; t < LS_TYPE_SLOTS; ++t) {
-        ls_vec_dot_fn v = ls_kernels_avx2.vec_dot[t] ? ls_kernels_avx2.vec_dot[t] : ls_kernels_scalar.vec_dot[t];
-        if (use && ls_kernels_avx512.vec_dot[t]) v = ls_kernels_avx512.vec_dot[t];
-        __atomic_store_n(&avx2_complete.vec_dot[t], v, __ATOMIC_RELEASE);
-        ls_vec_dot_x4_fn f = ls_kernels_avx2.vec_dot_x4[t];
-        if (use && ls_kernels_avx512.vec_dot_x4[t]) f = ls_kernels_avx512.vec_dot_x4[t];
-        __atomic_store_n(&avx2_complete.vec_dot_x4[t], f, __ATOMIC_RELEASE);
-        /* a matmul reads the kernels first, then pack: clear in that order, set in reverse */
         __atomic_store_n(&avx2_complete.gemm[t], use ? ls_kernels_avx512.gemm[t] : (ls_matmul_rows_fn)0,
                          __ATOMIC_RELEASE);
         __atomic_store_n(&avx2_complete.gemv[t], use ? ls_kernels_avx512.gemv[t] : (ls_matmul_rows_fn)0,
                          __ATOMIC_RELEASE);
-        if (use) {
-            __atomic_store_n(&avx2_complete.pack[t], ls_kernels_avx512.pack[t], __ATOMIC_RELEASE);
-            __atomic_store_n(&avx2_complete.vec_dot_x4p[t], ls_kernels_avx512.vec_dot_x4p[t], __ATOMIC_RELEASE);
-            __atomic_store_n(&avx2_complete.vec_dot_x1p[t], ls_kernels_avx512.vec_dot_x1p[t], __ATOMIC_RELEASE);
-        } else {
-            __atomic_store_n(&avx2_complete.vec_dot_x4p[t], (ls_vec_dot_x4p_fn)0, __ATOMIC_RELEASE);
-            __atomic_store_n(&avx2_complete.vec_dot_x1p[t], (ls_vec_dot_x1p_fn)0, __ATOMIC_RELEASE);
-            __atomic_store_n(&avx2_complete.pack[t], (ls_pack_fn)0, __ATOMIC_RELEASE);
-        }
     }
     __atomic_store_n(&avx512_used, use, __ATOMIC_RELEASE);
     return use;
@@ -96,10 +79,9 @@ int ls_simd_has_vec_dot(int type) {
     return type >= 0 && type < LS_TYPE_SLOTS && ls_kernels_avx2.vec_dot[type] != NULL;
 }
 
-/* 1 when the AVX2 level has a 4-token vec_dot for weights of `type` (AVX2 or AVX-512). */
+/* 1 when the AVX2 table has a 4-token vec_dot for weights of `type`. */
 int ls_simd_has_vec_dot_x4(int type) {
-    return type >= 0 && type < LS_TYPE_SLOTS
-        && (ls_kernels_avx2.vec_dot_x4[type] != NULL || ls_kernels_avx512.vec_dot_x4p[type] != NULL);
+    return type >= 0 && type < LS_TYPE_SLOTS && ls_kernels_avx2.vec_dot_x4[type] != NULL;
 }
 
 /* 1 when the AVX2 table has its own quantizer for the activation type `type`. */

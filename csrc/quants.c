@@ -8,7 +8,6 @@
  * F16 / BF16 sum float products in double (like ggml_vec_dot_f16).
  */
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "quants_impl.h"
@@ -80,35 +79,12 @@ float ls_vec_dot(int type, int64_t n, const void *w, const void *x) {
     return f ? f(n, w, x) : NAN;
 }
 
-/* This thread's buffer for packed activations: grown (never shrunk) on demand, so matmuls after
- * the first allocate nothing. NULL when out of memory (callers then take the unpacked path). */
-static void *pack_buffer(size_t bytes) {
-    static __thread void *buf;
-    static __thread size_t cap;
-    if (bytes > cap) {
-        free(buf);
-        buf = aligned_alloc(64, (bytes + 63) / 64 * 64);
-        cap = buf ? bytes : 0;
-    }
-    return buf;
-}
-
 void ls_vec_dot_x4(int type, int64_t n, const void *w, const void *x, size_t x_stride, float *y) {
     if (!ls_row_ok(type, n)) {
         for (int t = 0; t < 4; ++t) y[t] = NAN;
         return;
     }
     const ls_kernel_table *k = ls_kernels();
-    const ls_vec_dot_x4p_fn f4p = __atomic_load_n(&k->vec_dot_x4p[type], __ATOMIC_ACQUIRE);
-    const ls_pack_fn pack = __atomic_load_n(&k->pack[type], __ATOMIC_ACQUIRE);
-    if (f4p && pack && n % 64 == 0) {
-        void *packed = pack_buffer(4 * ls_pack_bytes(n));
-        if (packed) {
-            pack(n, x, x_stride, 4, packed);
-            f4p(n, w, packed, y);
-            return;
-        }
-    }
     if (k->vec_dot_x4[type]) {
         k->vec_dot_x4[type](n, w, x, x_stride, y);
         return;
@@ -127,36 +103,14 @@ void ls_matmul_rows(int type, int64_t n, const void *w, size_t w_stride, int64_t
     const ls_matmul_rows_fn gemm = __atomic_load_n(&k->gemm[type], __ATOMIC_ACQUIRE);
     const ls_matmul_rows_fn gemv = __atomic_load_n(&k->gemv[type], __ATOMIC_ACQUIRE);
     if (gemm && gemv) {
-        const int64_t done = (T >= 4 ? gemm : gemv)(n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
-        if (done >= r1) return;
-        if (done == r0) gemm(n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);   /* gemv declined */
-        return;
+        if ((T >= 4 ? gemm : gemv)(n, w, w_stride, r0, r1, x, x_stride, T, y, ldy) >= r1) return;
+        if (gemm(n, w, w_stride, r0, r1, x, x_stride, T, y, ldy) >= r1) return;   /* gemv declined */
+        /* out of memory: the kernels below (not bit-identical to the batch kernels) */
     }
     const ls_vec_dot_fn f = k->vec_dot[type];
     const ls_vec_dot_x4_fn f4 = k->vec_dot_x4[type];
-    const ls_vec_dot_x4p_fn f4p = __atomic_load_n(&k->vec_dot_x4p[type], __ATOMIC_ACQUIRE);
-    const ls_vec_dot_x1p_fn f1p = __atomic_load_n(&k->vec_dot_x1p[type], __ATOMIC_ACQUIRE);
-    const ls_pack_fn pack = __atomic_load_n(&k->pack[type], __ATOMIC_ACQUIRE);
     const char *wb = w, *xb = x;
     int64_t t = 0;
-    void *packed = NULL;
-    if (pack && (f4p || f1p) && n % 64 == 0 && (packed = pack_buffer(4 * ls_pack_bytes(n))) != NULL) {
-        /* tokens are packed once (4 at a time, then 1 at a time) for all the rows of this call */
-        if (f4p)
-            for (; t + 4 <= T; t += 4) {
-                pack(n, xb + (size_t)t * x_stride, x_stride, 4, packed);
-                for (int64_t r = r0; r < r1; ++r) {
-                    float o[4];
-                    f4p(n, wb + (size_t)r * w_stride, packed, o);
-                    for (int j = 0; j < 4; ++j) y[(size_t)(t + j) * ldy + r] = o[j];
-                }
-            }
-        if (f1p)
-            for (; t < T; ++t) {
-                pack(n, xb + (size_t)t * x_stride, x_stride, 1, packed);
-                for (int64_t r = r0; r < r1; ++r) y[(size_t)t * ldy + r] = f1p(n, wb + (size_t)r * w_stride, packed);
-            }
-    }
     if (f4) {
         for (; t + 4 <= T; t += 4) {
             const char *xt = xb + (size_t)t * x_stride;

@@ -7,15 +7,16 @@
  * Matmul protocol (what llama.cpp does too): activations x (n,) are converted once per matmul
  * to the weight type's "vec_dot type" (Q8_0, Q8_1, Q8_K, F16, BF16 or F32) with
  * ls_quantize_row(), then each weight row is dotted with it by ls_vec_dot(). ls_matmul_rows()
- * does that for a range of rows and T tokens, with the fastest kernels the level has:
- *   - 4+ tokens (prompts): on AVX-512 VNNI CPUs, for Q4_0 / Q8_0 / Q4_K / Q6_K, a batch kernel
- *     that rearranges 16 rows at a time (per call, in a per-thread buffer — the file stays as it
- *     is) so that each int32 lane is one output row; else ls_vec_dot_x4 (one weight row against
- *     4 tokens: each block decoded once);
- *   - 1-3 tokens (decode): ls_vec_dot, or on AVX-512 for Q4_0 / Q8_0 a kernel on the activation
- *     row packed once per call.
- * All of them compute each block's integer sum exactly (as the scalar reference does) and differ
- * from it only in the order of float additions.
+ * does that for a range of rows and T tokens with the fastest kernels the level has:
+ *   - on AVX-512 VNNI CPUs, for Q4_0 / Q8_0 / Q4_K / Q6_K: a batch kernel for 4+ tokens that
+ *     rearranges 16 rows at a time (per call, in a per-thread buffer — the file stays as it is)
+ *     so that each int32 lane is one output row, and for 1-3 tokens a kernel giving the same
+ *     results bit for bit (quants_avx512.c);
+ *   - else 4 tokens at a time through ls_vec_dot_x4 (each weight block decoded once for the 4),
+ *     the rest through ls_vec_dot — bit for bit the same as ls_vec_dot for every token.
+ * So a token's results never depend on how many tokens were evaluated with it (batch invariance:
+ * KV prefix reuse and seeded generation rely on it). All kernels compute each block's integer sum
+ * exactly, as the scalar reference does, and differ from it only in the order of float additions.
  */
 #ifndef LLMSTREAM_QUANTS_H
 #define LLMSTREAM_QUANTS_H

@@ -1,14 +1,17 @@
-/* quants_avx512.c — AVX-512 (BW, VL, VNNI) 4-token kernels for prompt matmuls.
- * (Q4_K, Q6_K: vec_dot_x4 on the Q8_K rows as they are; Q4_0, Q8_0: the 4 Q8_0 rows are first
- * packed, see below.)
+/* quants_avx512.c — AVX-512 (F, BW, VL, VNNI) matmul kernels for Q4_0, Q8_0, Q4_K and Q6_K weights.
  *
- * Only this file is compiled for AVX-512 (the pragma below); cpu.c puts its kernels into the
- * AVX2 table's vec_dot_x4 slots when the CPU has AVX512F/BW/VL/VNNI (and LLMSTREAM_AVX512 is not
- * 0), so the SIMD levels stay scalar / AVX2. On such CPUs a 512-bit register holds 64 weights:
- * one maddubs (u8 x s8 -> int16 pairs) and one vpdpwssd (int16 pairs x sub-block scales, added
- * to int32 accumulators) per 64 multiply-adds and token. The integer block sums are exactly those
- * of the scalar kernels (same saturation-free ranges as quants_avx2.c); only the order of the
- * float additions differs. Pinned to the scalar vec_dot by tests/test_quants_simd.py.
+ * Only this file is compiled for AVX-512 (the pragma below); cpu.c puts its kernels into the AVX2
+ * table's gemm / gemv slots when the CPU has AVX512F/BW/VL/VNNI (and LLMSTREAM_AVX512 is not 0),
+ * so the SIMD levels stay scalar / AVX2. Two kinds, used by ls_matmul_rows:
+ *   gemm (4+ tokens): 16 rows at a time are rearranged so that each int32 lane is one output row;
+ *     one vpdpbusd then does 64 multiply-adds for 16 rows and the float scaling is once per block
+ *     for 16 rows;
+ *   gemv (1-3 tokens): the same results bit for bit — the same integer block sums (exact) and the
+ *     same float recurrence per row and block, in the same order — without rearranging the rows
+ *     (except Q4_0), so that a token's logits do not depend on how it was batched.
+ * The integer block sums are exactly those of the scalar kernels; only the order of the float
+ * additions differs from them. Pinned to the scalar vec_dot (and gemm to gemv, bit for bit) by
+ * tests/test_quants_simd.py.
  */
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")
 
@@ -20,12 +23,6 @@
 #include "quants_impl.h"
 
 static inline float f16c_to_f32(ls_fp16_t h) { return _cvtsh_ss(h); }
-
-static inline float hsum_ps128_(__m128 s) {
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 /* Q4_K / Q5_K packed 6-bit scales and mins -> 16 int16 (lanes 0-7 scales, 8-15 mins); as in
  * quants_avx2.c (unpack_scales_mins_k4). */
@@ -50,184 +47,19 @@ static inline __m512i scale_index(int first, int per) {
 #define X4_ROWS(T, vx, xs) { (const T *)(vx), (const T *)((const char *)(vx) + (xs)), \
     (const T *)((const char *)(vx) + 2 * (xs)), (const T *)((const char *)(vx) + 3 * (xs)) }
 
-// w (n,) in Q4_K · x_t (n,) in Q8_K, t = 0..3 -> y[t] = sum_b (dx*d) * sum_s sc_s*(q·qx)_s - (dx*dmin) * sum_s m_s*bsum_s
-// Register k (0..3) holds elements 64k..64k+63: the low nibbles of qs[32k..] (sub-block 2k) then
-// the high nibbles (sub-block 2k+1) — the order of the Q8_K activations.
-static void vec_dot_q4_K_q8_K_x4_avx512(int64_t n, const void *vw, const void *vx, size_t xs, float *y) {
-    const block_q4_K *w = vw;
-    const block_q8_K *x[4] = X4_ROWS(block_q8_K, vx, xs);
-    const __m256i low4 = _mm256_set1_epi8(0x0f);
-    __m512i idx[4];
-    for (int k = 0; k < 4; ++k) idx[k] = scale_index(2 * k, 16);
-    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-    __m128 acc_m[4] = {_mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps()};
-    for (int64_t b = 0; b < n / QK_K; ++b) {
-        const float d = f16c_to_f32(w[b].d), dmin = f16c_to_f32(w[b].dmin);
-        const __m256i scales_mins = unpack_scales_mins_k4_(w[b].scales);
-        const __m256i mins = _mm256_permute2x128_si256(scales_mins, scales_mins, 0x11);
-        for (int t = 0; t < 4; ++t) {
-            const __m256i bs = _mm256_loadu_si256((const __m256i *)x[t][b].bsums);
-            const __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
-            const __m128i msum = _mm_madd_epi16(_mm256_castsi256_si128(mins), pairs);
-            acc_m[t] = _mm_fmadd_ps(_mm_set1_ps(-dmin * x[t][b].d), _mm_cvtepi32_ps(msum), acc_m[t]);
-        }
-        const __m512i sc = _mm512_broadcast_i32x4(_mm256_castsi256_si128(scales_mins));
-        __m512i sumi[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
-        for (int k = 0; k < 4; ++k) {
-            const __m256i bits = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * k));
-            const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(bits, low4)),
-                                                 _mm256_and_si256(_mm256_srli_epi16(bits, 4), low4), 1);
-            const __m512i s = _mm512_permutexvar_epi16(idx[k], sc);
-            for (int t = 0; t < 4; ++t) {
-                const __m512i p = _mm512_maddubs_epi16(q, _mm512_loadu_si512(x[t][b].qs + 64 * k));
-                sumi[t] = _mm512_dpwssd_epi32(sumi[t], p, s);
-            }
-        }
-        for (int t = 0; t < 4; ++t)
-            acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(d * x[t][b].d), _mm512_cvtepi32_ps(sumi[t]), acc[t]);
-    }
-    for (int t = 0; t < 4; ++t) y[t] = _mm512_reduce_add_ps(acc[t]) + hsum_ps128_(acc_m[t]);
-}
-
-// w (n,) in Q6_K · x_t (n,) in Q8_K, t = 0..3 -> y[t] = sum_b (dx*d) * sum_s scale_s * ((q-32)·qx)_s
-// Register k = 2h + m holds elements 128h + 64m .. +63: 6-bit chunks j = 2m and 2m+1 of half h.
-static void vec_dot_q6_K_q8_K_x4_avx512(int64_t n, const void *vw, const void *vx, size_t xs, float *y) {
-    const block_q6_K *w = vw;
-    const block_q8_K *x[4] = X4_ROWS(block_q8_K, vx, xs);
-    const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x03);
-    __m512i idx[4];
-    for (int k = 0; k < 4; ++k) idx[k] = scale_index(4 * k, 8);
-    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-    for (int64_t b = 0; b < n / QK_K; ++b) {
-        const float d = f16c_to_f32(w[b].d);
-        const __m256i scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w[b].scales));
-        const __m512i sc = _mm512_castsi256_si512(scales16);
-        __m512i sumi[4];
-        for (int t = 0; t < 4; ++t)   /* the -32 offset: sum_s scale_s * 32 * bsum_s */
-            sumi[t] = _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(
-                _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)x[t][b].bsums), scales16), 5)));
-        for (int h = 0; h < 2; ++h) {
-            const uint8_t *L = w[b].ql + 64 * h;
-            const __m256i l0 = _mm256_loadu_si256((const __m256i *)L);
-            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(L + 32));
-            const __m256i hb = _mm256_loadu_si256((const __m256i *)(w[b].qh + 32 * h));
-            const __m256i q0 = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(hb, two), 4));
-            const __m256i q1 = _mm256_or_si256(_mm256_and_si256(l1, low4),
-                                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), two), 4));
-            const __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
-                                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), two), 4));
-            const __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
-                                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), two), 4));
-            const __m512i qa = _mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1);
-            const __m512i qb = _mm512_inserti64x4(_mm512_castsi256_si512(q2), q3, 1);
-            const __m512i sa = _mm512_permutexvar_epi16(idx[2 * h], sc);
-            const __m512i sb = _mm512_permutexvar_epi16(idx[2 * h + 1], sc);
-            for (int t = 0; t < 4; ++t) {
-                const int8_t *q8 = x[t][b].qs + 128 * h;
-                sumi[t] = _mm512_dpwssd_epi32(sumi[t], _mm512_maddubs_epi16(qa, _mm512_loadu_si512(q8)), sa);
-                sumi[t] = _mm512_dpwssd_epi32(sumi[t], _mm512_maddubs_epi16(qb, _mm512_loadu_si512(q8 + 64)), sb);
-            }
-        }
-        for (int t = 0; t < 4; ++t)
-            acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(d * x[t][b].d), _mm512_cvtepi32_ps(sumi[t]), acc[t]);
-    }
-    for (int t = 0; t < 4; ++t) y[t] = _mm512_reduce_add_ps(acc[t]);
-}
-
-// w (n,) in Q4_K · x (n,) in Q8_K -> float (decode): as vec_dot_q4_K_q8_K_x4_avx512 for one token
-static float vec_dot_q4_K_q8_K_avx512(int64_t n, const void *vw, const void *vx) {
-    const block_q4_K *w = vw;
-    const block_q8_K *x = vx;
-    const __m256i low4 = _mm256_set1_epi8(0x0f);
-    __m512i idx[4];
-    for (int k = 0; k < 4; ++k) idx[k] = scale_index(2 * k, 16);
-    __m512 acc = _mm512_setzero_ps();
-    __m128 acc_m = _mm_setzero_ps();
-    for (int64_t b = 0; b < n / QK_K; ++b) {
-        const float d = f16c_to_f32(w[b].d) * x[b].d, dmin = f16c_to_f32(w[b].dmin) * x[b].d;
-        const __m256i scales_mins = unpack_scales_mins_k4_(w[b].scales);
-        const __m256i bs = _mm256_loadu_si256((const __m256i *)x[b].bsums);
-        const __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
-        const __m128i msum = _mm_madd_epi16(_mm256_extracti128_si256(scales_mins, 1), pairs);
-        acc_m = _mm_fmadd_ps(_mm_set1_ps(-dmin), _mm_cvtepi32_ps(msum), acc_m);
-        const __m512i sc = _mm512_broadcast_i32x4(_mm256_castsi256_si128(scales_mins));
-        __m512i sumi0 = _mm512_setzero_si512(), sumi1 = _mm512_setzero_si512();
-        for (int k = 0; k < 4; k += 2) {
-            const __m256i b0 = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * k));
-            const __m256i b1 = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * k + 32));
-            const __m512i q0 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(b0, low4)),
-                                                  _mm256_and_si256(_mm256_srli_epi16(b0, 4), low4), 1);
-            const __m512i q1 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(b1, low4)),
-                                                  _mm256_and_si256(_mm256_srli_epi16(b1, 4), low4), 1);
-            sumi0 = _mm512_dpwssd_epi32(sumi0, _mm512_maddubs_epi16(q0, _mm512_loadu_si512(x[b].qs + 64 * k)),
-                                        _mm512_permutexvar_epi16(idx[k], sc));
-            sumi1 = _mm512_dpwssd_epi32(sumi1, _mm512_maddubs_epi16(q1, _mm512_loadu_si512(x[b].qs + 64 * k + 64)),
-                                        _mm512_permutexvar_epi16(idx[k + 1], sc));
-        }
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(_mm512_add_epi32(sumi0, sumi1)), acc);
-    }
-    return _mm512_reduce_add_ps(acc) + hsum_ps128_(acc_m);
-}
-
-// w (n,) in Q6_K · x (n,) in Q8_K -> float (decode): as vec_dot_q6_K_q8_K_x4_avx512 for one token
-static float vec_dot_q6_K_q8_K_avx512(int64_t n, const void *vw, const void *vx) {
-    const block_q6_K *w = vw;
-    const block_q8_K *x = vx;
-    const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x03);
-    __m512i idx[4];
-    for (int k = 0; k < 4; ++k) idx[k] = scale_index(4 * k, 8);
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t b = 0; b < n / QK_K; ++b) {
-        const float d = f16c_to_f32(w[b].d) * x[b].d;
-        const __m256i scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w[b].scales));
-        const __m512i sc = _mm512_castsi256_si512(scales16);
-        __m512i sumi0 = _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(
-            _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)x[b].bsums), scales16), 5)));
-        __m512i sumi1 = _mm512_setzero_si512();
-        for (int h = 0; h < 2; ++h) {
-            const uint8_t *L = w[b].ql + 64 * h;
-            const __m256i l0 = _mm256_loadu_si256((const __m256i *)L);
-            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(L + 32));
-            const __m256i hb = _mm256_loadu_si256((const __m256i *)(w[b].qh + 32 * h));
-            const __m256i q0 = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(hb, two), 4));
-            const __m256i q1 = _mm256_or_si256(_mm256_and_si256(l1, low4),
-                                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), two), 4));
-            const __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
-                                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), two), 4));
-            const __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
-                                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), two), 4));
-            const int8_t *q8 = x[b].qs + 128 * h;
-            sumi0 = _mm512_dpwssd_epi32(sumi0, _mm512_maddubs_epi16(_mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1),
-                                        _mm512_loadu_si512(q8)), _mm512_permutexvar_epi16(idx[2 * h], sc));
-            sumi1 = _mm512_dpwssd_epi32(sumi1, _mm512_maddubs_epi16(_mm512_inserti64x4(_mm512_castsi256_si512(q2), q3, 1),
-                                        _mm512_loadu_si512(q8 + 64)), _mm512_permutexvar_epi16(idx[2 * h + 1], sc));
-        }
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(_mm512_add_epi32(sumi0, sumi1)), acc);
-    }
-    return _mm512_reduce_add_ps(acc);
-}
-
 /* ---------------------------------------------------------------------------------------------
- * 32-element blocks (Q4_0, Q8_0 weights; Q8_0 activations): the tokens are packed once per matmul
- * work item (ls_matmul_rows) and every weight row then meets them in this form.
- *
- * Per token and pair of blocks (64 elements) the packed record holds what the inner loop needs in
- * the shape it needs it, so each token costs one vpdpbusd, one conversion and two float ops per 64
- * weights: the 64 quants; the two fp16 scales as floats, each repeated over the int32 lanes of its
- * block; and the offset correction -c * sum(q) of each block in one lane of that block. vpdpbusd
- * multiplies unsigned by signed bytes, so weights go in unsigned with a known offset c: Q4_0 as its
- * raw nibbles q in 0..15 (value q - 8: c = 8), Q8_0 as q + 128 (c = 128); then
- *   sum_k (q_k - c) x_k = vpdpbusd(q, x) - c * sum_k x_k        (exact in int32).
- * Element order within a record: Q8_0 natural (block 2p in bytes 0-31, 2p+1 in 32-63); Q4_0 the
- * order its nibbles unpack cheapest: 16-byte quarters [2p: 0-15 | 2p+1: 0-15 | 2p: 16-31 | 2p+1:
- * 16-31] (low nibbles of both blocks, then high nibbles). Records: pair p, then token t. */
+ * Q8_0 activations packed for the Q8_0 decode kernel (gemv_q8_0_q8_0_avx512): per pair of blocks
+ * (64 elements) the 64 quants, the two fp16 scales as floats (each repeated over the int32 lanes of
+ * its block) and the offset correction -128 * sum(q) of each block in that block's first lane.
+ * vpdpbusd multiplies unsigned by signed bytes, so Q8_0 weights go in as q + 128:
+ *   sum_k q_k x_k = vpdpbusd(q + 128, x) - 128 * sum_k x_k        (exact in int32). */
 
 typedef struct {
-    int8_t qs[64];
-    float d[16];          /* fp16(d) of the block each int32 lane of qs belongs to */
-    int32_t corr[16];     /* -c * sum(qs of a block) in that block's first lane, else 0 */
+    int8_t qs[64];        /* blocks 2p (bytes 0-31) and 2p+1 (32-63) */
+    float d[16];          /* fp16(d) of block 2p in lanes 0-7, of 2p+1 in lanes 8-15 */
+    int32_t corr[16];     /* lane 0: -128 * sum(qs of block 2p); lane 8: of 2p+1; else 0 */
 } q8_0_pair_rec;
-_Static_assert(sizeof(q8_0_pair_rec) == 192, "packed record must be 192 bytes (ls_pack_bytes)");
+_Static_assert(sizeof(q8_0_pair_rec) == 192, "packed record must be 192 bytes");
 
 static inline int block_sum_i8(const int8_t *q) {
     const __m256i v = _mm256_loadu_si256((const __m256i *)q);
@@ -238,86 +70,18 @@ static inline int block_sum_i8(const int8_t *q) {
     return _mm_cvtsi128_si32(h);
 }
 
-// x_t (n,) in Q8_0, t < nt (x_stride bytes apart) -> packed records (n/64 pairs x nt tokens)
-static inline void pack_q8_0(int64_t n, const void *vx, size_t xs, int nt, void *out, int q4_order) {
-    q8_0_pair_rec *o = out;
-    const int shift = q4_order ? 3 : 7;          /* c = 8 (Q4_0) or 128 (Q8_0) */
-    for (int64_t p = 0; p < n / 64; ++p)
-        for (int t = 0; t < nt; ++t, ++o) {
-            const block_q8_0 *x = (const block_q8_0 *)((const char *)vx + (size_t)t * xs);
-            const block_q8_0 *b0 = &x[2 * p], *b1 = &x[2 * p + 1];
-            const __m256i q0 = _mm256_loadu_si256((const __m256i *)b0->qs);
-            const __m256i q1 = _mm256_loadu_si256((const __m256i *)b1->qs);
-            const __m256 d0 = _mm256_set1_ps(f16c_to_f32(b0->d)), d1 = _mm256_set1_ps(f16c_to_f32(b1->d));
-            _mm512_storeu_si512(o->corr, _mm512_setzero_si512());
-            if (q4_order) {
-                _mm256_storeu_si256((__m256i *)o->qs, _mm256_permute2x128_si256(q0, q1, 0x20));
-                _mm256_storeu_si256((__m256i *)(o->qs + 32), _mm256_permute2x128_si256(q0, q1, 0x31));
-                _mm256_storeu_ps(o->d, _mm256_blend_ps(d0, d1, 0xf0));
-                _mm256_storeu_ps(o->d + 8, _mm256_blend_ps(d0, d1, 0xf0));
-                o->corr[0] = -(block_sum_i8(b0->qs) << shift);
-                o->corr[4] = -(block_sum_i8(b1->qs) << shift);
-            } else {
-                _mm256_storeu_si256((__m256i *)o->qs, q0);
-                _mm256_storeu_si256((__m256i *)(o->qs + 32), q1);
-                _mm256_storeu_ps(o->d, d0);
-                _mm256_storeu_ps(o->d + 8, d1);
-                o->corr[0] = -(block_sum_i8(b0->qs) << shift);
-                o->corr[8] = -(block_sum_i8(b1->qs) << shift);
-            }
-        }
-}
-
-static void pack_for_q4_0(int64_t n, const void *x, size_t xs, int nt, void *out) { pack_q8_0(n, x, xs, nt, out, 1); }
-static void pack_for_q8_0(int64_t n, const void *x, size_t xs, int nt, void *out) { pack_q8_0(n, x, xs, nt, out, 0); }
-
-/* The 64 unsigned quants (0..15) of Q4_0 blocks b, b+1 in the packed Q4_0 order. */
-static inline __m512i q4_0_pair(const block_q4_0 *b) {
-    const __m256i r = _mm256_loadu2_m128i((const __m128i *)b[1].qs, (const __m128i *)b[0].qs);
-    return _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(r), _mm256_srli_epi16(r, 4), 1),
-                            _mm512_set1_epi8(0x0f));
-}
-
-/* The fp16 scales of blocks b, b+1 (at byte offsets 0 and `stride`) as 16 floats: lanes of block b
- * where `lanes_b1` has a 0 bit, else of block b+1. */
-static inline __m512 pair_scales(const void *b, size_t stride, __mmask16 lanes_b1) {
-    const ls_fp16_t h0 = *(const ls_fp16_t *)b, h1 = *(const ls_fp16_t *)((const char *)b + stride);
-    return _mm512_mask_blend_ps(lanes_b1, _mm512_set1_ps(f16c_to_f32(h0)), _mm512_set1_ps(f16c_to_f32(h1)));
-}
-
-// w (n,) in Q4_0 · 4 packed Q8_0 tokens -> y[t] = sum_b (dw*dx_t) * sum_k (qw-8)*qx_t
-static void vec_dot_q4_0_q8_0_x4p_avx512(int64_t n, const void *vw, const void *packed, float *y) {
-    const block_q4_0 *w = vw;
-    const q8_0_pair_rec *xp = packed;
-    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-    for (int64_t p = 0; p < n / 64; ++p, xp += 4) {
-        const __m512i q = q4_0_pair(&w[2 * p]);
-        const __m512 dw = pair_scales(&w[2 * p], sizeof(block_q4_0), 0xf0f0);
-        for (int t = 0; t < 4; ++t) {
-            const __m512i s = _mm512_dpbusd_epi32(_mm512_loadu_si512(xp[t].corr), q, _mm512_loadu_si512(xp[t].qs));
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_loadu_ps(xp[t].d)), acc[t]);
-        }
+// x (n,) in Q8_0 -> packed records (n/64 pairs)
+static void pack_q8_0(int64_t n, const block_q8_0 *x, q8_0_pair_rec *o) {
+    for (int64_t p = 0; p < n / 64; ++p, ++o) {
+        const block_q8_0 *b0 = &x[2 * p], *b1 = &x[2 * p + 1];
+        _mm256_storeu_si256((__m256i *)o->qs, _mm256_loadu_si256((const __m256i *)b0->qs));
+        _mm256_storeu_si256((__m256i *)(o->qs + 32), _mm256_loadu_si256((const __m256i *)b1->qs));
+        _mm256_storeu_ps(o->d, _mm256_set1_ps(f16c_to_f32(b0->d)));
+        _mm256_storeu_ps(o->d + 8, _mm256_set1_ps(f16c_to_f32(b1->d)));
+        _mm512_storeu_si512(o->corr, _mm512_setzero_si512());
+        o->corr[0] = -(block_sum_i8(b0->qs) << 7);
+        o->corr[8] = -(block_sum_i8(b1->qs) << 7);
     }
-    for (int t = 0; t < 4; ++t) y[t] = _mm512_reduce_add_ps(acc[t]);
-}
-
-// w (n,) in Q4_0 · 1 packed Q8_0 token -> sum_b (dw*dx) * sum_k (qw-8)*qx   (decode: two pairs per step)
-static float vec_dot_q4_0_q8_0_x1p_avx512(int64_t n, const void *vw, const void *packed) {
-    const block_q4_0 *w = vw;
-    const q8_0_pair_rec *xp = packed;
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    int64_t p = 0;
-    for (; p + 1 < n / 64; p += 2) {
-        const __m512i s0 = _mm512_dpbusd_epi32(_mm512_loadu_si512(xp[p].corr), q4_0_pair(&w[2 * p]), _mm512_loadu_si512(xp[p].qs));
-        const __m512i s1 = _mm512_dpbusd_epi32(_mm512_loadu_si512(xp[p + 1].corr), q4_0_pair(&w[2 * p + 2]), _mm512_loadu_si512(xp[p + 1].qs));
-        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(pair_scales(&w[2 * p], sizeof(block_q4_0), 0xf0f0), _mm512_loadu_ps(xp[p].d)), acc0);
-        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), _mm512_mul_ps(pair_scales(&w[2 * p + 2], sizeof(block_q4_0), 0xf0f0), _mm512_loadu_ps(xp[p + 1].d)), acc1);
-    }
-    for (; p < n / 64; ++p) {
-        const __m512i s0 = _mm512_dpbusd_epi32(_mm512_loadu_si512(xp[p].corr), q4_0_pair(&w[2 * p]), _mm512_loadu_si512(xp[p].qs));
-        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(pair_scales(&w[2 * p], sizeof(block_q4_0), 0xf0f0), _mm512_loadu_ps(xp[p].d)), acc0);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
 
 /* The 64 quants of Q8_0 blocks b, b+1 plus 128 (unsigned), natural order. */
@@ -325,41 +89,6 @@ static inline __m512i q8_0_pair_u8(const block_q8_0 *b) {
     return _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)b[0].qs)),
                                                _mm256_loadu_si256((const __m256i *)b[1].qs), 1),
                             _mm512_set1_epi8((char)0x80));
-}
-
-// w (n,) in Q8_0 · 4 packed Q8_0 tokens -> y[t] = sum_b (dw*dx_t) * sum_k qw*qx_t   (qw + 128 unsigned)
-static void vec_dot_q8_0_q8_0_x4p_avx512(int64_t n, const void *vw, const void *packed, float *y) {
-    const block_q8_0 *w = vw;
-    const q8_0_pair_rec *xp = packed;
-    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-    for (int64_t p = 0; p < n / 64; ++p, xp += 4) {
-        const __m512i q = q8_0_pair_u8(&w[2 * p]);
-        const __m512 dw = pair_scales(&w[2 * p], sizeof(block_q8_0), 0xff00);
-        for (int t = 0; t < 4; ++t) {
-            const __m512i s = _mm512_dpbusd_epi32(_mm512_loadu_si512(xp[t].corr), q, _mm512_loadu_si512(xp[t].qs));
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_loadu_ps(xp[t].d)), acc[t]);
-        }
-    }
-    for (int t = 0; t < 4; ++t) y[t] = _mm512_reduce_add_ps(acc[t]);
-}
-
-// w (n,) in Q8_0 · 1 packed Q8_0 token -> sum_b (dw*dx) * sum_k qw*qx   (decode: two pairs per step)
-static float vec_dot_q8_0_q8_0_x1p_avx512(int64_t n, const void *vw, const void *packed) {
-    const block_q8_0 *w = vw;
-    const q8_0_pair_rec *xp = packed;
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    int64_t p = 0;
-    for (; p + 1 < n / 64; p += 2) {
-        const __m512i s0 = _mm512_dpbusd_epi32(_mm512_loadu_si512(xp[p].corr), q8_0_pair_u8(&w[2 * p]), _mm512_loadu_si512(xp[p].qs));
-        const __m512i s1 = _mm512_dpbusd_epi32(_mm512_loadu_si512(xp[p + 1].corr), q8_0_pair_u8(&w[2 * p + 2]), _mm512_loadu_si512(xp[p + 1].qs));
-        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(pair_scales(&w[2 * p], sizeof(block_q8_0), 0xff00), _mm512_loadu_ps(xp[p].d)), acc0);
-        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1), _mm512_mul_ps(pair_scales(&w[2 * p + 2], sizeof(block_q8_0), 0xff00), _mm512_loadu_ps(xp[p + 1].d)), acc1);
-    }
-    for (; p < n / 64; ++p) {
-        const __m512i s0 = _mm512_dpbusd_epi32(_mm512_loadu_si512(xp[p].corr), q8_0_pair_u8(&w[2 * p]), _mm512_loadu_si512(xp[p].qs));
-        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(pair_scales(&w[2 * p], sizeof(block_q8_0), 0xff00), _mm512_loadu_ps(xp[p].d)), acc0);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -814,10 +543,9 @@ static inline void store_rows(float *y, __m512 acc, int rows) {
     for (int i = 0; i < rows; ++i) y[i] = o[i];
 }
 
-/* The two block sums of one row's pair of blocks: (A, B) from the 16 int32 lanes of v, block A in
- * 128-bit lanes 0, 1 (q4_order: 0, 2). */
-static inline void pair_sums(__m512i v, int q4_order, int32_t *a, int32_t *b) {
-    if (q4_order) v = _mm512_shuffle_i64x2(v, v, 0xd8);            /* lanes 0, 2, 1, 3 */
+/* The two block sums of one row's pair of blocks: (A, B) from the 16 int32 lanes of v (block A in
+ * the low 256 bits). */
+static inline void pair_sums(__m512i v, int32_t *a, int32_t *b) {
     const __m256i h = _mm256_hadd_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
     const __m256i h2 = _mm256_hadd_epi32(h, h);                     /* [A0-3, B0-3, .. | A4-7, B4-7, ..] */
     const __m128i s = _mm_add_epi32(_mm256_castsi256_si128(h2), _mm256_extracti128_si256(h2, 1));
@@ -825,56 +553,52 @@ static inline void pair_sums(__m512i v, int q4_order, int32_t *a, int32_t *b) {
     *b = _mm_extract_epi32(s, 1);
 }
 
-// W rows r0..r1-1 (Q4_0 / Q8_0) · 1 token (packed, see pack_q8_0) -> y[r]; as gemm_q32_q8_0.
-// v: int32 scratch of n/64 * 2 * 16 (each row's block sums, then read with a row per lane).
-static void gemv_q32_rows(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                          const q8_0_pair_rec *xp, float *y, int q4, int32_t *v) {
-    const size_t bsz = q4 ? sizeof(block_q4_0) : sizeof(block_q8_0);
+// W rows r0..r1-1 (Q8_0) · 1-3 tokens -> y: bit for bit gemm_q8_0_q8_0_avx512. Each row's block
+// sums with the elements in the lanes, reduced to one int32 per row and block (scratch v), then the
+// float steps for 16 rows at once.
+static int64_t gemv_q8_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     const int64_t np = n / 64;
-    for (int64_t r = r0; r < r1; r += 16) {
-        const uint8_t *rp[16];
-        const int rows = row_ptrs(w, w_stride, r, r1, rp, 0);
-        for (int i = 0; i < 16; ++i)          /* row by row: the weights stream in order */
-            for (int64_t p = 0; p < np; ++p) {
-                const uint8_t *blk = rp[i] + (size_t)(2 * p) * bsz;
-                /* the hardware prefetchers do not keep up with this loop: 4 rows ahead */
-                _mm_prefetch((const char *)blk + 4 * w_stride, _MM_HINT_T0);
-                _mm_prefetch((const char *)blk + 4 * w_stride + 2 * bsz - 1, _MM_HINT_T0);
-                if (i >= rows) {
-                    v[p * 32 + i] = v[p * 32 + 16 + i] = 0;
-                    continue;
-                }
-                pair_sums(_mm512_dpbusd_epi32(_mm512_setzero_si512(),
-                                              q4 ? q4_0_pair((const block_q4_0 *)blk) : q8_0_pair_u8((const block_q8_0 *)blk),
-                                              _mm512_loadu_si512(xp[p].qs)),
-                          q4, &v[p * 32 + i], &v[p * 32 + 16 + i]);
-            }
-        __m512 acc = _mm512_setzero_ps();
-        for (int64_t p = 0; p < np; ++p) {
-            const __m512i A = _mm512_add_epi32(_mm512_loadu_si512(v + p * 32), _mm512_set1_epi32(xp[p].corr[0]));
-            const __m512i B = _mm512_add_epi32(_mm512_loadu_si512(v + p * 32 + 16), _mm512_set1_epi32(xp[p].corr[q4 ? 4 : 8]));
-            const __m512 dA = gather_fp16(rp, (size_t)(2 * p) * bsz), dB = gather_fp16(rp, (size_t)(2 * p + 1) * bsz);
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(A), _mm512_mul_ps(dA, _mm512_set1_ps(xp[p].d[0])), acc);
-            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(B), _mm512_mul_ps(dB, _mm512_set1_ps(xp[p].d[15])), acc);
-        }
-        store_rows(y + r, acc, rows);
-    }
-}
-
-static void gemv_q32(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy, int q4) {
-    q8_0_pair_rec *xp = thread_buffer(ls_pack_bytes(n), 1);
-    int32_t *v = thread_buffer((size_t)(n / 64) * 32 * sizeof(int32_t), 2);
-    if (!xp || !v) return;
+    q8_0_pair_rec *xp = thread_buffer((size_t)np * sizeof(q8_0_pair_rec), 1);
+    int32_t *v = thread_buffer((size_t)np * 32 * sizeof(int32_t), 2);
+    if (n % 64 || !xp || !v) return r0;
     for (int64_t t = 0; t < T; ++t) {
-        pack_q8_0(n, (const uint8_t *)x + (size_t)t * x_stride, x_stride, 1, xp, q4);
-        gemv_q32_rows(n, w, w_stride, r0, r1, xp, y + (size_t)t * ldy, q4, v);
+        pack_q8_0(n, (const block_q8_0 *)((const uint8_t *)x + (size_t)t * x_stride), xp);
+        for (int64_t r = r0; r < r1; r += 16) {
+            const uint8_t *rp[16];
+            const int rows = row_ptrs(w, w_stride, r, r1, rp, 0);
+            for (int i = 0; i < 16; ++i)      /* row by row: the weights stream in order */
+                for (int64_t p = 0; p < np; ++p) {
+                    const uint8_t *blk = rp[i] + (size_t)(2 * p) * sizeof(block_q8_0);
+                    /* the hardware prefetchers do not keep up with this loop: 4 rows ahead */
+                    _mm_prefetch((const char *)blk + 4 * w_stride, _MM_HINT_T0);
+                    _mm_prefetch((const char *)blk + 4 * w_stride + 2 * sizeof(block_q8_0) - 1, _MM_HINT_T0);
+                    if (i >= rows) {
+                        v[p * 32 + i] = v[p * 32 + 16 + i] = 0;
+                        continue;
+                    }
+                    pair_sums(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q8_0_pair_u8((const block_q8_0 *)blk),
+                                                  _mm512_loadu_si512(xp[p].qs)),
+                              &v[p * 32 + i], &v[p * 32 + 16 + i]);
+                }
+            __m512 acc = _mm512_setzero_ps();
+            for (int64_t p = 0; p < np; ++p) {
+                const __m512i A = _mm512_add_epi32(_mm512_loadu_si512(v + p * 32), _mm512_set1_epi32(xp[p].corr[0]));
+                const __m512i B = _mm512_add_epi32(_mm512_loadu_si512(v + p * 32 + 16), _mm512_set1_epi32(xp[p].corr[8]));
+                const __m512 dA = gather_fp16(rp, (size_t)(2 * p) * sizeof(block_q8_0));
+                const __m512 dB = gather_fp16(rp, (size_t)(2 * p + 1) * sizeof(block_q8_0));
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(A), _mm512_mul_ps(dA, _mm512_set1_ps(xp[p].d[0])), acc);
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(B), _mm512_mul_ps(dB, _mm512_set1_ps(xp[p].d[15])), acc);
+            }
+            store_rows(y + (size_t)t * ldy + r, acc, rows);
+        }
     }
+    return r1;
 }
 
-// W rows (Q4_0) · 1-3 tokens -> y: bit for bit gemm_q4_0_q8_0_avx512
-// (Q4_0 is rearranged on the fly instead: its 18-byte blocks make the per-row reduction above cost
-// more than the 16-row transposition of gemm_q4_0_tile, which runs here without storing the tile.)
+// W rows r0..r1-1 (Q4_0) · 1-3 tokens -> y: bit for bit gemm_q4_0_q8_0_avx512. Q4_0 is rearranged
+// on the fly (the 16-row transposition of tile_q4_0_rows16, without storing the tile): for its
+// 18-byte blocks that costs less than reducing each row's sums as above.
 static int64_t gemv_q4_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                      const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     const int64_t nb = n / QK4_0;
@@ -929,14 +653,6 @@ static int64_t gemv_q4_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, 
                 if (tile_row(p) < rows) y[(size_t)t * ldy + r + tile_row(p)] = o[p];
         }
     }
-    return r1;
-}
-
-// W rows (Q8_0) · 1-3 tokens -> y: bit for bit gemm_q8_0_q8_0_avx512
-static int64_t gemv_q8_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    if (n % 64 || !thread_buffer(ls_pack_bytes(n), 1) || !thread_buffer((size_t)(n / 64) * 32 * sizeof(int32_t), 2)) return r0;
-    gemv_q32(n, w, w_stride, r0, r1, x, x_stride, T, y, ldy, 0);
     return r1;
 }
 
@@ -1055,22 +771,6 @@ static int64_t gemv_q6_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, 
 
 /* cpu.c copies the non-NULL slots into the AVX2 table (ls_set_avx512). */
 const ls_kernel_table ls_kernels_avx512 = {
-    .vec_dot = {
-        [LS_TYPE_Q4_K] = vec_dot_q4_K_q8_K_avx512,
-        [LS_TYPE_Q6_K] = vec_dot_q6_K_q8_K_avx512,
-    },
-    .vec_dot_x4 = {
-        [LS_TYPE_Q4_K] = vec_dot_q4_K_q8_K_x4_avx512,
-        [LS_TYPE_Q6_K] = vec_dot_q6_K_q8_K_x4_avx512,
-    },
-    .pack = {
-        [LS_TYPE_Q4_0] = pack_for_q4_0,
-        [LS_TYPE_Q8_0] = pack_for_q8_0,
-    },
-    .vec_dot_x4p = {
-        [LS_TYPE_Q4_0] = vec_dot_q4_0_q8_0_x4p_avx512,
-        [LS_TYPE_Q8_0] = vec_dot_q8_0_q8_0_x4p_avx512,
-    },
     .gemv = {
         [LS_TYPE_Q4_0] = gemv_q4_0_q8_0_avx512,
         [LS_TYPE_Q8_0] = gemv_q8_0_q8_0_avx512,
@@ -1082,9 +782,5 @@ const ls_kernel_table ls_kernels_avx512 = {
         [LS_TYPE_Q4_K] = gemm_q4_K_q8_K_avx512,
         [LS_TYPE_Q8_0] = gemm_q8_0_q8_0_avx512,
         [LS_TYPE_Q6_K] = gemm_q6_K_q8_K_avx512,
-    },
-    .vec_dot_x1p = {
-        [LS_TYPE_Q4_0] = vec_dot_q4_0_q8_0_x1p_avx512,
-        [LS_TYPE_Q8_0] = vec_dot_q8_0_q8_0_x1p_avx512,
     },
 };

@@ -18,18 +18,10 @@ typedef void (*ls_dequantize_fn)(const void *x, float *y, int64_t n);
 /* One weight row against 4 activation rows (x_stride bytes apart): y[t] = w · x_t, t = 0..3. */
 typedef void (*ls_vec_dot_x4_fn)(int64_t n, const void *w, const void *x, size_t x_stride, float *y);
 
-/* Packed activations (AVX-512, 32-element block types): nt tokens x_t (nt rows of n elements in the
- * type's vec_dot type, x_stride bytes apart, nt = 1..4) -> out, nt * ls_pack_bytes(n) bytes (64-byte
- * aligned); then one weight row · the packed tokens: y[t] for 4 tokens (x4p), or 1 token (x1p).
- * Where present they replace vec_dot_x4 / vec_dot for matmuls. */
-typedef void (*ls_pack_fn)(int64_t n, const void *x, size_t x_stride, int nt, void *out);
-typedef void (*ls_vec_dot_x4p_fn)(int64_t n, const void *w, const void *packed, float *y);
-typedef float (*ls_vec_dot_x1p_fn)(int64_t n, const void *w, const void *packed);
-/* A whole batch matmul on rows r0..r1-1 (the signature of ls_matmul_rows, T >= 4); it may handle
- * only the first rows itself and return the row where it stopped (the caller does the rest). */
+/* A matmul on rows r0..r1-1 (the signature of ls_matmul_rows); returns r1, or r0 when it cannot
+ * run (out of memory, unsupported n). */
 typedef int64_t (*ls_matmul_rows_fn)(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                      const void *x, size_t x_stride, int64_t T, float *y, size_t ldy);
-#define ls_pack_bytes(n) ((size_t)(n) * 3)   /* per token: 192 bytes per 64 elements (quants_avx512.c) */
 
 /* One table per SIMD level; slots of types without such a kernel are NULL. */
 typedef struct {
@@ -37,11 +29,8 @@ typedef struct {
     ls_quantize_fn quantize[LS_TYPE_SLOTS];     /* indexed by the activation (vec_dot) type */
     ls_dequantize_fn dequantize[LS_TYPE_SLOTS];
     ls_vec_dot_x4_fn vec_dot_x4[LS_TYPE_SLOTS]; /* indexed by the weight type; NULL: 4 vec_dots */
-    ls_pack_fn pack[LS_TYPE_SLOTS];             /* indexed by the weight type (AVX-512 only) */
-    ls_vec_dot_x4p_fn vec_dot_x4p[LS_TYPE_SLOTS];
-    ls_vec_dot_x1p_fn vec_dot_x1p[LS_TYPE_SLOTS];
-    ls_matmul_rows_fn gemm[LS_TYPE_SLOTS];      /* batch matmul (T >= 4), AVX-512 only */
-    ls_matmul_rows_fn gemv[LS_TYPE_SLOTS];      /* 1-3 tokens, bit for bit as gemm; AVX-512 only */
+    ls_matmul_rows_fn gemm[LS_TYPE_SLOTS];      /* 4+ tokens (AVX-512 only), see quants_avx512.c */
+    ls_matmul_rows_fn gemv[LS_TYPE_SLOTS];      /* 1-3 tokens, bit for bit as gemm (AVX-512 only) */
 } ls_kernel_table;
 
 extern const ls_kernel_table ls_kernels_scalar;   /* quants.c */

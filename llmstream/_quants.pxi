@@ -200,19 +200,19 @@ def simd_kernel_types():
 
 
 def cpu_has_avx512():
-    """True when the CPU has AVX512F/BW/VL/VNNI (used by the 4-token Q4_K / Q6_K kernels)."""
+    """True when the CPU has AVX512F/BW/VL/VNNI (used by the Q4_0 / Q8_0 / Q4_K / Q6_K matmuls)."""
     return bool(ls_cpu_has_avx512())
 
 
 def set_avx512(bint on):
-    """Let the AVX2 level use the AVX-512 4-token kernels (default when the CPU has them; the
+    """Let the AVX2 level use the AVX-512 matmul kernels (default when the CPU has them; the
     environment variable LLMSTREAM_AVX512=0 turns them off). Returns whether they are used now.
     Meant for tests and benchmarks."""
     return bool(ls_set_avx512(on))
 
 
 def get_avx512():
-    """True while the AVX-512 4-token kernels are in use."""
+    """True while the AVX-512 matmul kernels are in use."""
     return bool(ls_get_avx512())
 
 

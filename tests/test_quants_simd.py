@@ -22,7 +22,8 @@ SIMD_RTOL = 1e-5
 
 @pytest.fixture(params=[False, True], ids=["avx2", "avx512"])
 def avx512(request):
-    """Run a test with the AVX2 kernels only, then with the AVX-512 ones (where the CPU has them)."""
+    """Run a test with the AVX2 kernels only, then with the AVX-512 matmul kernels (where the CPU
+    has them)."""
     if request.param and not _ops.cpu_has_avx512():
         pytest.skip("CPU lacks AVX512F/BW/VL/VNNI: no AVX-512 kernels to compare")
     before = _ops.get_avx512()
@@ -63,7 +64,7 @@ def test_every_weight_type_has_an_avx2_vec_dot():
 
 
 @pytest.mark.parametrize("t", WEIGHT_TYPES, ids=[NAMES[t] for t in WEIGHT_TYPES])
-def test_simd_vs_scalar_random_rows(t, avx512):
+def test_simd_vs_scalar_random_rows(t):
     rng = np.random.default_rng(2000 + t)
     xt = VEC_DOT_TYPE[t]
     blck = max(BLOCK[t][0], BLOCK[xt][0])
@@ -82,7 +83,7 @@ def test_simd_vs_scalar_random_rows(t, avx512):
 
 
 @pytest.mark.parametrize("t", WEIGHT_TYPES, ids=[NAMES[t] for t in WEIGHT_TYPES])
-def test_simd_vs_scalar_real_rows(t, avx512):
+def test_simd_vs_scalar_real_rows(t):
     if t == BF16:
         pytest.skip("no BF16 tensors in the reference files (covered by the random rows)")
     found = tensors_of_type(t)
@@ -122,7 +123,7 @@ def test_the_bench_weight_types_have_a_4_token_avx2_kernel():
 
 
 @pytest.mark.parametrize("t", WEIGHT_TYPES, ids=[NAMES[t] for t in WEIGHT_TYPES])
-def test_vec_dot_x4_vs_scalar_vec_dot(t, avx512):
+def test_vec_dot_x4_vs_scalar_vec_dot(t):
     rng = np.random.default_rng(4000 + t)
     xt = VEC_DOT_TYPE[t]
     blck = max(BLOCK[t][0], BLOCK[xt][0])
