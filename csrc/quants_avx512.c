@@ -627,15 +627,15 @@ static int64_t gemv_q4_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, 
                 const size_t off = (size_t)b * sizeof(block_q4_0);
                 __m512i a[4], g[8];
                 for (int k = 0; k < 4; ++k) a[k] = load4rows(rp + 4 * k, off + offsetof(block_q4_0, qs));
-                for (int half = 0; half < 2; ++half) {
-                    __m512i v[4];
-                    for (int k = 0; k < 4; ++k) v[k] = _mm512_and_si512(half ? _mm512_srli_epi16(a[k], 4) : a[k], low4);
-                    const __m512i t01l = _mm512_unpacklo_epi32(v[0], v[1]), t01h = _mm512_unpackhi_epi32(v[0], v[1]);
-                    const __m512i t23l = _mm512_unpacklo_epi32(v[2], v[3]), t23h = _mm512_unpackhi_epi32(v[2], v[3]);
-                    g[4 * half + 0] = _mm512_unpacklo_epi64(t01l, t23l);
-                    g[4 * half + 1] = _mm512_unpackhi_epi64(t01l, t23l);
-                    g[4 * half + 2] = _mm512_unpacklo_epi64(t01h, t23h);
-                    g[4 * half + 3] = _mm512_unpackhi_epi64(t01h, t23h);
+                /* transpose the raw bytes once (dword m: bytes 4m..4m+3 of each row), then split
+                 * the nibbles: low = group m, high = group 4 + m (same lanes as tile_q4_0_rows16) */
+                const __m512i t01l = _mm512_unpacklo_epi32(a[0], a[1]), t01h = _mm512_unpackhi_epi32(a[0], a[1]);
+                const __m512i t23l = _mm512_unpacklo_epi32(a[2], a[3]), t23h = _mm512_unpackhi_epi32(a[2], a[3]);
+                const __m512i raw[4] = {_mm512_unpacklo_epi64(t01l, t23l), _mm512_unpackhi_epi64(t01l, t23l),
+                                        _mm512_unpacklo_epi64(t01h, t23h), _mm512_unpackhi_epi64(t01h, t23h)};
+                for (int m = 0; m < 4; ++m) {
+                    g[m] = _mm512_and_si512(raw[m], low4);
+                    g[4 + m] = _mm512_and_si512(_mm512_srli_epi16(raw[m], 4), low4);
                 }
                 __m512i ai = _mm512_set1_epi32(side[b].corr);
                 for (int j = 0; j < 8; ++j) {
