@@ -614,9 +614,10 @@ static int64_t gemv_q4_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, 
         for (int64_t r = r0; r < r1; r += 16) {
             const uint8_t *rp[16];
             const int rows = row_ptrs(w, w_stride, r, r1, rp, 0);
+            /* (past r1 too: prefetches never fault, and the next rows are usually this thread's
+             * next work item) */
             const char *next = (const char *)w + (size_t)(r + 16) * w_stride;
-            const int64_t next_rows = r1 - r - 16 < 16 ? r1 - r - 16 : 16;
-            const size_t next_bytes = next_rows > 0 ? (size_t)next_rows * w_stride : 0;
+            const size_t next_bytes = 16 * w_stride;
             const size_t per_block = (next_bytes / (size_t)nb + 63) / 64 * 64;
             uint16_t dh[16];
             __m512 acc = _mm512_setzero_ps();
