@@ -3,6 +3,8 @@
  * At load time (a constructor) the CPU is probed for AVX2 + FMA + F16C and the AVX2 table is
  * completed with the scalar kernels for any slot it leaves empty; the level is then the best the
  * CPU has, unless the environment variable LLMSTREAM_SIMD=scalar forces the scalar path.
+ * On CPUs that also have AVX512F/BW/VL/VNNI the AVX2 level takes the few AVX-512 kernels of
+ * quants_avx512.c into its table (ls_set_avx512; LLMSTREAM_AVX512=0 keeps it AVX2-only).
  *
  * Dispatch is one atomic pointer load per call (ls_kernels()), then an indexed function pointer:
  * cheap, and safe from any number of OpenMP threads. ls_set_simd() swaps the pointer atomically;
@@ -28,6 +30,8 @@ int ls_cpu_has_avx2(void) {
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 }
 
+static int avx512_used;                  /* 1 while the AVX-512 4-token kernels fill avx2_complete */
+
 static void build_avx2_table(void) {
     avx2_complete = ls_kernels_avx2;
     for (int t = 0; t < LS_TYPE_SLOTS; ++t) {
@@ -36,6 +40,29 @@ static void build_avx2_table(void) {
         if (!avx2_complete.dequantize[t]) avx2_complete.dequantize[t] = ls_kernels_scalar.dequantize[t];
     }
 }
+
+int ls_cpu_has_avx512(void) {
+    __builtin_cpu_init();
+    return ls_cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+        && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+}
+
+/* The AVX-512 matmul kernels (gemm / gemv slots) join the AVX2 table, slot by slot, atomically (a
+ * matmul running meanwhile may use either kind; tests and benchmarks switch, not servers). */
+int ls_set_avx512(int on) {
+    if (!__atomic_load_n(&avx2_ready, __ATOMIC_ACQUIRE)) return 0;
+    const int use = on && ls_cpu_has_avx512();
+    for (int t = 0; t < LS_TYPE_SLOTS; ++t) {
+        __atomic_store_n(&avx2_complete.gemm[t], use ? ls_kernels_avx512.gemm[t] : (ls_matmul_rows_fn)0,
+                         __ATOMIC_RELEASE);
+        __atomic_store_n(&avx2_complete.gemv[t], use ? ls_kernels_avx512.gemv[t] : (ls_matmul_rows_fn)0,
+                         __ATOMIC_RELEASE);
+    }
+    __atomic_store_n(&avx512_used, use, __ATOMIC_RELEASE);
+    return use;
+}
+
+int ls_get_avx512(void) { return __atomic_load_n(&avx512_used, __ATOMIC_ACQUIRE); }
 
 int ls_get_simd(void) { return __atomic_load_n(&current_level, __ATOMIC_ACQUIRE); }
 
@@ -52,6 +79,11 @@ int ls_simd_has_vec_dot(int type) {
     return type >= 0 && type < LS_TYPE_SLOTS && ls_kernels_avx2.vec_dot[type] != NULL;
 }
 
+/* 1 when the AVX2 table has a 4-token vec_dot for weights of `type`. */
+int ls_simd_has_vec_dot_x4(int type) {
+    return type >= 0 && type < LS_TYPE_SLOTS && ls_kernels_avx2.vec_dot_x4[type] != NULL;
+}
+
 /* 1 when the AVX2 table has its own quantizer for the activation type `type`. */
 int ls_simd_has_quantize(int type) {
     return type >= 0 && type < LS_TYPE_SLOTS && ls_kernels_avx2.quantize[type] != NULL;
@@ -61,6 +93,8 @@ __attribute__((constructor)) static void ls_cpu_init(void) {
     if (ls_cpu_has_avx2()) {
         build_avx2_table();
         __atomic_store_n(&avx2_ready, 1, __ATOMIC_RELEASE);
+        const char *e512 = getenv("LLMSTREAM_AVX512");
+        ls_set_avx512(!(e512 && (!strcmp(e512, "0") || !strcasecmp(e512, "off") || !strcasecmp(e512, "no"))));
     }
     const char *env = getenv("LLMSTREAM_SIMD");
     int want = LS_SIMD_AVX2;

@@ -37,11 +37,22 @@ void ls_layernorm(const float *x, const float *w, const float *b, float *y, int 
 void ls_rope(float *x, int n_head, int head_dim, int n_rot, int pos, float freq_base, int neox) {
     const float theta_scale = powf(freq_base, -2.0f / (float)n_rot);
     const int half = n_rot / 2;
+    /* the angles depend on i only: cos/sin once for all heads (up to 256 pairs on the stack) */
+    float cs[256], sn[256];
+    const int tab = half <= 256;
+    if (tab) {
+        float theta = (float)pos;
+        for (int i = 0; i < half; i++) {
+            cs[i] = cosf(theta);
+            sn[i] = sinf(theta);
+            theta *= theta_scale;
+        }
+    }
     for (int h = 0; h < n_head; h++) {
         float *v = x + (size_t)h * head_dim;
         float theta = (float)pos;
         for (int i = 0; i < half; i++) {
-            const float c = cosf(theta), s = sinf(theta);
+            const float c = tab ? cs[i] : cosf(theta), s = tab ? sn[i] : sinf(theta);
             const int i0 = neox ? i : 2 * i;
             const int i1 = neox ? i + half : 2 * i + 1;
             const float a = v[i0], b = v[i1];
@@ -56,7 +67,10 @@ void ls_rope(float *x, int n_head, int head_dim, int n_rot, int pos, float freq_
 void ls_swiglu(float *gate, const float *up, int n) {
     for (int i = 0; i < n; i++) {
         const float g = gate[i];
-        gate[i] = g / (1.0f + expf(-g)) * up[i];
+        /* skip libm's slow error paths where the result is known: expf(-g) overflows to inf for
+         * g < -88.73 (silu = -0), and for g > 20 1 + expf(-g) rounds to 1 (silu = g) */
+        const float sg = g < -88.75f ? -0.0f : (g > 20.0f ? g : g / (1.0f + expf(-g)));
+        gate[i] = sg * up[i];
     }
 }
 
@@ -90,6 +104,10 @@ void ls_gelu(float *x, int n) {
 void ls_attn_head(const float *q, const uint16_t *k, const uint16_t *v, size_t kv_stride,
                   int first_key, int n_keys, int head_dim, float scale,
                   float *scores, uint16_t *q16, float *vrow, float *out) {
+    if (ls_get_simd() >= LS_SIMD_AVX2 && head_dim % 8 == 0 && head_dim <= 256) {
+        ls_attn_head_avx2(q, k, v, kv_stride, first_key, n_keys, head_dim, scale, scores, out);
+        return;
+    }
     ls_quantize_row(LS_TYPE_F16, q, q16, head_dim);
     float mx = -INFINITY;
     for (int j = first_key; j < n_keys; j++) {
@@ -99,7 +117,10 @@ void ls_attn_head(const float *q, const uint16_t *k, const uint16_t *v, size_t k
     }
     double sum = 0.0;
     for (int j = first_key; j < n_keys; j++) {
-        const float e = expf(scores[j] - mx);
+        /* below -87.3 expf is subnormal (< 2^-126, nothing next to the maximum's 1) and goes
+         * through libm's slow underflow path: flush it to 0 */
+        const float dlt = scores[j] - mx;
+        const float e = dlt < -87.3f ? 0.0f : expf(dlt);
         scores[j] = e;
         sum += e;
     }

@@ -13,4 +13,9 @@ void ls_gelu(float *x, int n);
 void ls_attn_head(const float *q, const uint16_t *k, const uint16_t *v, size_t kv_stride,
                   int first_key, int n_keys, int head_dim, float scale,
                   float *scores, uint16_t *q16, float *vrow, float *out);
+/* AVX2 twin of ls_attn_head (ops_avx2.c), for head_dim % 8 == 0 and head_dim <= 256; ls_attn_head
+ * calls it when the AVX2 level is in use. */
+void ls_attn_head_avx2(const float *q, const uint16_t *k, const uint16_t *v, size_t kv_stride,
+                       int first_key, int n_keys, int head_dim, float scale,
+                       float *scores, float *out);
 #endif

@@ -79,6 +79,53 @@ float ls_vec_dot(int type, int64_t n, const void *w, const void *x) {
     return f ? f(n, w, x) : NAN;
 }
 
+void ls_vec_dot_x4(int type, int64_t n, const void *w, const void *x, size_t x_stride, float *y) {
+    if (!ls_row_ok(type, n)) {
+        for (int t = 0; t < 4; ++t) y[t] = NAN;
+        return;
+    }
+    const ls_kernel_table *k = ls_kernels();
+    if (k->vec_dot_x4[type]) {
+        k->vec_dot_x4[type](n, w, x, x_stride, y);
+        return;
+    }
+    const ls_vec_dot_fn f = k->vec_dot[type];
+    for (int t = 0; t < 4; ++t) y[t] = f ? f(n, w, (const char *)x + (size_t)t * x_stride) : NAN;
+}
+
+// W rows r0..r1-1 (n_out, n) @ x (T, n) -> y (T, ldy): y[t, r] = w_r · x_t
+void ls_matmul_rows(int type, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                    const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    if (!ls_row_ok(type, n)) return;
+    const ls_kernel_table *k = ls_kernels();
+    /* batch (gemm) and decode (gemv) kernels give bit-identical rows: a token's result does not
+     * depend on the batch it came in (see quants.h) */
+    const ls_matmul_rows_fn gemm = __atomic_load_n(&k->gemm[type], __ATOMIC_ACQUIRE);
+    const ls_matmul_rows_fn gemv = __atomic_load_n(&k->gemv[type], __ATOMIC_ACQUIRE);
+    if (gemm && gemv) {
+        if ((T >= 4 ? gemm : gemv)(n, w, w_stride, r0, r1, x, x_stride, T, y, ldy) >= r1) return;
+        if (gemm(n, w, w_stride, r0, r1, x, x_stride, T, y, ldy) >= r1) return;   /* gemv declined */
+        /* out of memory: the kernels below (not bit-identical to the batch kernels) */
+    }
+    const ls_vec_dot_fn f = k->vec_dot[type];
+    const ls_vec_dot_x4_fn f4 = k->vec_dot_x4[type];
+    const char *wb = w, *xb = x;
+    int64_t t = 0;
+    if (f4) {
+        for (; t + 4 <= T; t += 4) {
+            const char *xt = xb + (size_t)t * x_stride;
+            for (int64_t r = r0; r < r1; ++r) {
+                float o[4];
+                f4(n, wb + (size_t)r * w_stride, xt, x_stride, o);
+                for (int j = 0; j < 4; ++j) y[(size_t)(t + j) * ldy + r] = o[j];
+            }
+        }
+    }
+    for (; t < T; ++t)
+        for (int64_t r = r0; r < r1; ++r)
+            y[(size_t)t * ldy + r] = f(n, wb + (size_t)r * w_stride, xb + (size_t)t * x_stride);
+}
+
 /* ---------------------------------------------------------------------------------------------
  * Dequantizers: one row x of n elements -> y (n,) f32 */
 

@@ -6,7 +6,17 @@
  *
  * Matmul protocol (what llama.cpp does too): activations x (n,) are converted once per matmul
  * to the weight type's "vec_dot type" (Q8_0, Q8_1, Q8_K, F16, BF16 or F32) with
- * ls_quantize_row(), then each weight row is dotted with it by ls_vec_dot().
+ * ls_quantize_row(), then each weight row is dotted with it by ls_vec_dot(). ls_matmul_rows()
+ * does that for a range of rows and T tokens with the fastest kernels the level has:
+ *   - on AVX-512 VNNI CPUs, for Q4_0 / Q8_0 / Q4_K / Q6_K: a batch kernel for 4+ tokens that
+ *     rearranges 16 rows at a time (per call, in a per-thread buffer — the file stays as it is)
+ *     so that each int32 lane is one output row, and for 1-3 tokens a kernel giving the same
+ *     results bit for bit (quants_avx512.c);
+ *   - else 4 tokens at a time through ls_vec_dot_x4 (each weight block decoded once for the 4),
+ *     the rest through ls_vec_dot — bit for bit the same as ls_vec_dot for every token.
+ * So a token's results never depend on how many tokens were evaluated with it (batch invariance:
+ * KV prefix reuse and seeded generation rely on it). All kernels compute each block's integer sum
+ * exactly, as the scalar reference does, and differ from it only in the order of float additions.
  */
 #ifndef LLMSTREAM_QUANTS_H
 #define LLMSTREAM_QUANTS_H
@@ -40,6 +50,17 @@ void    ls_quantize_row(int type, const float *x, void *y, int64_t n);
 void    ls_dequantize_row(int type, const void *x, float *y, int64_t n);
 /* sum_i w[i] * x[i] over n elements: w one row in `type`, x one row in ls_vec_dot_type(type). */
 float   ls_vec_dot(int type, int64_t n, const void *w, const void *x);
+
+/* One weight row w (n,) in `type` against 4 activation rows x_t (each n elements in
+ * ls_vec_dot_type(type), x_stride bytes apart) -> y[t] = w · x_t for t = 0..3. The weight blocks are
+ * decoded once for the 4 rows (a dedicated kernel where the SIMD table has one, else 4 ls_vec_dot). */
+void    ls_vec_dot_x4(int type, int64_t n, const void *w, const void *x, size_t x_stride, float *y);
+/* Rows r0..r1-1 of W (n_out, n) in `type` (w_stride bytes apart) @ x (T, n) already converted to the
+ * vec_dot type (x_stride bytes apart) -> y[t * ldy + r] for t < T, r0 <= r < r1. Tokens go 4 at a
+ * time through ls_vec_dot_x4 (each weight block decoded once per 4 tokens), the rest one by one.
+ * Single-threaded: callers split the rows between threads. */
+void    ls_matmul_rows(int type, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                       const void *x, size_t x_stride, int64_t T, float *y, size_t ldy);
 
 /* SIMD level in use; ls_set_simd returns the level actually set (AVX2 only when the CPU has it). */
 int     ls_get_simd(void);

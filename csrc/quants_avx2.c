@@ -486,6 +486,142 @@ static float vec_dot_f32_f32_avx2(int64_t n, const void *vw, const void *vx) {
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * One weight row against 4 activation rows (prompt matmuls): each weight block is loaded and
+ * decoded once and dotted with the same block of 4 tokens, so the decoding work and the weight
+ * traffic are shared by 4 tokens. Per token the integer block sums are those of the single-row
+ * kernels above; twins of 4 calls to the scalar vec_dot (tests/test_quants_simd.py). */
+
+#define X4_ROWS(T, vx, xs) { (const T *)(vx), (const T *)((const char *)(vx) + (xs)), \
+    (const T *)((const char *)(vx) + 2 * (xs)), (const T *)((const char *)(vx) + 3 * (xs)) }
+
+/* The 32-element block types keep vec_dot's two accumulators (even / odd blocks) per token, so
+ * that y[t] is bit for bit what vec_dot gives for x_t (a token's logits must not depend on
+ * whether it was evaluated alone or in a batch). */
+
+// w (n,) in Q8_0 · x_t (n,) in Q8_0, t = 0..3 -> y[t] = sum_b (dw*dx_t) * sum_k qw*qx_t
+static void vec_dot_q8_0_q8_0_x4_avx2(int64_t n, const void *vw, const void *vx, size_t xs, float *y) {
+    const block_q8_0 *w = vw;
+    const block_q8_0 *x[4] = X4_ROWS(block_q8_0, vx, xs);
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[2][4];
+    for (int t = 0; t < 4; ++t) acc[0][t] = acc[1][t] = _mm256_setzero_ps();
+    const int64_t nb = n / QK8_0;
+    for (int64_t b = 0; b < nb; ++b) {
+        const int a = (b & 1) && b + 1 <= nb - (nb & 1) ? 1 : 0;   /* vec_dot: odd blocks of full pairs */
+        const __m256i qw = _mm256_loadu_si256((const __m256i *)w[b].qs);
+        const __m256i aw = _mm256_sign_epi8(qw, qw);
+        const float dw = fp16_to_fp32_f16c(w[b].d);
+        for (int t = 0; t < 4; ++t) {
+            const __m256i qx = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)x[t][b].qs), qw);
+            const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, qx), ones);
+            acc[a][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * fp16_to_fp32_f16c(x[t][b].d)), _mm256_cvtepi32_ps(s), acc[a][t]);
+        }
+    }
+    for (int t = 0; t < 4; ++t) y[t] = hsum_ps(_mm256_add_ps(acc[0][t], acc[1][t]));
+}
+
+// w (n,) in Q4_0 · x_t (n,) in Q8_0, t = 0..3 -> y[t] = sum_b (dw*dx_t) * sum_k (qw-8)*qx_t
+// (qw-8 decoded once to signed bytes; per token the sign trick |w| * sign(x, w): the same int16
+// pair sums as vec_dot's qw·qx - 8·qx)
+static void vec_dot_q4_0_q8_0_x4_avx2(int64_t n, const void *vw, const void *vx, size_t xs, float *y) {
+    const block_q4_0 *w = vw;
+    const block_q8_0 *x[4] = X4_ROWS(block_q8_0, vx, xs);
+    const __m256i ones = _mm256_set1_epi16(1), eight = _mm256_set1_epi8(8);
+    __m256 acc[2][4];
+    for (int t = 0; t < 4; ++t) acc[0][t] = acc[1][t] = _mm256_setzero_ps();
+    const int64_t nb = n / QK4_0;
+    for (int64_t b = 0; b < nb; ++b) {
+        const int a = (b & 1) && b + 1 <= nb - (nb & 1) ? 1 : 0;   /* vec_dot: odd blocks of full pairs */
+        const __m256i qw = _mm256_sub_epi8(nibbles_to_bytes(w[b].qs), eight);
+        const __m256i aw = _mm256_sign_epi8(qw, qw);
+        const float dw = fp16_to_fp32_f16c(w[b].d);
+        for (int t = 0; t < 4; ++t) {
+            const __m256i qx = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)x[t][b].qs), qw);
+            const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, qx), ones);
+            acc[a][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * fp16_to_fp32_f16c(x[t][b].d)), _mm256_cvtepi32_ps(s), acc[a][t]);
+        }
+    }
+    for (int t = 0; t < 4; ++t) y[t] = hsum_ps(_mm256_add_ps(acc[0][t], acc[1][t]));
+}
+
+// w (n,) in Q4_K · x_t (n,) in Q8_K, t = 0..3 -> y[t] as vec_dot_q4_K_q8_K for each x_t
+static void vec_dot_q4_K_q8_K_x4_avx2(int64_t n, const void *vw, const void *vx, size_t xs, float *y) {
+    const block_q4_K *w = vw;
+    const block_q8_K *x[4] = X4_ROWS(block_q8_K, vx, xs);
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    __m128 acc_m[4] = {_mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps()};
+    for (int64_t b = 0; b < n / QK_K; ++b) {
+        const float d = fp16_to_fp32_f16c(w[b].d), dmin = fp16_to_fp32_f16c(w[b].dmin);
+        const __m256i scales_mins = unpack_scales_mins_k4(w[b].scales);
+        for (int t = 0; t < 4; ++t)
+            acc_m[t] = _mm_fmadd_ps(_mm_set1_ps(-dmin * x[t][b].d),
+                                    _mm_cvtepi32_ps(mins_dot_bsums(scales_mins, x[t][b].bsums)), acc_m[t]);
+        const __m128i sc128 = _mm256_castsi256_si128(scales_mins);
+        const __m256i scales = _mm256_set_m128i(sc128, sc128);
+        __m256i sumi[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+        for (int g = 0; g < 4; ++g) {
+            const __m256i bits = _mm256_loadu_si256((const __m256i *)(w[b].qs + 32 * g));
+            const __m256i lo = _mm256_and_si256(bits, low4);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), low4);
+            const __m256i s_lo = _mm256_shuffle_epi8(scales, bcast16_mask(2 * g));
+            const __m256i s_hi = _mm256_shuffle_epi8(scales, bcast16_mask(2 * g + 1));
+            for (int t = 0; t < 4; ++t) {
+                const int8_t *q8 = x[t][b].qs + 64 * g;
+                const __m256i p_lo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)q8));
+                const __m256i p_hi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(q8 + 32)));
+                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(_mm256_madd_epi16(p_lo, s_lo), _mm256_madd_epi16(p_hi, s_hi)));
+            }
+        }
+        for (int t = 0; t < 4; ++t)
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * x[t][b].d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+    }
+    for (int t = 0; t < 4; ++t) y[t] = hsum_ps(acc[t]) + hsum_ps128(acc_m[t]);
+}
+
+// w (n,) in Q6_K · x_t (n,) in Q8_K, t = 0..3 -> y[t] as vec_dot_q6_K_q8_K for each x_t
+static void vec_dot_q6_K_q8_K_x4_avx2(int64_t n, const void *vw, const void *vx, size_t xs, float *y) {
+    const block_q6_K *w = vw;
+    const block_q8_K *x[4] = X4_ROWS(block_q8_K, vx, xs);
+    const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x03);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t b = 0; b < n / QK_K; ++b) {
+        const float d = fp16_to_fp32_f16c(w[b].d);
+        const __m128i scales8 = _mm_loadu_si128((const __m128i *)w[b].scales);
+        const __m256i scales16 = _mm256_cvtepi8_epi16(scales8);
+        __m256i sumi[4];
+        for (int t = 0; t < 4; ++t)   /* the -32 offset: sum_s scale_s * 32 * bsum_s */
+            sumi[t] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(
+                _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)x[t][b].bsums), scales16), 5));
+        for (int h = 0; h < 2; ++h) {
+            const uint8_t *L = w[b].ql + 64 * h;
+            const __m256i l0 = _mm256_loadu_si256((const __m256i *)L);
+            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(L + 32));
+            const __m256i hb = _mm256_loadu_si256((const __m256i *)(w[b].qh + 32 * h));
+            __m256i q[4];
+            q[0] = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(hb, two), 4));
+            q[1] = _mm256_or_si256(_mm256_and_si256(l1, low4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), two), 4));
+            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), two), 4));
+            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), two), 4));
+            for (int j = 0; j < 4; ++j) {
+                const int c = 4 * h + j;
+                const __m256i sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales8, pair_bcast8_mask(c)));
+                for (int t = 0; t < 4; ++t) {
+                    const __m256i q8 = _mm256_loadu_si256((const __m256i *)(x[t][b].qs + 32 * c));
+                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], q8), sc));
+                }
+            }
+        }
+        for (int t = 0; t < 4; ++t)
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * x[t][b].d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+    }
+    for (int t = 0; t < 4; ++t) y[t] = hsum_ps(acc[t]);
+}
+
+/* ---------------------------------------------------------------------------------------------
  * Activation quantizers: byte-identical to the scalar ones (the same float operations, vectorized;
  * the maximum of |x| does not depend on the order). Not defined for NaN input, as in llama.cpp. */
 
@@ -639,6 +775,26 @@ static void quantize_row_bf16_avx2(const float *x, void *vy, int64_t n) {
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * Dequantizers (exact widenings, identical to the scalar ones) */
+
+// x (n,) f16 -> y (n,) f32: F16C, 8 at a time; chunks holding a NaN go the scalar way (F16C would
+// quiet signaling NaNs; the scalar widening keeps the payload bits)
+static void dequantize_row_f16_avx2(const void *vx, float *y, int64_t n) {
+    const ls_fp16_t *x = vx;
+    const __m128i exp_mask = _mm_set1_epi16(0x7c00);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m128i h = _mm_loadu_si128((const __m128i *)(x + i));
+        if (_mm_movemask_epi8(_mm_cmpeq_epi16(_mm_and_si128(h, exp_mask), exp_mask))) {
+            for (int k = 0; k < 8; ++k) y[i + k] = ls_fp16_to_fp32(x[i + k]);
+        } else {
+            _mm256_storeu_ps(y + i, _mm256_cvtph_ps(h));
+        }
+    }
+    for (; i < n; ++i) y[i] = fp16_to_fp32_f16c(x[i]);
+}
+
+/* ---------------------------------------------------------------------------------------------
  * The AVX2 table */
 
 const ls_kernel_table ls_kernels_avx2 = {
@@ -664,5 +820,13 @@ const ls_kernel_table ls_kernels_avx2 = {
         [LS_TYPE_Q8_1] = quantize_row_q8_1_avx2,
         [LS_TYPE_Q8_K] = quantize_row_q8_K_avx2,
     },
-    .dequantize = {0},
+    .dequantize = {
+        [LS_TYPE_F16] = dequantize_row_f16_avx2,
+    },
+    .vec_dot_x4 = {
+        [LS_TYPE_Q4_0] = vec_dot_q4_0_q8_0_x4_avx2,
+        [LS_TYPE_Q8_0] = vec_dot_q8_0_q8_0_x4_avx2,
+        [LS_TYPE_Q4_K] = vec_dot_q4_K_q8_K_x4_avx2,
+        [LS_TYPE_Q6_K] = vec_dot_q6_K_q8_K_x4_avx2,
+    },
 };

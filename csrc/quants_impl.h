@@ -15,22 +15,39 @@
 typedef float (*ls_vec_dot_fn)(int64_t n, const void *w, const void *x);
 typedef void (*ls_quantize_fn)(const float *x, void *y, int64_t n);
 typedef void (*ls_dequantize_fn)(const void *x, float *y, int64_t n);
+/* One weight row against 4 activation rows (x_stride bytes apart): y[t] = w · x_t, t = 0..3. */
+typedef void (*ls_vec_dot_x4_fn)(int64_t n, const void *w, const void *x, size_t x_stride, float *y);
+
+/* A matmul on rows r0..r1-1 (the signature of ls_matmul_rows); returns r1, or r0 when it cannot
+ * run (out of memory, unsupported n). */
+typedef int64_t (*ls_matmul_rows_fn)(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy);
 
 /* One table per SIMD level; slots of types without such a kernel are NULL. */
 typedef struct {
     ls_vec_dot_fn vec_dot[LS_TYPE_SLOTS];       /* indexed by the weight type */
     ls_quantize_fn quantize[LS_TYPE_SLOTS];     /* indexed by the activation (vec_dot) type */
     ls_dequantize_fn dequantize[LS_TYPE_SLOTS];
+    ls_vec_dot_x4_fn vec_dot_x4[LS_TYPE_SLOTS]; /* indexed by the weight type; NULL: 4 vec_dots */
+    ls_matmul_rows_fn gemm[LS_TYPE_SLOTS];      /* 4+ tokens (AVX-512 only), see quants_avx512.c */
+    ls_matmul_rows_fn gemv[LS_TYPE_SLOTS];      /* 1-3 tokens, bit for bit as gemm (AVX-512 only) */
 } ls_kernel_table;
 
 extern const ls_kernel_table ls_kernels_scalar;   /* quants.c */
 extern const ls_kernel_table ls_kernels_avx2;     /* quants_avx2.c */
+extern const ls_kernel_table ls_kernels_avx512;   /* quants_avx512.c: a few slots, see cpu.c */
 
 /* cpu.c: the table in use (an atomic load; set once at start-up, changed only by ls_set_simd). */
 const ls_kernel_table *ls_kernels(void);
 /* cpu.c: 1 when the AVX2 table has its own (non-fallback) vec_dot / quantizer for `type`. */
 int ls_simd_has_vec_dot(int type);
 int ls_simd_has_quantize(int type);
+int ls_simd_has_vec_dot_x4(int type);
+/* cpu.c: 1 when the CPU has AVX512F/BW/VL/VNNI; ls_set_avx512(0) makes the AVX2 level use the
+ * AVX2 kernels only even then (tests; LLMSTREAM_AVX512=0). Both return whether they are used. */
+int ls_cpu_has_avx512(void);
+int ls_set_avx512(int on);
+int ls_get_avx512(void);
 
 /* ---- scalar reference (quants.c) ---- */
 void dequantize_row_f32(const void *x, float *y, int64_t n);

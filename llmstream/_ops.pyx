@@ -8,6 +8,7 @@ layer; anything per element or per row happens here or in C.
 import os
 
 from cython.parallel cimport prange, parallel, threadid
+from libc.math cimport sqrt
 from libc.stdint cimport uint8_t, uint16_t, int32_t, int64_t
 
 cdef extern from *:
@@ -27,6 +28,9 @@ cdef extern from "quants.h" nogil:
     void ls_quantize_row(int type, const float *x, void *y, int64_t n)
     void ls_dequantize_row(int type, const void *x, float *y, int64_t n)
     float ls_vec_dot(int type, int64_t n, const void *w, const void *x)
+    void ls_vec_dot_x4(int type, int64_t n, const void *w, const void *x, size_t x_stride, float *y)
+    void ls_matmul_rows(int type, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy)
     int ls_get_simd()
     int ls_set_simd(int level)
     int ls_cpu_has_avx2()
@@ -49,14 +53,37 @@ def openmp_enabled():
     return bool(LS_OPENMP)
 
 
+def physical_cores():
+    """Physical cores this process may run on: CPUs of its affinity set, SMT siblings counted once
+    (Linux sysfs topology); the CPU count where that is unknown."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+    cores = set()
+    for c in cpus:
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{c}/topology/physical_package_id") as f:
+                pkg = f.read().strip()
+            with open(f"/sys/devices/system/cpu/cpu{c}/topology/core_id") as f:
+                cores.add((pkg, f.read().strip()))
+        except OSError:
+            cores.add(("cpu", str(c)))
+    return max(1, len(cores))
+
+
+_PHYSICAL_CORES = physical_cores()
+
+
 def effective_threads():
-    """Threads the kernels use: set_threads() if called, else OMP_NUM_THREADS, else all cores."""
+    """Threads the kernels use: set_threads() if called, else OMP_NUM_THREADS, else one per
+    physical core (hyper-threads share a core's vector units: more threads only add barriers)."""
     if _threads > 0:
         return _threads
     env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     if env.isdigit() and int(env) > 0:
         return int(env)
-    return os.cpu_count() or 1
+    return _PHYSICAL_CORES
 
 
 def set_threads(int n):
@@ -77,13 +104,26 @@ def vec_dot_row_bytes(int wtype, int64_t n_in):
     return ls_row_size(vdt, n_in)
 
 
+cdef inline int64_t matmul_chunk(int64_t T, size_t row_bytes) noexcept nogil:
+    """Output rows per work item of a matmul over T tokens. 1-3 tokens: ~144 KB of weights (128
+    rows of a 2048-wide Q4_K), a multiple of 16 rows — equal bytes, so the threads of a fused
+    work list over tensors of different types finish together; what is prepared once per work
+    item (packed activations) costs ~1 %. A batch: 256 rows (<= ~1.2 MB of weights, in L2)."""
+    cdef int64_t rows
+    if T >= 4:
+        return 256
+    rows = <int64_t>(147456 // max(row_bytes, <size_t>1)) // 16 * 16
+    return rows if rows >= 16 else 16
+
+
 def matmul(const uint8_t[:, ::1] w, int wtype, const float[:, ::1] x, float[:, ::1] y,
            uint8_t[::1] xq):
     """W (n_out, n_in) @ x (T, n_in) -> y (T, n_out).
 
     w: raw rows of the weight tensor in wtype (n_out, row_bytes); x is converted once to the
-    type's vec_dot format in xq (scratch, >= T * vec_dot_row_bytes(wtype, n_in) bytes), then every
-    weight row is dotted with every token row. Threads split the output rows statically."""
+    type's vec_dot format in xq (scratch, >= T * vec_dot_row_bytes(wtype, n_in) bytes). Threads
+    split the output rows statically in work items of matmul_chunk(T, row bytes) rows, each done
+    by ls_matmul_rows (batch kernels for 4+ tokens, see csrc/quants.h)."""
     cdef int64_t T = x.shape[0], n_in = x.shape[1], n_out = w.shape[0]
     cdef int vdt = ls_vec_dot_type(wtype)
     _check(vdt >= 0, f"unknown tensor type {wtype}")
@@ -93,15 +133,19 @@ def matmul(const uint8_t[:, ::1] w, int wtype, const float[:, ::1] x, float[:, :
     _check(y.shape[0] == T and y.shape[1] == n_out, "output shape mismatch")
     _check(<size_t>xq.shape[0] >= T * rs, "activation scratch too small")
     cdef int nt = effective_threads()
-    cdef int64_t t, r
-    if T == 0:
+    cdef int64_t t, c, r0, r1
+    cdef int64_t chunk = matmul_chunk(T, <size_t>w.shape[1])
+    cdef int64_t n_chunks = (n_out + chunk - 1) // chunk
+    if T == 0 or n_out == 0:
         return
     with nogil, parallel(num_threads=nt):
         for t in prange(T, schedule="static"):
             ls_quantize_row(vdt, &x[t, 0], &xq[t * rs], n_in)
-        for r in prange(n_out, schedule="static"):
-            for t in range(T):
-                y[t, r] = ls_vec_dot(wtype, n_in, &w[r, 0], &xq[t * rs])
+        for c in prange(n_chunks, schedule="static"):
+            r0 = c * chunk
+            r1 = min(r0 + chunk, n_out)
+            ls_matmul_rows(wtype, n_in, &w[0, 0], <size_t>w.shape[1], r0, r1, &xq[0], rs, T,
+                           &y[0, 0], <size_t>n_out)
 
 
 def get_rows(const uint8_t[:, ::1] w, int wtype, const int32_t[::1] ids, float[:, ::1] out):
@@ -219,3 +263,4 @@ def attention(const float[:, ::1] q, const uint16_t[:, ::1] kc, const uint16_t[:
 
 
 include "_quants.pxi"
+include "_llama.pxi"

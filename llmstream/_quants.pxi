@@ -16,6 +16,7 @@ cdef extern from "quants.h" nogil:
     void ls_quantize_row(int type, const float *x, void *y, int64_t n)
     void ls_dequantize_row(int type, const void *x, float *y, int64_t n)
     float ls_vec_dot(int type, int64_t n, const void *w, const void *x)
+    void ls_vec_dot_x4(int type, int64_t n, const void *w, const void *x, size_t x_stride, float *y)
     int ls_get_simd()
     int ls_set_simd(int level)
     int ls_cpu_has_avx2()
@@ -23,6 +24,10 @@ cdef extern from "quants.h" nogil:
 cdef extern from "quants_impl.h" nogil:
     int ls_simd_has_vec_dot(int type)
     int ls_simd_has_quantize(int type)
+    int ls_simd_has_vec_dot_x4(int type)
+    int ls_cpu_has_avx512()
+    int ls_set_avx512(int on)
+    int ls_get_avx512()
 
 # GGML type ids llmstream knows (quants.h enum ls_type).
 TYPE_F32 = 0
@@ -147,8 +152,32 @@ def vec_dot(int type, int64_t n, const uint8_t[::1] w, const uint8_t[::1] xq):
     return r
 
 
+def vec_dot_x4(int type, int64_t n, const uint8_t[::1] w, const uint8_t[:, ::1] xq):
+    """[vec_dot(type, n, w, xq[t]) for t in 0..3] computed by the 4-token kernel -> (4,) float32.
+
+    `xq` holds 4 activation rows, each converted as for vec_dot (shape (4, row bytes))."""
+    _check_type(type)
+    _check_n(type, n)
+    if n == 0:
+        raise ValueError("vec_dot_x4 needs n > 0")
+    cdef int xt = ls_vec_dot_type(type)
+    cdef size_t need_w = ls_row_size(type, n)
+    cdef size_t need_x = ls_row_size(xt, n)
+    if <size_t>w.shape[0] != need_w:
+        raise ValueError(f"{TYPE_NAMES[type]} weight row of {n} elements needs {need_w} bytes, "
+                         f"got {w.shape[0]}")
+    if xq.shape[0] != 4 or <size_t>xq.shape[1] != need_x:
+        raise ValueError(f"xq must be 4 {TYPE_NAMES[xt]} rows of {need_x} bytes, got {xq.shape}")
+    out = np.empty(4, dtype=np.float32)
+    cdef float[::1] o = out
+    with nogil:
+        ls_vec_dot_x4(type, n, &w[0], &xq[0, 0], need_x, &o[0])
+    return out
+
+
 def get_simd():
-    """The SIMD level in use: 0 = scalar reference, 1 = AVX2/FMA."""
+    """The SIMD level in use: 0 = scalar reference, 1 = AVX2/FMA (plus the AVX-512 kernels where
+    the CPU has them and get_avx512() is true)."""
     return ls_get_simd()
 
 
@@ -168,6 +197,28 @@ def cpu_has_avx2():
 def simd_kernel_types():
     """Type ids whose vec_dot has a dedicated AVX2 kernel (the rest fall back to scalar)."""
     return [t for t in TYPE_NAMES if ls_simd_has_vec_dot(t)]
+
+
+def cpu_has_avx512():
+    """True when the CPU has AVX512F/BW/VL/VNNI (used by the Q4_0 / Q8_0 / Q4_K / Q6_K matmuls)."""
+    return bool(ls_cpu_has_avx512())
+
+
+def set_avx512(bint on):
+    """Let the AVX2 level use the AVX-512 matmul kernels (default when the CPU has them; the
+    environment variable LLMSTREAM_AVX512=0 turns them off). Returns whether they are used now.
+    Meant for tests and benchmarks."""
+    return bool(ls_set_avx512(on))
+
+
+def get_avx512():
+    """True while the AVX-512 matmul kernels are in use."""
+    return bool(ls_get_avx512())
+
+
+def simd_x4_types():
+    """Type ids whose 4-token vec_dot has a dedicated AVX2 kernel (the rest run 4 vec_dots)."""
+    return [t for t in TYPE_NAMES if ls_simd_has_vec_dot_x4(t)]
 
 
 def simd_quantize_types():

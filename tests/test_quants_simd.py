@@ -20,6 +20,18 @@ pytestmark = pytest.mark.skipif(not _ops.cpu_has_avx2(),
 SIMD_RTOL = 1e-5
 
 
+@pytest.fixture(params=[False, True], ids=["avx2", "avx512"])
+def avx512(request):
+    """Run a test with the AVX2 kernels only, then with the AVX-512 matmul kernels (where the CPU
+    has them)."""
+    if request.param and not _ops.cpu_has_avx512():
+        pytest.skip("CPU lacks AVX512F/BW/VL/VNNI: no AVX-512 kernels to compare")
+    before = _ops.get_avx512()
+    assert _ops.set_avx512(request.param) == request.param
+    yield request.param
+    _ops.set_avx512(before)
+
+
 def both_levels(fn):
     before = _ops.get_simd()
     try:
@@ -101,3 +113,84 @@ def test_simd_vs_scalar_quantize(t):
             x[:blck] = 0.0
             a, b = both_levels(lambda: _ops.quantize_row(t, x))
             np.testing.assert_array_equal(a, b, err_msg=f"{NAMES[t]} n={n} scale={scale}")
+
+
+# ---- 4-token kernels (prompt matmuls): each pinned to 4 calls of the scalar single-token kernel ----
+
+def test_the_bench_weight_types_have_a_4_token_avx2_kernel():
+    from quants_ref import Q4_0, Q4_K, Q6_K, Q8_0
+    assert {Q4_0, Q8_0, Q4_K, Q6_K} <= set(_ops.simd_x4_types())
+
+
+@pytest.mark.parametrize("t", WEIGHT_TYPES, ids=[NAMES[t] for t in WEIGHT_TYPES])
+def test_vec_dot_x4_vs_scalar_vec_dot(t):
+    rng = np.random.default_rng(4000 + t)
+    xt = VEC_DOT_TYPE[t]
+    blck = max(BLOCK[t][0], BLOCK[xt][0])
+    sizes = [256, 2048, 5632] + ([32, 96] if blck == 32 else []) + ([7, 33] if blck == 1 else [])
+    for n in sizes:
+        w = random_weights(t, n, rng)
+        xs = [random_activations(n, rng, s) for s in (1.0, 1e-3, 50.0, 1.0)]
+        xs[3][: n // 2] = 0.0
+        xq = np.stack([_ops.quantize_row(xt, x) for x in xs])
+        before = _ops.get_simd()
+        try:
+            _ops.set_simd(0)
+            scalar = [_ops.vec_dot(t, n, w, xq[k]) for k in range(4)]
+            _ops.set_simd(1)
+            simd = _ops.vec_dot_x4(t, n, w, xq)
+        finally:
+            _ops.set_simd(before)
+        for k in range(4):
+            scale = max(abs(scalar[k]), abs_dot(t, w, xq[k], n) / math.sqrt(n))
+            assert abs(simd[k] - scalar[k]) <= SIMD_RTOL * scale, \
+                f"{NAMES[t]} n={n} token {k}: x4 {simd[k]!r} vs scalar {scalar[k]!r}"
+
+
+@pytest.mark.parametrize("n", [512, 2304])
+@pytest.mark.parametrize("t", WEIGHT_TYPES, ids=[NAMES[t] for t in WEIGHT_TYPES])
+def test_matmul_tiles_match_row_by_row_vec_dot(t, n, avx512):
+    """matmul (chunks of rows x groups of 4 tokens, any remainder; packed activations on AVX-512)
+    == the scalar vec_dot of every (row, token)."""
+    rng = np.random.default_rng(5000 + t)
+    xt = VEC_DOT_TYPE[t]
+    n_out = 37                                   # not a multiple of 16 (the batch kernels' rows)
+    w = np.stack([random_weights(t, n, rng) for _ in range(n_out)])
+    rs = row_bytes(xt, n)
+    for T in (1, 3, 4, 5, 9):
+        x = np.stack([random_activations(n, rng) for _ in range(T)])
+        y = np.zeros((T, n_out), np.float32)
+        _ops.matmul(w, t, x, y, np.zeros(T * rs, np.uint8))
+        before = _ops.get_simd()
+        _ops.set_simd(0)
+        try:
+            want_all = [[_ops.vec_dot(t, n, w[r], _ops.quantize_row(xt, x[k])) for r in range(n_out)]
+                        for k in range(T)]
+        finally:
+            _ops.set_simd(before)
+        for k in range(T):
+            xq = _ops.quantize_row(xt, x[k])
+            for r in range(n_out):
+                want = want_all[k][r]
+                scale = max(abs(want), abs_dot(t, w[r], xq, n) / math.sqrt(n))
+                assert abs(y[k, r] - want) <= SIMD_RTOL * scale, f"{NAMES[t]} T={T} token {k} row {r}"
+
+
+@pytest.mark.parametrize("n", [512, 2304])
+@pytest.mark.parametrize("t", WEIGHT_TYPES, ids=[NAMES[t] for t in WEIGHT_TYPES])
+def test_matmul_rows_do_not_depend_on_the_batch(t, n, avx512):
+    """A token's outputs are bit-identical whether it is multiplied alone or among 9 (batch kernels
+    and single-token kernels share one float evaluation order): the engine's batch invariance."""
+    rng = np.random.default_rng(6000 + t)
+    xt = VEC_DOT_TYPE[t]
+    n_out = 37
+    w = np.stack([random_weights(t, n, rng) for _ in range(n_out)])
+    rs = row_bytes(xt, n)
+    T = 9
+    x = np.stack([random_activations(n, rng) for _ in range(T)])
+    y = np.zeros((T, n_out), np.float32)
+    _ops.matmul(w, t, x, y, np.zeros(T * rs, np.uint8))
+    for k in range(T):
+        y1 = np.zeros((1, n_out), np.float32)
+        _ops.matmul(w, t, x[k:k + 1], y1, np.zeros(rs, np.uint8))
+        np.testing.assert_array_equal(y[k], y1[0], err_msg=f"{NAMES[t]} token {k}")

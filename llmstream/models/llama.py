@@ -7,7 +7,6 @@ h = RMSNorm(x);  x += (silu(h Wgate) * h Wup) Wdown.   Then RMSNorm and the outp
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from .. import _ops
@@ -54,24 +53,12 @@ def forward(m, ids, pos0: int, out):
                                                       ws.f1, ws.f2))
     embed(m, ids, x)
     for i, L in enumerate(m.layers):
-        _ops.rmsnorm(x, L.attn_norm, h, c.norm_eps)
-        L.wq(h, q, ws.xq)
-        L.wk(h, k, ws.xq)
-        L.wv(h, v, ws.xq)
-        _ops.rope(q, c.n_head, hd, c.n_rot, pos0, c.rope_base, c.rope_neox)
-        _ops.rope(k, c.n_head_kv, hd, c.n_rot, pos0, c.rope_base, c.rope_neox)
-        _ops.store_kv(k, cache.k[i], pos0)
-        _ops.store_kv(v, cache.v[i], pos0)
-        _ops.attention(q, cache.k[i], cache.v[i], att, pos0, c.n_head, c.n_head_kv, hd,
-                       1.0 / math.sqrt(hd), c.sliding_window, ws.scratch, ws.q16)
-        L.wo(att, o, ws.xq)
-        x += o
-        _ops.rmsnorm(x, L.ffn_norm, h, c.norm_eps)
-        L.w_gate(h, f1, ws.xq)
-        L.w_up(h, f2, ws.xq)
-        _ops.swiglu(f1, f2)
-        L.w_down(f1, o, ws.xq)
-        x += o
+        _ops.llama_layer(x, L.attn_norm, L.ffn_norm, L.wq.w, L.wq.type, L.wk.w, L.wk.type,
+                         L.wv.w, L.wv.type, L.wo.w, L.wo.type, L.w_gate.w, L.w_gate.type,
+                         L.w_up.w, L.w_up.type, L.w_down.w, L.w_down.type,
+                         cache.k[i], cache.v[i], pos0, c.n_head, c.n_head_kv, hd, c.n_rot,
+                         c.rope_base, c.rope_neox, c.norm_eps, c.sliding_window,
+                         h, q, k, v, att, o, f1, f2, ws.xq, ws.scratch, ws.q16)
     if out is not None:
         rows = final_rows(x, out)
         hn = h[:rows.shape[0]]

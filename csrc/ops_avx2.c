@@ -1,0 +1,60 @@
+/* ops_avx2.c — AVX2 + FMA + F16C twin of ls_attn_head (ops.c), chosen by ls_attn_head at run time
+ * when the AVX2 level is in use (ls_get_simd()). Same math and the same f16 rounding of q; the
+ * float sums are added in a different order (8 lanes). Pinned to the scalar one by
+ * tests/test_ops_simd.py. */
+#pragma GCC target("avx2,fma,f16c")
+
+#include <immintrin.h>
+#include <math.h>
+
+#include "ops.h"
+
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+// q (head_dim,) f32; k, v f16 rows j = first_key .. n_keys-1 (row j at + j*kv_stride) -> out (head_dim,)
+//   s_j = scale · (f16(q) · k_j);  p = softmax(s);  out = Σ_j p_j v_j        (head_dim % 8 == 0)
+void ls_attn_head_avx2(const float *q, const uint16_t *k, const uint16_t *v, size_t kv_stride,
+                       int first_key, int n_keys, int head_dim, float scale,
+                       float *scores, float *out) {
+    const int nv = head_dim / 8;
+    __m256 qr[32];                       /* q rounded to f16 and back, as the scalar path's q16 */
+    for (int d = 0; d < nv; d++)
+        qr[d] = _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(q + 8 * d), _MM_FROUND_TO_NEAREST_INT));
+    float mx = -INFINITY;
+    for (int j = first_key; j < n_keys; j++) {
+        const uint16_t *kj = k + (size_t)j * kv_stride;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        int d = 0;
+        for (; d + 2 <= nv; d += 2) {
+            a0 = _mm256_fmadd_ps(qr[d], _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kj + 8 * d))), a0);
+            a1 = _mm256_fmadd_ps(qr[d + 1], _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kj + 8 * d + 8))), a1);
+        }
+        for (; d < nv; d++)
+            a0 = _mm256_fmadd_ps(qr[d], _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kj + 8 * d))), a0);
+        const float s = scale * hsum8(_mm256_add_ps(a0, a1));
+        scores[j] = s;
+        if (s > mx) mx = s;
+    }
+    double sum = 0.0;
+    for (int j = first_key; j < n_keys; j++) {
+        const float dlt = scores[j] - mx;
+        const float e = dlt < -87.3f ? 0.0f : expf(dlt);
+        scores[j] = e;
+        sum += e;
+    }
+    const float inv = (float)(1.0 / sum);
+    __m256 acc[32];                      /* head_dim <= 256 */
+    for (int d = 0; d < nv; d++) acc[d] = _mm256_setzero_ps();
+    for (int j = first_key; j < n_keys; j++) {
+        const __m256 p = _mm256_set1_ps(scores[j] * inv);
+        const uint16_t *vj = v + (size_t)j * kv_stride;
+        for (int d = 0; d < nv; d++)
+            acc[d] = _mm256_fmadd_ps(p, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vj + 8 * d))), acc[d]);
+    }
+    for (int d = 0; d < nv; d++) _mm256_storeu_ps(out + 8 * d, acc[d]);
+}
