@@ -44,6 +44,27 @@ def make_client(aiohttp_client):
     return make
 
 
+async def until(cond, timeout=10.0, what="the condition"):
+    """Wait (polling) until cond() holds; generous for a loaded CI machine."""
+    for _ in range(int(timeout / 0.01)):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def one_generating_one_waiting(client, first_tokens: int, second_tokens: int):
+    """Start a generation and queue a second request behind it: (first, second) response futures."""
+    state = client.app[STATE]
+    first = asyncio.ensure_future(client.post("/token_stream",
+                                              json={"query": "a", "max_tokens": first_tokens}))
+    await until(lambda: state.generating, what="the first request to generate")
+    second = asyncio.ensure_future(client.post("/token_stream",
+                                               json={"query": "b", "max_tokens": second_tokens}))
+    await until(lambda: state.waiting >= 1, what="the second request to wait")
+    return first, second
+
+
 def assert_error(body, status_text=None):
     assert set(body) == {"error"} and body["error"]["type"] and body["error"]["message"]
     if status_text:
@@ -295,10 +316,7 @@ async def test_a_client_that_disconnects_frees_the_model(make_client):
     r = await client.post("/token_stream", json={"query": "go on forever", "max_tokens": 400})
     assert await r.content.readany()
     r.close()                               # the client goes away mid-stream
-    for _ in range(500):                    # generous for a loaded CI machine
-        if state.finished and not state.generating:
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: state.finished and not state.generating, what="the cancelled generation")
     stats = state.finished[-1]
     assert stats.finish_reason == "cancelled" and stats.completion_tokens < 20
     r = await client.post("/token_stream", json={"query": "next", "max_tokens": 3})
@@ -309,12 +327,7 @@ async def test_a_client_that_disconnects_frees_the_model(make_client):
 async def test_a_client_that_leaves_while_waiting_costs_no_generation(make_client):
     client = await make_client(token_delay_ms=40)
     state = client.app[STATE]
-    first = asyncio.ensure_future(client.post("/token_stream", json={"query": "a", "max_tokens": 10}))
-    while not state.generating:
-        await asyncio.sleep(0.01)
-    waiting = asyncio.ensure_future(client.post("/token_stream", json={"query": "b", "max_tokens": 10}))
-    while state.waiting < 1:
-        await asyncio.sleep(0.01)
+    first, waiting = await one_generating_one_waiting(client, 10, 10)
     waiting.cancel()                        # the waiting client goes away
     n_before = len(state.finished)
     resp = await first
@@ -344,13 +357,7 @@ async def test_concurrent_requests_each_get_their_own_text(make_client):
 
 async def test_a_full_queue_answers_503_with_retry_after(make_client):
     client = await make_client(token_delay_ms=30, max_queue=1)
-    state = client.app[STATE]
-    first = asyncio.ensure_future(client.post("/token_stream", json={"query": "a", "max_tokens": 15}))
-    while not state.generating:
-        await asyncio.sleep(0.01)
-    second = asyncio.ensure_future(client.post("/token_stream", json={"query": "b", "max_tokens": 2}))
-    while state.waiting < 1:
-        await asyncio.sleep(0.01)
+    first, second = await one_generating_one_waiting(client, 15, 2)
     r = await client.post("/token_stream", json={"query": "c", "max_tokens": 2})
     assert r.status == 503 and r.headers["Retry-After"]
     assert_error(await r.json(), "waiting")
