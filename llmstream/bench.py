@@ -66,6 +66,18 @@ def _random_blocks(rng, type_name: str, n_rows: int, n_in: int) -> np.ndarray:
     return data.reshape(n_rows, nb * size)
 
 
+def add_hparams(w, hp: dict):
+    """The architecture keys of a random-weight model (bench shapes, the demo model) on a GGUFWriter."""
+    w.add_context_length(hp["n_ctx"])
+    w.add_embedding_length(hp["n_embd"])
+    w.add_block_count(hp["n_layer"])
+    w.add_feed_forward_length(hp["n_ff"])
+    w.add_head_count(hp["n_head"])
+    w.add_head_count_kv(hp.get("n_head_kv", hp["n_head"]))
+    w.add_rope_dimension_count(hp.get("n_rot", hp["n_embd"] // hp["n_head"]))
+    w.add_rope_freq_base(10000.0)
+
+
 def build_model(path: Path, shape: str, ftype: str, seed: int = 0):
     """Write a random-weight GGUF (llama.cpp layout, with a placeholder SentencePiece vocab)."""
     import gguf
@@ -78,14 +90,7 @@ def build_model(path: Path, shape: str, ftype: str, seed: int = 0):
     tmp = path.with_suffix(".tmp")
     w = gguf.GGUFWriter(str(tmp), arch)
     w.add_name(f"random-{shape}-{ftype}")
-    w.add_context_length(hp["n_ctx"])
-    w.add_embedding_length(E)
-    w.add_block_count(L)
-    w.add_feed_forward_length(F)
-    w.add_head_count(hp["n_head"])
-    w.add_head_count_kv(hp["n_head_kv"])
-    w.add_rope_dimension_count(hp.get("n_rot", hd))
-    w.add_rope_freq_base(10000.0)
+    add_hparams(w, hp)
     if arch == "llama":
         w.add_layer_norm_rms_eps(1e-5)
         w.add_tokenizer_model("llama")

@@ -217,7 +217,7 @@ def write_demo_model(path: Path) -> None:
     """Write the demo GGUF to `path` (not atomic: build_demo_model() renames it into place)."""
     import gguf
 
-    from .bench import BLOCKS, _random_blocks
+    from .bench import BLOCKS, _random_blocks, add_hparams
 
     hp = HPARAMS
     tokens, merges = train_vocab()
@@ -229,14 +229,7 @@ def write_demo_model(path: Path) -> None:
     w.add_name(DEMO_NAME)
     w.add_description("random weights, built locally by llmstream.demo: it answers gibberish by design")
     w.add_uint32("llmstream.demo.version", DEMO_VERSION)
-    w.add_context_length(hp["n_ctx"])
-    w.add_embedding_length(E)
-    w.add_block_count(L)
-    w.add_feed_forward_length(F)
-    w.add_head_count(hp["n_head"])
-    w.add_head_count_kv(hp["n_head"])
-    w.add_rope_dimension_count(hp["n_rot"])
-    w.add_rope_freq_base(10000.0)
+    add_hparams(w, hp)
     w.add_layer_norm_eps(1e-5)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")
