@@ -48,6 +48,10 @@ cdef inline void _lin3_chunk(const _Lin *a, const _Lin *b, const _Lin *c, int64_
         _lin_chunk(c, i, T)
 
 
+cdef inline double _bytes(const _Lin *L) noexcept nogil:
+    return <double>L.n_out * L.wstride
+
+
 cdef int _set_lin(_Lin *L, const uint8_t[:, ::1] w, int wtype, int64_t n_in, float[:, ::1] y,
                   uint8_t *xq) except -1:
     cdef int vdt = ls_vec_dot_type(wtype)
@@ -136,7 +140,9 @@ def llama_layer(float[:, ::1] x, const float[::1] attn_norm, const float[::1] ff
     cdef int group = n_head // n_head_kv
     cdef size_t stride = <size_t>KV
     cdef float scale = 1.0 / sqrt(<double>head_dim)
-    cdef int nt = min(effective_threads(), <int>scratch.shape[0])
+    cdef double weight_bytes = (_bytes(&Lq) + _bytes(&Lk) + _bytes(&Lv) + _bytes(&Lo) + _bytes(&Lg)
+                                + _bytes(&Lu) + _bytes(&Ld))
+    cdef int nt = min(team_size(weight_bytes * T, max(nc_qkv, nc_gu, T)), <int>scratch.shape[0])
     cdef int64_t t, c, i, j, ta
     cdef int tid, hh, p, first
     cdef float *s

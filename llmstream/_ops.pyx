@@ -92,6 +92,22 @@ def set_threads(int n):
     _threads = n if n > 0 else 0
 
 
+# Below this many bytes of work (weights read, or activations touched), a parallel region costs
+# more than it saves: waking the team and its barriers take microseconds, and far longer when
+# another process holds a core (a spinning thread waits for a descheduled one). Such work runs on
+# the calling thread. The results do not depend on the thread count (rows are computed alone).
+cdef enum:
+    SMALL_WORK_BYTES = 1 << 20
+
+
+cpdef int team_size(double work_bytes, int64_t items) except -1:
+    """Threads for a parallel region over `items` independent work items touching `work_bytes`:
+    effective_threads(), but 1 for small work and never more than there are items."""
+    if work_bytes < SMALL_WORK_BYTES or items <= 1:
+        return 1
+    return <int>min(<int64_t>effective_threads(), items)
+
+
 cdef inline void _check(bint ok, str msg) except *:
     if not ok:
         raise ValueError(msg)
@@ -132,10 +148,10 @@ def matmul(const uint8_t[:, ::1] w, int wtype, const float[:, ::1] x, float[:, :
            f"weight rows are {w.shape[1]} bytes, expected {ls_row_size(wtype, n_in)} for {n_in} inputs")
     _check(y.shape[0] == T and y.shape[1] == n_out, "output shape mismatch")
     _check(<size_t>xq.shape[0] >= T * rs, "activation scratch too small")
-    cdef int nt = effective_threads()
     cdef int64_t t, c, r0, r1
     cdef int64_t chunk = matmul_chunk(T, <size_t>w.shape[1])
     cdef int64_t n_chunks = (n_out + chunk - 1) // chunk
+    cdef int nt = team_size(<double>n_out * w.shape[1] * T, max(n_chunks, T))
     if T == 0 or n_out == 0:
         return
     with nogil, parallel(num_threads=nt):
@@ -166,7 +182,7 @@ def rmsnorm(const float[:, ::1] x, const float[::1] w, float[:, ::1] y, float ep
     cdef int64_t T = x.shape[0], t
     cdef int n = <int>x.shape[1]
     _check(w.shape[0] == n and y.shape[1] == n and y.shape[0] >= T, "rmsnorm shape mismatch")
-    cdef int nt = effective_threads()
+    cdef int nt = team_size(<double>T * x.shape[1] * 4, T)
     for t in prange(T, nogil=True, schedule="static", num_threads=nt):
         ls_rmsnorm(&x[t, 0], &w[0], &y[t, 0], n, eps)
 
@@ -178,7 +194,7 @@ def layernorm(const float[:, ::1] x, const float[::1] w, const float[::1] b, flo
     cdef int n = <int>x.shape[1]
     _check(w.shape[0] == n and b.shape[0] == n and y.shape[1] == n and y.shape[0] >= T,
            "layernorm shape mismatch")
-    cdef int nt = effective_threads()
+    cdef int nt = team_size(<double>T * x.shape[1] * 4, T)
     for t in prange(T, nogil=True, schedule="static", num_threads=nt):
         ls_layernorm(&x[t, 0], &w[0], &b[0], &y[t, 0], n, eps)
 
@@ -189,7 +205,7 @@ def rope(float[:, ::1] x, int n_head, int head_dim, int n_rot, int pos0, float f
     cdef int64_t T = x.shape[0], t
     _check(x.shape[1] >= n_head * head_dim and 0 < n_rot <= head_dim and n_rot % 2 == 0,
            "rope shape mismatch")
-    cdef int nt = effective_threads()
+    cdef int nt = team_size(<double>T * x.shape[1] * 4, T)
     for t in prange(T, nogil=True, schedule="static", num_threads=nt):
         ls_rope(&x[t, 0], n_head, head_dim, n_rot, <int>(pos0 + t), freq_base, neox)
 
@@ -199,7 +215,7 @@ def swiglu(float[:, ::1] gate, const float[:, ::1] up):
     cdef int64_t T = gate.shape[0], t
     cdef int n = <int>gate.shape[1]
     _check(up.shape[0] == T and up.shape[1] == n, "swiglu shape mismatch")
-    cdef int nt = effective_threads()
+    cdef int nt = team_size(<double>T * gate.shape[1] * 8, T)
     for t in prange(T, nogil=True, schedule="static", num_threads=nt):
         ls_swiglu(&gate[t, 0], &up[t, 0], n)
 
@@ -208,7 +224,7 @@ def gelu(float[:, ::1] x):
     """x (T, n) in place: tanh-form GELU."""
     cdef int64_t T = x.shape[0], t
     cdef int n = <int>x.shape[1]
-    cdef int nt = effective_threads()
+    cdef int nt = team_size(<double>T * x.shape[1] * 4, T)
     for t in prange(T, nogil=True, schedule="static", num_threads=nt):
         ls_gelu(&x[t, 0], n)
 
@@ -244,7 +260,8 @@ def attention(const float[:, ::1] q, const uint16_t[:, ::1] kc, const uint16_t[:
     _check(pos0 >= 0 and pos0 + T <= n_ctx, "positions exceed the KV cache")
     _check(scratch.shape[1] >= n_ctx + 2 * head_dim and q16.shape[1] >= head_dim
            and q16.shape[0] == scratch.shape[0], "attention scratch too small")
-    cdef int nt = min(effective_threads(), <int>scratch.shape[0])
+    cdef int nt = min(team_size(<double>T * n_head * (pos0 + T) * head_dim * 4, T * n_head),
+                     <int>scratch.shape[0])
     cdef int tid, h, p, first
     cdef int64_t t
     cdef float *s
