@@ -29,6 +29,8 @@ SHAPES = {
     # a small shape for smoke tests of the tool itself
     "tiny": dict(arch="llama", n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=512,
                  n_vocab=1000, n_ctx=256),
+    "tiny-phi2": dict(arch="phi2", n_embd=256, n_layer=2, n_head=4, n_head_kv=4, n_ff=512,
+                      n_vocab=1000, n_ctx=256, n_rot=32),
     "phi2": dict(arch="phi2", n_embd=2560, n_layer=32, n_head=32, n_head_kv=32, n_ff=10240,
                  n_vocab=51200, n_ctx=2048, n_rot=32),
 }
@@ -112,7 +114,7 @@ def build_model(path: Path, shape: str, ftype: str, seed: int = 0):
         toks += [f"t{i}" for i in range(V - len(toks))]
         w.add_token_list(toks)
         w.add_token_types([1] * V)
-        w.add_token_merges([])
+        w.add_token_merges([f"t {i}" for i in range(10)])   # llama.cpp refuses a BPE vocab without merges
         w.add_bos_token_id(V - 1)
         w.add_eos_token_id(V - 1)
 
@@ -163,7 +165,9 @@ def build_model(path: Path, shape: str, ftype: str, seed: int = 0):
 
 def model_path(cache: Path, shape: str, ftype: str) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
-    p = cache / f"{shape}-{ftype}.gguf"
+    # "-v2": phi2-architecture files written before their vocabulary had merges (which llama.cpp
+    # refuses to load) are not reused
+    p = cache / f"{shape}-{ftype}{'' if SHAPES[shape]['arch'] == 'llama' else '-v2'}.gguf"
     if not p.exists():
         print(f"generating {p} (once) ...", file=sys.stderr, flush=True)
         build_model(p, shape, ftype)

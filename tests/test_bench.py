@@ -20,6 +20,21 @@ def test_generated_models_have_llama_cpp_type_mixes_and_load(tmp_path):
             assert logits.shape == (1000,) and abs(logits).sum() > 0
 
 
+def test_generated_phi2_models_carry_a_usable_bpe_vocabulary(tmp_path):
+    """llama.cpp refuses a gpt2 vocabulary without merges: the phi2 shapes write some, and the
+    file loads and tokenizes here too."""
+    from llmstream.tokenizer import Tokenizer
+
+    path = tmp_path / "tiny-phi2-Q4_0.gguf"
+    build_model(path, "tiny-phi2", "Q4_0")
+    with GGUFFile(path) as g:
+        assert g.metadata["tokenizer.ggml.merges"]
+        tok = Tokenizer.from_gguf_metadata(g.metadata)
+    assert tok.encode("t1 t2", add_bos=False)
+    with Model(path) as m:
+        assert m.config.arch == "phi2" and abs(m.prefill([1, 5, 9])).sum() > 0
+
+
 def test_bench_command_prints_a_json_row_per_type(tmp_path):
     r = subprocess.run([sys.executable, "-m", "llmstream.cli", "bench", "--shape", "tiny",
                         "--types", "Q4_0,Q8_0", "--pp", "8", "--tg", "4", "--runs", "1",
