@@ -119,13 +119,20 @@ static inline __m512i load4rows(const uint8_t *const *rp, size_t off) {
 
 /* a[k] = dword m of 128-bit lane i holds group m of row 4k + i -> out[m], lane 4i + k: row 4k + i
  * ... i.e. lane p of out[m] is row tile_row(p). */
-static inline void transpose16x4(const __m512i a[4], uint32_t out[4][16]) {
+static inline void transpose16x4_regs(const __m512i a[4], __m512i out[4]) {
     const __m512i t01l = _mm512_unpacklo_epi32(a[0], a[1]), t01h = _mm512_unpackhi_epi32(a[0], a[1]);
     const __m512i t23l = _mm512_unpacklo_epi32(a[2], a[3]), t23h = _mm512_unpackhi_epi32(a[2], a[3]);
-    _mm512_storeu_si512(out[0], _mm512_unpacklo_epi64(t01l, t23l));
-    _mm512_storeu_si512(out[1], _mm512_unpackhi_epi64(t01l, t23l));
-    _mm512_storeu_si512(out[2], _mm512_unpacklo_epi64(t01h, t23h));
-    _mm512_storeu_si512(out[3], _mm512_unpackhi_epi64(t01h, t23h));
+    out[0] = _mm512_unpacklo_epi64(t01l, t23l);
+    out[1] = _mm512_unpackhi_epi64(t01l, t23l);
+    out[2] = _mm512_unpacklo_epi64(t01h, t23h);
+    out[3] = _mm512_unpackhi_epi64(t01h, t23h);
+}
+
+/* transpose16x4_regs, stored to out[0..3] */
+static inline void transpose16x4(const __m512i a[4], uint32_t out[4][16]) {
+    __m512i o[4];
+    transpose16x4_regs(a, o);
+    for (int m = 0; m < 4; ++m) _mm512_storeu_si512(out[m], o[m]);
 }
 
 /* Pointers to rows r .. r+15 of W, the ones past r1 repeating the last row (their lanes are
@@ -151,6 +158,41 @@ typedef struct {
 
 static inline int tile_row(int p) { return 4 * (p % 4) + p / 4; }
 
+/* The lanes of a tile's result whose rows are among the group's first `rows`: lane p -> y[tile_row(p)]. */
+static inline void store_tile_rows(float *y, __m512 acc, int rows) {
+    float o[16];
+    _mm512_storeu_ps(o, acc);
+    for (int p = 0; p < 16; ++p)
+        if (tile_row(p) < rows) y[tile_row(p)] = o[p];
+}
+
+/* acc[t] = vpdpbusd(acc[t], q[g], token t's 4 activations xq[t] + off + 4g on every lane) for the
+ * element groups g = 0..ng-1 of a tile (16 rows' 4 unsigned quants in q[g]), tokens t = 0..nt-1. */
+static inline __attribute__((always_inline)) void dpbusd_groups(
+        const uint32_t (*q)[16], const int ng, const int8_t *const *xq, const int off, const int nt,
+        __m512i acc[4]) {
+    for (int g = 0; g < ng; ++g) {
+        const __m512i qg = _mm512_loadu_si512(q[g]);
+        for (int t = 0; t < nt; ++t) {
+            int32_t xg;
+            memcpy(&xg, xq[t] + off + 4 * g, 4);
+            acc[t] = _mm512_dpbusd_epi32(acc[t], qg, _mm512_set1_epi32(xg));
+        }
+    }
+}
+
+/* isum[t] += sc * sum_g vpdpbusd(q[g], x_t,g) over the ng groups of one sub-block (sc: the 16 rows'
+ * scales of that sub-block, xq[t] + off: its activations). */
+static inline __attribute__((always_inline)) void gemm_subblock(
+        const uint32_t (*q)[16], const int ng, const int8_t *const *xq, const int off,
+        const int32_t *sc, const int nt, __m512i isum[4]) {
+    __m512i si[4];
+    for (int t = 0; t < nt; ++t) si[t] = _mm512_setzero_si512();
+    dpbusd_groups(q, ng, xq, off, nt, si);
+    const __m512i s = _mm512_loadu_si512(sc);
+    for (int t = 0; t < nt; ++t) isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(si[t], s));
+}
+
 // W rows rp[0..15] (Q4_0), blocks 0..nb-1 -> tiles[nb]
 static void tile_q4_0_rows16(int64_t nb, const uint8_t *const *rp, q4_0_tile16 *tiles) {
     const __m512i low4 = _mm512_set1_epi8(0x0f);
@@ -160,13 +202,7 @@ static void tile_q4_0_rows16(int64_t nb, const uint8_t *const *rp, q4_0_tile16 *
         for (int half = 0; half < 2; ++half) {        /* low nibbles: groups 0-3; high: 4-7 */
             __m512i v[4];
             for (int k = 0; k < 4; ++k) v[k] = _mm512_and_si512(half ? _mm512_srli_epi16(a[k], 4) : a[k], low4);
-            const __m512i t01l = _mm512_unpacklo_epi32(v[0], v[1]), t01h = _mm512_unpackhi_epi32(v[0], v[1]);
-            const __m512i t23l = _mm512_unpacklo_epi32(v[2], v[3]), t23h = _mm512_unpackhi_epi32(v[2], v[3]);
-            /* lane p = 4*i + m of the results: row 4*m + i (i = 128-bit lane, m = dword within it) */
-            _mm512_storeu_si512(tiles[b].q[4 * half + 0], _mm512_unpacklo_epi64(t01l, t23l));
-            _mm512_storeu_si512(tiles[b].q[4 * half + 1], _mm512_unpackhi_epi64(t01l, t23l));
-            _mm512_storeu_si512(tiles[b].q[4 * half + 2], _mm512_unpacklo_epi64(t01h, t23h));
-            _mm512_storeu_si512(tiles[b].q[4 * half + 3], _mm512_unpackhi_epi64(t01h, t23h));
+            transpose16x4(v, &tiles[b].q[4 * half]);
         }
         for (int p = 0; p < 16; ++p)
             tiles[b].d[p] = f16c_to_f32(((const block_q4_0 *)rp[tile_row(p)])[b].d);
@@ -184,26 +220,17 @@ static inline __attribute__((always_inline)) void gemm_q4_0_tile(
     for (int64_t b = 0; b < nb; ++b) {
         const q4_0_tile16 *tl = &tiles[b];
         __m512i ai[4];
-        for (int t = 0; t < nt; ++t) ai[t] = _mm512_set1_epi32(side[(t0 + t) * nb + b].corr);
-        for (int g = 0; g < 8; ++g) {
-            const __m512i q = _mm512_loadu_si512(tl->q[g]);
-            for (int t = 0; t < nt; ++t) {
-                const block_q8_0 *xb = (const block_q8_0 *)(x + (size_t)(t0 + t) * x_stride) + b;
-                int32_t xg;
-                memcpy(&xg, xb->qs + 4 * g, 4);
-                ai[t] = _mm512_dpbusd_epi32(ai[t], q, _mm512_set1_epi32(xg));
-            }
+        const int8_t *xq[4];
+        for (int t = 0; t < nt; ++t) {
+            ai[t] = _mm512_set1_epi32(side[(t0 + t) * nb + b].corr);
+            xq[t] = ((const block_q8_0 *)(x + (size_t)(t0 + t) * x_stride) + b)->qs;
         }
+        dpbusd_groups(tl->q, 8, xq, 0, nt, ai);
         const __m512 dw = _mm512_loadu_ps(tl->d);
         for (int t = 0; t < nt; ++t)
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai[t]), _mm512_mul_ps(dw, _mm512_set1_ps(side[(t0 + t) * nb + b].d)), acc[t]);
     }
-    for (int t = 0; t < nt; ++t) {
-        float o[16];
-        _mm512_storeu_ps(o, acc[t]);
-        for (int p = 0; p < 16; ++p)
-            if (tile_row(p) < rows) y[(size_t)(t0 + t) * ldy + tile_row(p)] = o[p];
-    }
+    for (int t = 0; t < nt; ++t) store_tile_rows(y + (size_t)(t0 + t) * ldy, acc[t], rows);
 }
 
 static inline void *thread_buffer(size_t bytes, int which) {
@@ -337,20 +364,7 @@ static inline __attribute__((always_inline)) void gemm_q4_K_tile(
             isum[t] = _mm512_setzero_si512();
             msum[t] = _mm512_setzero_si512();
         }
-        for (int sb = 0; sb < 8; ++sb) {
-            __m512i si[4];
-            for (int t = 0; t < nt; ++t) si[t] = _mm512_setzero_si512();
-            for (int j = 0; j < 8; ++j) {
-                const __m512i q = _mm512_loadu_si512(tl->q[8 * sb + j]);
-                for (int t = 0; t < nt; ++t) {
-                    int32_t xg;
-                    memcpy(&xg, xq[t] + 32 * sb + 4 * j, 4);
-                    si[t] = _mm512_dpbusd_epi32(si[t], q, _mm512_set1_epi32(xg));
-                }
-            }
-            const __m512i sc = _mm512_loadu_si512(tl->sc[sb]);
-            for (int t = 0; t < nt; ++t) isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(si[t], sc));
-        }
+        for (int sb = 0; sb < 8; ++sb) gemm_subblock(&tl->q[8 * sb], 8, xq, 32 * sb, tl->sc[sb], nt, isum);
         for (int j = 0; j < 4; ++j) {
             const __m512i m = _mm512_loadu_si512(tl->m[j]);
             for (int t = 0; t < nt; ++t)
@@ -363,12 +377,7 @@ static inline __attribute__((always_inline)) void gemm_q4_K_tile(
             acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum[t]), _mm512_mul_ps(dmin, dx), acc[t]);
         }
     }
-    for (int t = 0; t < nt; ++t) {
-        float o[16];
-        _mm512_storeu_ps(o, acc[t]);
-        for (int p = 0; p < 16; ++p)
-            if (tile_row(p) < rows) y[(size_t)(t0 + t) * ldy + tile_row(p)] = o[p];
-    }
+    for (int t = 0; t < nt; ++t) store_tile_rows(y + (size_t)(t0 + t) * ldy, acc[t], rows);
 }
 
 // W rows r0.. (Q4_K) @ x (T, n) Q8_K -> y[t * ldy + r], whole groups of 16 rows; returns the first
@@ -461,26 +470,15 @@ static inline __attribute__((always_inline)) void gemm_q6_K_tile(
     for (int64_t b = 0; b < nb; ++b) {
         const q6_K_tile16 *tl = &tiles[b];
         const block_q8_K *xb[4];
+        const int8_t *xq[4];
         __m512i isum[4], off[4];
         for (int t = 0; t < nt; ++t) {
             xb[t] = (const block_q8_K *)(x + (size_t)(t0 + t) * x_stride) + b;
+            xq[t] = xb[t]->qs;
             isum[t] = _mm512_setzero_si512();
             off[t] = _mm512_setzero_si512();
         }
-        for (int sb = 0; sb < 16; ++sb) {
-            __m512i si[4];
-            for (int t = 0; t < nt; ++t) si[t] = _mm512_setzero_si512();
-            for (int j = 0; j < 4; ++j) {
-                const __m512i q = _mm512_loadu_si512(tl->q[4 * sb + j]);
-                for (int t = 0; t < nt; ++t) {
-                    int32_t xg;
-                    memcpy(&xg, xb[t]->qs + 16 * sb + 4 * j, 4);
-                    si[t] = _mm512_dpbusd_epi32(si[t], q, _mm512_set1_epi32(xg));
-                }
-            }
-            const __m512i sc = _mm512_loadu_si512(tl->sc[sb]);
-            for (int t = 0; t < nt; ++t) isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(si[t], sc));
-        }
+        for (int sb = 0; sb < 16; ++sb) gemm_subblock(&tl->q[4 * sb], 4, xq, 16 * sb, tl->sc[sb], nt, isum);
         for (int j = 0; j < 8; ++j) {
             const __m512i scp = _mm512_loadu_si512(tl->scp[j]);
             for (int t = 0; t < nt; ++t) {
@@ -494,12 +492,7 @@ static inline __attribute__((always_inline)) void gemm_q6_K_tile(
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(isum[t], _mm512_slli_epi32(off[t], 5))),
                                      _mm512_mul_ps(d, _mm512_set1_ps(xb[t]->d)), acc[t]);
     }
-    for (int t = 0; t < nt; ++t) {
-        float o[16];
-        _mm512_storeu_ps(o, acc[t]);
-        for (int p = 0; p < 16; ++p)
-            if (tile_row(p) < rows) y[(size_t)(t0 + t) * ldy + tile_row(p)] = o[p];
-    }
+    for (int t = 0; t < nt; ++t) store_tile_rows(y + (size_t)(t0 + t) * ldy, acc[t], rows);
 }
 
 // W rows r0.. (Q6_K) @ x (T, n) Q8_K -> y[t * ldy + r], whole groups of 16 rows; returns the first
@@ -630,10 +623,8 @@ static int64_t gemv_q4_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, 
                 for (int k = 0; k < 4; ++k) a[k] = load4rows(rp + 4 * k, off + offsetof(block_q4_0, qs));
                 /* transpose the raw bytes once (dword m: bytes 4m..4m+3 of each row), then split
                  * the nibbles: low = group m, high = group 4 + m (same lanes as tile_q4_0_rows16) */
-                const __m512i t01l = _mm512_unpacklo_epi32(a[0], a[1]), t01h = _mm512_unpackhi_epi32(a[0], a[1]);
-                const __m512i t23l = _mm512_unpacklo_epi32(a[2], a[3]), t23h = _mm512_unpackhi_epi32(a[2], a[3]);
-                const __m512i raw[4] = {_mm512_unpacklo_epi64(t01l, t23l), _mm512_unpackhi_epi64(t01l, t23l),
-                                        _mm512_unpacklo_epi64(t01h, t23h), _mm512_unpackhi_epi64(t01h, t23h)};
+                __m512i raw[4];
+                transpose16x4_regs(a, raw);
                 for (int m = 0; m < 4; ++m) {
                     g[m] = _mm512_and_si512(raw[m], low4);
                     g[4 + m] = _mm512_and_si512(_mm512_srli_epi16(raw[m], 4), low4);
@@ -648,10 +639,7 @@ static int64_t gemv_q4_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, 
                 const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)dh));
                 acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai), _mm512_mul_ps(dw, _mm512_set1_ps(side[b].d)), acc);
             }
-            float o[16];
-            _mm512_storeu_ps(o, acc);
-            for (int p = 0; p < 16; ++p)
-                if (tile_row(p) < rows) y[(size_t)t * ldy + r + tile_row(p)] = o[p];
+            store_tile_rows(y + (size_t)t * ldy + r, acc, rows);
         }
     }
     return r1;
