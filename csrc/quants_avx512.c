@@ -259,46 +259,6 @@ static void tile_q8_0_rows16(int64_t nb, const uint8_t *const *rp, q4_0_tile16 *
     }
 }
 
-/* Q4_0 / Q8_0 weights @ x (T, n) Q8_0 -> y[t * ldy + r] for whole groups of 16 rows from r0; returns
- * the first row not done. Offset c = 1 << shift (8 for Q4_0's raw nibbles, 128 for Q8_0 + 128). */
-static int64_t gemm_q32_q8_0(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                             const void *x, size_t x_stride, int64_t T, float *y, size_t ldy,
-                             void (*tile)(int64_t, const uint8_t *const *, q4_0_tile16 *), int shift) {
-    const int64_t nb = n / 32;
-    q4_0_tile16 *tiles = thread_buffer((size_t)nb * sizeof(q4_0_tile16), 0);
-    q8_0_side *side = thread_buffer((size_t)(T * nb) * sizeof(q8_0_side), 1);
-    if (!tiles || !side) return r0;
-    for (int64_t t = 0; t < T; ++t) {
-        const block_q8_0 *xb = (const block_q8_0 *)((const uint8_t *)x + (size_t)t * x_stride);
-        for (int64_t b = 0; b < nb; ++b) {
-            side[t * nb + b].d = f16c_to_f32(xb[b].d);
-            side[t * nb + b].corr = -(block_sum_i8(xb[b].qs) << shift);
-        }
-    }
-    int64_t r = r0;
-    for (; r < r1; r += 16) {
-        const uint8_t *rp[16];
-        const int rows = row_ptrs(w, w_stride, r, r1, rp, 1);
-        tile(nb, rp, tiles);
-        int64_t t = 0;
-        for (; t + 4 <= T; t += 4) gemm_q4_0_tile(nb, tiles, x, x_stride, side, t, 4, y + r, ldy, rows);
-        for (; t < T; ++t) gemm_q4_0_tile(nb, tiles, x, x_stride, side, t, 1, y + r, ldy, rows);
-    }
-    return r1;
-}
-
-// W rows r0.. (Q4_0) @ x (T, n) Q8_0 -> y[t * ldy + r]: sum_b (dw*dx) * (vpdpbusd(q, x) - 8 * sum(x))
-static int64_t gemm_q4_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    return gemm_q32_q8_0(n, w, w_stride, r0, r1, x, x_stride, T, y, ldy, tile_q4_0_rows16, 3);
-}
-
-// W rows r0.. (Q8_0) @ x (T, n) Q8_0 -> y[t * ldy + r]: sum_b (dw*dx) * (vpdpbusd(q + 128, x) - 128 * sum(x))
-static int64_t gemm_q8_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    return gemm_q32_q8_0(n, w, w_stride, r0, r1, x, x_stride, T, y, ldy, tile_q8_0_rows16, 7);
-}
-
 /* ---------------------------------------------------------------------------------------------
  * Batch matmul for Q4_K weights with the int32 lanes as output rows (as for Q4_0 above).
  *
@@ -378,37 +338,6 @@ static inline __attribute__((always_inline)) void gemm_q4_K_tile(
         }
     }
     for (int t = 0; t < nt; ++t) store_tile_rows(y + (size_t)(t0 + t) * ldy, acc[t], rows);
-}
-
-// W rows r0.. (Q4_K) @ x (T, n) Q8_K -> y[t * ldy + r], whole groups of 16 rows; returns the first
-// row not done (r1: every row, the last group possibly partial)
-static int64_t gemm_q4_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    const int64_t nb = n / QK_K;
-    q4_K_tile16 *tiles = thread_buffer((size_t)nb * sizeof(q4_K_tile16), 0);
-    q8_K_side *side = thread_buffer((size_t)(T * nb) * sizeof(q8_K_side), 1);
-    if (!tiles || !side) return r0;
-    for (int64_t t = 0; t < T; ++t) {
-        const block_q8_K *xb = (const block_q8_K *)((const uint8_t *)x + (size_t)t * x_stride);
-        for (int64_t b = 0; b < nb; ++b) {
-            side[t * nb + b].d = xb[b].d;
-            for (int j = 0; j < 4; ++j) {
-                const int lo = xb[b].bsums[4 * j] + xb[b].bsums[4 * j + 1];
-                const int hi = xb[b].bsums[4 * j + 2] + xb[b].bsums[4 * j + 3];
-                side[t * nb + b].bs[j] = (int32_t)(uint16_t)(int16_t)lo | (int32_t)((uint32_t)(uint16_t)(int16_t)hi << 16);
-            }
-        }
-    }
-    int64_t r = r0;
-    for (; r < r1; r += 16) {
-        const uint8_t *rp[16];
-        const int rows = row_ptrs(w, w_stride, r, r1, rp, 1);
-        tile_q4_K_rows16(nb, rp, tiles);
-        int64_t t = 0;
-        for (; t + 4 <= T; t += 4) gemm_q4_K_tile(nb, tiles, x, x_stride, side, t, 4, y + r, ldy, rows);
-        for (; t < T; ++t) gemm_q4_K_tile(nb, tiles, x, x_stride, side, t, 1, y + r, ldy, rows);
-    }
-    return r1;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -495,6 +424,95 @@ static inline __attribute__((always_inline)) void gemm_q6_K_tile(
     for (int t = 0; t < nt; ++t) store_tile_rows(y + (size_t)(t0 + t) * ldy, acc[t], rows);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * The batch kernels' entry points: per token and block the activations' side data, then one loop
+ * for every weight type: each group of 16 rows from r0 is rearranged into tiles once and run against
+ * the tokens 4 at a time, the rest one by one. */
+
+enum gemm_kind { GEMM_Q4_0, GEMM_Q8_0, GEMM_Q4_K, GEMM_Q6_K };
+
+/* kind's tile kernel (constant-folded: every caller passes a constant kind) */
+static inline __attribute__((always_inline)) void gemm_tile(
+        const enum gemm_kind kind, int64_t nb, const void *tiles, const uint8_t *x, size_t x_stride,
+        const void *side, int64_t t0, const int nt, float *y, size_t ldy, int rows) {
+    if (kind == GEMM_Q4_K) gemm_q4_K_tile(nb, tiles, x, x_stride, side, t0, nt, y, ldy, rows);
+    else if (kind == GEMM_Q6_K) gemm_q6_K_tile(nb, tiles, x, x_stride, t0, nt, y, ldy, rows);
+    else gemm_q4_0_tile(nb, tiles, x, x_stride, side, t0, nt, y, ldy, rows);
+}
+
+// W rows r0..r1-1 of `kind` @ x (T, n) -> y[t * ldy + r], the last group possibly partial; returns r1
+static inline __attribute__((always_inline)) int64_t gemm_groups16(
+        const enum gemm_kind kind, int64_t nb, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+        void *tiles, const void *side, const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    for (int64_t r = r0; r < r1; r += 16) {
+        const uint8_t *rp[16];
+        const int rows = row_ptrs(w, w_stride, r, r1, rp, 1);
+        switch (kind) {
+        case GEMM_Q4_0: tile_q4_0_rows16(nb, rp, tiles); break;
+        case GEMM_Q8_0: tile_q8_0_rows16(nb, rp, tiles); break;
+        case GEMM_Q4_K: tile_q4_K_rows16(nb, rp, tiles); break;
+        case GEMM_Q6_K: tile_q6_K_rows16(nb, rp, tiles); break;
+        }
+        int64_t t = 0;
+        for (; t + 4 <= T; t += 4) gemm_tile(kind, nb, tiles, x, x_stride, side, t, 4, y + r, ldy, rows);
+        for (; t < T; ++t) gemm_tile(kind, nb, tiles, x, x_stride, side, t, 1, y + r, ldy, rows);
+    }
+    return r1;
+}
+
+/* Q4_0 / Q8_0 weights @ x (T, n) Q8_0 -> y[t * ldy + r] for whole groups of 16 rows from r0; returns
+ * the first row not done. Offset c = 1 << shift (8 for Q4_0's raw nibbles, 128 for Q8_0 + 128). */
+static inline __attribute__((always_inline)) int64_t gemm_q32_q8_0(
+        int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1, const void *x, size_t x_stride,
+        int64_t T, float *y, size_t ldy, const enum gemm_kind kind, int shift) {
+    const int64_t nb = n / 32;
+    q4_0_tile16 *tiles = thread_buffer((size_t)nb * sizeof(q4_0_tile16), 0);
+    q8_0_side *side = thread_buffer((size_t)(T * nb) * sizeof(q8_0_side), 1);
+    if (!tiles || !side) return r0;
+    for (int64_t t = 0; t < T; ++t) {
+        const block_q8_0 *xb = (const block_q8_0 *)((const uint8_t *)x + (size_t)t * x_stride);
+        for (int64_t b = 0; b < nb; ++b) {
+            side[t * nb + b].d = f16c_to_f32(xb[b].d);
+            side[t * nb + b].corr = -(block_sum_i8(xb[b].qs) << shift);
+        }
+    }
+    return gemm_groups16(kind, nb, w, w_stride, r0, r1, tiles, side, x, x_stride, T, y, ldy);
+}
+
+// W rows r0.. (Q4_0) @ x (T, n) Q8_0 -> y[t * ldy + r]: sum_b (dw*dx) * (vpdpbusd(q, x) - 8 * sum(x))
+static int64_t gemm_q4_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    return gemm_q32_q8_0(n, w, w_stride, r0, r1, x, x_stride, T, y, ldy, GEMM_Q4_0, 3);
+}
+
+// W rows r0.. (Q8_0) @ x (T, n) Q8_0 -> y[t * ldy + r]: sum_b (dw*dx) * (vpdpbusd(q + 128, x) - 128 * sum(x))
+static int64_t gemm_q8_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    return gemm_q32_q8_0(n, w, w_stride, r0, r1, x, x_stride, T, y, ldy, GEMM_Q8_0, 7);
+}
+
+// W rows r0.. (Q4_K) @ x (T, n) Q8_K -> y[t * ldy + r], whole groups of 16 rows; returns the first
+// row not done (r1: every row, the last group possibly partial)
+static int64_t gemm_q4_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    const int64_t nb = n / QK_K;
+    q4_K_tile16 *tiles = thread_buffer((size_t)nb * sizeof(q4_K_tile16), 0);
+    q8_K_side *side = thread_buffer((size_t)(T * nb) * sizeof(q8_K_side), 1);
+    if (!tiles || !side) return r0;
+    for (int64_t t = 0; t < T; ++t) {
+        const block_q8_K *xb = (const block_q8_K *)((const uint8_t *)x + (size_t)t * x_stride);
+        for (int64_t b = 0; b < nb; ++b) {
+            side[t * nb + b].d = xb[b].d;
+            for (int j = 0; j < 4; ++j) {
+                const int lo = xb[b].bsums[4 * j] + xb[b].bsums[4 * j + 1];
+                const int hi = xb[b].bsums[4 * j + 2] + xb[b].bsums[4 * j + 3];
+                side[t * nb + b].bs[j] = (int32_t)(uint16_t)(int16_t)lo | (int32_t)((uint32_t)(uint16_t)(int16_t)hi << 16);
+            }
+        }
+    }
+    return gemm_groups16(GEMM_Q4_K, nb, w, w_stride, r0, r1, tiles, side, x, x_stride, T, y, ldy);
+}
+
 // W rows r0.. (Q6_K) @ x (T, n) Q8_K -> y[t * ldy + r], whole groups of 16 rows; returns the first
 // row not done (r1: every row, the last group possibly partial)
 static int64_t gemm_q6_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
@@ -502,16 +520,7 @@ static int64_t gemm_q6_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, 
     const int64_t nb = n / QK_K;
     q6_K_tile16 *tiles = thread_buffer((size_t)nb * sizeof(q6_K_tile16), 0);
     if (!tiles) return r0;
-    int64_t r = r0;
-    for (; r < r1; r += 16) {
-        const uint8_t *rp[16];
-        const int rows = row_ptrs(w, w_stride, r, r1, rp, 1);
-        tile_q6_K_rows16(nb, rp, tiles);
-        int64_t t = 0;
-        for (; t + 4 <= T; t += 4) gemm_q6_K_tile(nb, tiles, x, x_stride, t, 4, y + r, ldy, rows);
-        for (; t < T; ++t) gemm_q6_K_tile(nb, tiles, x, x_stride, t, 1, y + r, ldy, rows);
-    }
-    return r1;
+    return gemm_groups16(GEMM_Q6_K, nb, w, w_stride, r0, r1, tiles, NULL, x, x_stride, T, y, ldy);
 }
 
 /* ---------------------------------------------------------------------------------------------
