@@ -352,27 +352,31 @@ typedef struct {
     float d[16];
 } q6_K_tile16;
 
+/* The quants (0..63) of elements 128h .. 128h+127 of a Q6_K block, 32 a register, in element order. */
+static inline __attribute__((always_inline)) void q6_K_quants_half(const block_q6_K *blk, int h, __m256i q[4]) {
+    const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x03);
+    const __m256i l0 = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h));
+    const __m256i l1 = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h + 32));
+    const __m256i hb = _mm256_loadu_si256((const __m256i *)(blk->qh + 32 * h));
+    q[0] = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(hb, two), 4));
+    q[1] = _mm256_or_si256(_mm256_and_si256(l1, low4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), two), 4));
+    q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
+                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), two), 4));
+    q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
+                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), two), 4));
+}
+
 // W rows rp[0..15] (Q6_K), super-blocks 0..nb-1 -> tiles[nb]
 static void tile_q6_K_rows16(int64_t nb, const uint8_t *const *rp, q6_K_tile16 *tiles) {
-    const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x03);
     uint8_t qs[16][QK_K];     /* the 16 rows' quants (0..63) in element order */
     for (int64_t b = 0; b < nb; ++b) {
         q6_K_tile16 *tl = &tiles[b];
         for (int r = 0; r < 16; ++r) {
             const block_q6_K *blk = (const block_q6_K *)rp[r] + b;
             for (int h = 0; h < 2; ++h) {
-                const __m256i l0 = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h));
-                const __m256i l1 = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h + 32));
-                const __m256i hb = _mm256_loadu_si256((const __m256i *)(blk->qh + 32 * h));
-                uint8_t *o = qs[r] + 128 * h;
-                _mm256_storeu_si256((__m256i *)o, _mm256_or_si256(_mm256_and_si256(l0, low4),
-                                    _mm256_slli_epi16(_mm256_and_si256(hb, two), 4)));
-                _mm256_storeu_si256((__m256i *)(o + 32), _mm256_or_si256(_mm256_and_si256(l1, low4),
-                                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), two), 4)));
-                _mm256_storeu_si256((__m256i *)(o + 64), _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
-                                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), two), 4)));
-                _mm256_storeu_si256((__m256i *)(o + 96), _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
-                                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), two), 4)));
+                __m256i q[4];
+                q6_K_quants_half(blk, h, q);
+                for (int k = 0; k < 4; ++k) _mm256_storeu_si256((__m256i *)(qs[r] + 128 * h + 32 * k), q[k]);
             }
         }
         for (int c = 0; c < 16; ++c) {           /* 16-byte column c: groups 4c .. 4c+3 */
@@ -654,14 +658,61 @@ static int64_t gemv_q4_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, 
     return r1;
 }
 
-// W rows (Q4_K) · 1-3 tokens (Q8_K) -> y: bit for bit gemm_q4_K_q8_K_avx512
-static int64_t gemv_q4_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+/* Q4_K block · Q8_K block, exactly (the integer sums of gemm_q4_K_tile for one row):
+ * returns sum_s sc_s * (q·x)_s and sets *msum = sum_s m_s * bs_s. idx: scale_index(2k, 16). */
+static inline __attribute__((always_inline)) int32_t q4_K_block_sums(const block_q4_K *blk, const block_q8_K *xb,
+                                                                     const __m512i idx[4], int32_t *msum) {
     const __m256i low4 = _mm256_set1_epi8(0x0f);
+    const __m256i bs = _mm256_loadu_si256((const __m256i *)xb->bsums);
+    const __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+    const __m256i scales_mins = unpack_scales_mins_k4_(blk->scales);
+    const __m128i ms = _mm_madd_epi16(_mm256_extracti128_si256(scales_mins, 1), pairs);
+    const __m128i ms2 = _mm_add_epi32(ms, _mm_unpackhi_epi64(ms, ms));
+    *msum = _mm_cvtsi128_si32(_mm_add_epi32(ms2, _mm_shuffle_epi32(ms2, 1)));
+    const __m512i sc = _mm512_broadcast_i32x4(_mm256_castsi256_si128(scales_mins));
+    __m512i si = _mm512_setzero_si512();
+    for (int k = 0; k < 4; ++k) {
+        const __m256i bits = _mm256_loadu_si256((const __m256i *)(blk->qs + 32 * k));
+        const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(bits, low4)),
+                                             _mm256_and_si256(_mm256_srli_epi16(bits, 4), low4), 1);
+        si = _mm512_dpwssd_epi32(si, _mm512_maddubs_epi16(q, _mm512_loadu_si512(xb->qs + 64 * k)),
+                                 _mm512_permutexvar_epi16(idx[k], sc));
+    }
+    return _mm512_reduce_add_epi32(si);
+}
+
+/* Q6_K block · Q8_K block, exactly: sum_s sc_s * ((q·x)_s - 32 * bsum_s). idx: scale_index(4k, 8). */
+static inline __attribute__((always_inline)) int32_t q6_K_block_sum(const block_q6_K *blk, const block_q8_K *xb,
+                                                                    const __m512i idx[4]) {
+    const __m256i bsums = _mm256_loadu_si256((const __m256i *)xb->bsums);
+    const __m256i scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)blk->scales));
+    const __m512i sc = _mm512_castsi256_si512(scales16);
+    __m512i si = _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(),
+                     _mm256_slli_epi32(_mm256_madd_epi16(bsums, scales16), 5)));
+    for (int h = 0; h < 2; ++h) {
+        __m256i q[4];
+        q6_K_quants_half(blk, h, q);
+        const int8_t *q8 = xb->qs + 128 * h;
+        si = _mm512_dpwssd_epi32(si, _mm512_maddubs_epi16(_mm512_inserti64x4(_mm512_castsi256_si512(q[0]), q[1], 1),
+                                 _mm512_loadu_si512(q8)), _mm512_permutexvar_epi16(idx[2 * h], sc));
+        si = _mm512_dpwssd_epi32(si, _mm512_maddubs_epi16(_mm512_inserti64x4(_mm512_castsi256_si512(q[2]), q[3], 1),
+                                 _mm512_loadu_si512(q8 + 64)), _mm512_permutexvar_epi16(idx[2 * h + 1], sc));
+    }
+    return _mm512_reduce_add_epi32(si);
+}
+
+/* The K-quant decode loop (kind GEMM_Q4_K or GEMM_Q6_K, a constant): per token and group of 16 rows,
+ * each row's block sums row by row (the weights stream in order) into v (Q4_K: the mins' sums into
+ * m), then the float steps of gemm_q4_K_tile / gemm_q6_K_tile for the 16 rows at once. */
+static inline __attribute__((always_inline)) int64_t gemv_q8_K_rows(
+        const enum gemm_kind kind, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    const int q6 = kind == GEMM_Q6_K;
+    const size_t bsize = q6 ? sizeof(block_q6_K) : sizeof(block_q4_K);
     __m512i idx[4];
-    for (int k = 0; k < 4; ++k) idx[k] = scale_index(2 * k, 16);
+    for (int k = 0; k < 4; ++k) idx[k] = q6 ? scale_index(4 * k, 8) : scale_index(2 * k, 16);
     const int64_t nb = n / QK_K;
-    int32_t *v = thread_buffer((size_t)nb * 32 * sizeof(int32_t), 2);
+    int32_t *v = thread_buffer((size_t)nb * (q6 ? 16 : 32) * sizeof(int32_t), 2);
     if (!v) return r0;
     int32_t *m = v + nb * 16;       /* each row's block sums, then read with a row per lane */
     for (int64_t t = 0; t < T; ++t) {
@@ -672,36 +723,28 @@ static int64_t gemv_q4_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, 
             for (int i = 0; i < 16; ++i)      /* row by row: the weights stream in order */
                 for (int64_t b = 0; b < nb; ++b) {
                     if (i >= rows) {
-                        v[b * 16 + i] = m[b * 16 + i] = 0;
+                        v[b * 16 + i] = 0;
+                        if (!q6) m[b * 16 + i] = 0;
                         continue;
                     }
-                    const block_q4_K *blk = (const block_q4_K *)rp[i] + b;
-                    for (size_t o = 0; o < sizeof(block_q4_K) + 63; o += 64)   /* 4 rows ahead */
+                    const uint8_t *blk = rp[i] + (size_t)b * bsize;
+                    for (size_t o = 0; o < bsize + 63; o += 64)   /* 4 rows ahead */
                         _mm_prefetch((const char *)blk + 4 * w_stride + o, _MM_HINT_T0);
-                    const __m256i bs = _mm256_loadu_si256((const __m256i *)xb[b].bsums);
-                    const __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
-                    const __m256i scales_mins = unpack_scales_mins_k4_(blk->scales);
-                    const __m128i ms = _mm_madd_epi16(_mm256_extracti128_si256(scales_mins, 1), pairs);
-                    const __m128i ms2 = _mm_add_epi32(ms, _mm_unpackhi_epi64(ms, ms));
-                    m[b * 16 + i] = _mm_cvtsi128_si32(_mm_add_epi32(ms2, _mm_shuffle_epi32(ms2, 1)));
-                    const __m512i sc = _mm512_broadcast_i32x4(_mm256_castsi256_si128(scales_mins));
-                    __m512i si = _mm512_setzero_si512();
-                    for (int k = 0; k < 4; ++k) {
-                        const __m256i bits = _mm256_loadu_si256((const __m256i *)(blk->qs + 32 * k));
-                        const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(bits, low4)),
-                                                             _mm256_and_si256(_mm256_srli_epi16(bits, 4), low4), 1);
-                        si = _mm512_dpwssd_epi32(si, _mm512_maddubs_epi16(q, _mm512_loadu_si512(xb[b].qs + 64 * k)),
-                                                 _mm512_permutexvar_epi16(idx[k], sc));
-                    }
-                    v[b * 16 + i] = _mm512_reduce_add_epi32(si);
+                    v[b * 16 + i] = q6 ? q6_K_block_sum((const block_q6_K *)blk, &xb[b], idx)
+                                       : q4_K_block_sums((const block_q4_K *)blk, &xb[b], idx, &m[b * 16 + i]);
                 }
             __m512 acc = _mm512_setzero_ps();
             for (int64_t b = 0; b < nb; ++b) {
-                const __m512i isum = _mm512_loadu_si512(v + b * 16), msum = _mm512_loadu_si512(m + b * 16);
                 const __m512 dx = _mm512_set1_ps(xb[b].d);
-                const size_t off = (size_t)b * sizeof(block_q4_K);
-                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(gather_fp16(rp, off + offsetof(block_q4_K, d)), dx), acc);
-                acc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(gather_fp16(rp, off + offsetof(block_q4_K, dmin)), dx), acc);
+                const size_t off = (size_t)b * bsize;
+                if (q6) {
+                    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(v + b * 16)),
+                                          _mm512_mul_ps(gather_fp16(rp, off + offsetof(block_q6_K, d)), dx), acc);
+                } else {
+                    const __m512i isum = _mm512_loadu_si512(v + b * 16), msum = _mm512_loadu_si512(m + b * 16);
+                    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(gather_fp16(rp, off + offsetof(block_q4_K, d)), dx), acc);
+                    acc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(gather_fp16(rp, off + offsetof(block_q4_K, dmin)), dx), acc);
+                }
             }
             store_rows(y + (size_t)t * ldy + r, acc, rows);
         }
@@ -709,62 +752,16 @@ static int64_t gemv_q4_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, 
     return r1;
 }
 
+// W rows (Q4_K) · 1-3 tokens (Q8_K) -> y: bit for bit gemm_q4_K_q8_K_avx512
+static int64_t gemv_q4_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    return gemv_q8_K_rows(GEMM_Q4_K, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
+}
+
 // W rows (Q6_K) · 1-3 tokens (Q8_K) -> y: bit for bit gemm_q6_K_q8_K_avx512
 static int64_t gemv_q6_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                      const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x03);
-    __m512i idx[4];
-    for (int k = 0; k < 4; ++k) idx[k] = scale_index(4 * k, 8);
-    const int64_t nb = n / QK_K;
-    int32_t *v = thread_buffer((size_t)nb * 16 * sizeof(int32_t), 2);   /* rows' block sums */
-    if (!v) return r0;
-    for (int64_t t = 0; t < T; ++t) {
-        const block_q8_K *xb = (const block_q8_K *)((const uint8_t *)x + (size_t)t * x_stride);
-        for (int64_t r = r0; r < r1; r += 16) {
-            const uint8_t *rp[16];
-            const int rows = row_ptrs(w, w_stride, r, r1, rp, 0);
-            for (int i = 0; i < 16; ++i)      /* row by row: the weights stream in order */
-                for (int64_t b = 0; b < nb; ++b) {
-                    if (i >= rows) {
-                        v[b * 16 + i] = 0;
-                        continue;
-                    }
-                    const block_q6_K *blk = (const block_q6_K *)rp[i] + b;
-                    for (size_t o = 0; o < sizeof(block_q6_K) + 63; o += 64)   /* 4 rows ahead */
-                        _mm_prefetch((const char *)blk + 4 * w_stride + o, _MM_HINT_T0);
-                    const __m256i bsums = _mm256_loadu_si256((const __m256i *)xb[b].bsums);
-                    const __m256i scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)blk->scales));
-                    const __m512i sc = _mm512_castsi256_si512(scales16);
-                    __m512i si = _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(),
-                                     _mm256_slli_epi32(_mm256_madd_epi16(bsums, scales16), 5)));
-                    for (int h = 0; h < 2; ++h) {
-                        const __m256i l0 = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h));
-                        const __m256i l1 = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h + 32));
-                        const __m256i hb = _mm256_loadu_si256((const __m256i *)(blk->qh + 32 * h));
-                        const __m256i q0 = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(hb, two), 4));
-                        const __m256i q1 = _mm256_or_si256(_mm256_and_si256(l1, low4),
-                                                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), two), 4));
-                        const __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
-                                                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), two), 4));
-                        const __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
-                                                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), two), 4));
-                        const int8_t *q8 = xb[b].qs + 128 * h;
-                        si = _mm512_dpwssd_epi32(si, _mm512_maddubs_epi16(_mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1),
-                                                 _mm512_loadu_si512(q8)), _mm512_permutexvar_epi16(idx[2 * h], sc));
-                        si = _mm512_dpwssd_epi32(si, _mm512_maddubs_epi16(_mm512_inserti64x4(_mm512_castsi256_si512(q2), q3, 1),
-                                                 _mm512_loadu_si512(q8 + 64)), _mm512_permutexvar_epi16(idx[2 * h + 1], sc));
-                    }
-                    v[b * 16 + i] = _mm512_reduce_add_epi32(si);
-                }
-            __m512 acc = _mm512_setzero_ps();
-            for (int64_t b = 0; b < nb; ++b)
-                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(v + b * 16)),
-                                      _mm512_mul_ps(gather_fp16(rp, (size_t)b * sizeof(block_q6_K) + offsetof(block_q6_K, d)),
-                                                    _mm512_set1_ps(xb[b].d)), acc);
-            store_rows(y + (size_t)t * ldy + r, acc, rows);
-        }
-    }
-    return r1;
+    return gemv_q8_K_rows(GEMM_Q6_K, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
 }
 
 /* cpu.c copies the non-NULL slots into the AVX2 table (ls_set_avx512). */
