@@ -498,19 +498,24 @@ static float vec_dot_f32_f32_avx2(int64_t n, const void *vw, const void *vx) {
  * that y[t] is bit for bit what vec_dot gives for x_t (a token's logits must not depend on
  * whether it was evaluated alone or in a batch). */
 
-// w (n,) in Q8_0 · x_t (n,) in Q8_0, t = 0..3 -> y[t] = sum_b (dw*dx_t) * sum_k qw*qx_t
-static void vec_dot_q8_0_q8_0_x4_avx2(int64_t n, const void *vw, const void *vx, size_t xs, float *y) {
-    const block_q8_0 *w = vw;
+/* The body of both 32-element x4 kernels; q4 (a constant) picks how weight block b becomes 32 signed
+ * bytes: Q8_0 as stored, Q4_0 as its nibbles minus 8. Per token the sign trick |w| * sign(x, w). */
+_Static_assert(QK4_0 == QK8_0, "Q4_0 and Q8_0 blocks must cover the same elements");
+static inline __attribute__((always_inline)) void vec_dot_q32_q8_0_x4(const int q4, int64_t n, const void *vw,
+                                                                      const void *vx, size_t xs, float *y) {
     const block_q8_0 *x[4] = X4_ROWS(block_q8_0, vx, xs);
-    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i ones = _mm256_set1_epi16(1), eight = _mm256_set1_epi8(8);
     __m256 acc[2][4];
     for (int t = 0; t < 4; ++t) acc[0][t] = acc[1][t] = _mm256_setzero_ps();
-    const int64_t nb = n / QK8_0;
+    const int64_t nb = n / QK8_0;   /* = n / QK4_0 */
     for (int64_t b = 0; b < nb; ++b) {
         const int a = (b & 1) && b + 1 <= nb - (nb & 1) ? 1 : 0;   /* vec_dot: odd blocks of full pairs */
-        const __m256i qw = _mm256_loadu_si256((const __m256i *)w[b].qs);
+        const block_q4_0 *w4 = (const block_q4_0 *)vw + b;
+        const block_q8_0 *w8 = (const block_q8_0 *)vw + b;
+        const __m256i qw = q4 ? _mm256_sub_epi8(nibbles_to_bytes(w4->qs), eight)
+                              : _mm256_loadu_si256((const __m256i *)w8->qs);
         const __m256i aw = _mm256_sign_epi8(qw, qw);
-        const float dw = fp16_to_fp32_f16c(w[b].d);
+        const float dw = fp16_to_fp32_f16c(q4 ? w4->d : w8->d);
         for (int t = 0; t < 4; ++t) {
             const __m256i qx = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)x[t][b].qs), qw);
             const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, qx), ones);
@@ -520,28 +525,16 @@ static void vec_dot_q8_0_q8_0_x4_avx2(int64_t n, const void *vw, const void *vx,
     for (int t = 0; t < 4; ++t) y[t] = hsum_ps(_mm256_add_ps(acc[0][t], acc[1][t]));
 }
 
+// w (n,) in Q8_0 · x_t (n,) in Q8_0, t = 0..3 -> y[t] = sum_b (dw*dx_t) * sum_k qw*qx_t
+static void vec_dot_q8_0_q8_0_x4_avx2(int64_t n, const void *vw, const void *vx, size_t xs, float *y) {
+    vec_dot_q32_q8_0_x4(0, n, vw, vx, xs, y);
+}
+
 // w (n,) in Q4_0 · x_t (n,) in Q8_0, t = 0..3 -> y[t] = sum_b (dw*dx_t) * sum_k (qw-8)*qx_t
 // (qw-8 decoded once to signed bytes; per token the sign trick |w| * sign(x, w): the same int16
 // pair sums as vec_dot's qw·qx - 8·qx)
 static void vec_dot_q4_0_q8_0_x4_avx2(int64_t n, const void *vw, const void *vx, size_t xs, float *y) {
-    const block_q4_0 *w = vw;
-    const block_q8_0 *x[4] = X4_ROWS(block_q8_0, vx, xs);
-    const __m256i ones = _mm256_set1_epi16(1), eight = _mm256_set1_epi8(8);
-    __m256 acc[2][4];
-    for (int t = 0; t < 4; ++t) acc[0][t] = acc[1][t] = _mm256_setzero_ps();
-    const int64_t nb = n / QK4_0;
-    for (int64_t b = 0; b < nb; ++b) {
-        const int a = (b & 1) && b + 1 <= nb - (nb & 1) ? 1 : 0;   /* vec_dot: odd blocks of full pairs */
-        const __m256i qw = _mm256_sub_epi8(nibbles_to_bytes(w[b].qs), eight);
-        const __m256i aw = _mm256_sign_epi8(qw, qw);
-        const float dw = fp16_to_fp32_f16c(w[b].d);
-        for (int t = 0; t < 4; ++t) {
-            const __m256i qx = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)x[t][b].qs), qw);
-            const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, qx), ones);
-            acc[a][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * fp16_to_fp32_f16c(x[t][b].d)), _mm256_cvtepi32_ps(s), acc[a][t]);
-        }
-    }
-    for (int t = 0; t < 4; ++t) y[t] = hsum_ps(_mm256_add_ps(acc[0][t], acc[1][t]));
+    vec_dot_q32_q8_0_x4(1, n, vw, vx, xs, y);
 }
 
 // w (n,) in Q4_K · x_t (n,) in Q8_K, t = 0..3 -> y[t] as vec_dot_q4_K_q8_K for each x_t
