@@ -22,30 +22,12 @@
 
 #include "quants_impl.h"
 
-static inline float f16c_to_f32(ls_fp16_t h) { return _cvtsh_ss(h); }
-
-/* Q4_K / Q5_K packed 6-bit scales and mins -> 16 int16 (lanes 0-7 scales, 8-15 mins); as in
- * quants_avx2.c (unpack_scales_mins_k4). */
-static inline __m256i unpack_scales_mins_k4_(const uint8_t *q) {
-    uint32_t w[3];
-    memcpy(w, q, 12);
-    const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
-    const uint32_t sc_lo = w[0] & m6;
-    const uint32_t sc_hi = (w[2] & m4) | (((w[0] >> 6) & m2) << 4);
-    const uint32_t mn_lo = w[1] & m6;
-    const uint32_t mn_hi = ((w[2] >> 4) & m4) | (((w[1] >> 6) & m2) << 4);
-    return _mm256_cvtepu8_epi16(_mm_set_epi32((int)mn_hi, (int)mn_lo, (int)sc_hi, (int)sc_lo));
-}
-
 /* Index vector for vpermw: int16 lane i <- lane first + i / per (per lanes of each scale). */
 static inline __m512i scale_index(int first, int per) {
     int16_t idx[32];
     for (int i = 0; i < 32; ++i) idx[i] = (int16_t)(first + i / per);
     return _mm512_loadu_si512(idx);
 }
-
-#define X4_ROWS(T, vx, xs) { (const T *)(vx), (const T *)((const char *)(vx) + (xs)), \
-    (const T *)((const char *)(vx) + 2 * (xs)), (const T *)((const char *)(vx) + 3 * (xs)) }
 
 /* ---------------------------------------------------------------------------------------------
  * Q8_0 activations packed for the Q8_0 decode kernel (gemv_q8_0_q8_0_avx512): per pair of blocks
@@ -76,8 +58,8 @@ static void pack_q8_0(int64_t n, const block_q8_0 *x, q8_0_pair_rec *o) {
         const block_q8_0 *b0 = &x[2 * p], *b1 = &x[2 * p + 1];
         _mm256_storeu_si256((__m256i *)o->qs, _mm256_loadu_si256((const __m256i *)b0->qs));
         _mm256_storeu_si256((__m256i *)(o->qs + 32), _mm256_loadu_si256((const __m256i *)b1->qs));
-        _mm256_storeu_ps(o->d, _mm256_set1_ps(f16c_to_f32(b0->d)));
-        _mm256_storeu_ps(o->d + 8, _mm256_set1_ps(f16c_to_f32(b1->d)));
+        _mm256_storeu_ps(o->d, _mm256_set1_ps(ls_fp16_to_fp32_f16c(b0->d)));
+        _mm256_storeu_ps(o->d + 8, _mm256_set1_ps(ls_fp16_to_fp32_f16c(b1->d)));
         _mm512_storeu_si512(o->corr, _mm512_setzero_si512());
         o->corr[0] = -(block_sum_i8(b0->qs) << 7);
         o->corr[8] = -(block_sum_i8(b1->qs) << 7);
@@ -205,7 +187,7 @@ static void tile_q4_0_rows16(int64_t nb, const uint8_t *const *rp, q4_0_tile16 *
             transpose16x4(v, &tiles[b].q[4 * half]);
         }
         for (int p = 0; p < 16; ++p)
-            tiles[b].d[p] = f16c_to_f32(((const block_q4_0 *)rp[tile_row(p)])[b].d);
+            tiles[b].d[p] = ls_fp16_to_fp32_f16c(((const block_q4_0 *)rp[tile_row(p)])[b].d);
     }
 }
 
@@ -255,7 +237,7 @@ static void tile_q8_0_rows16(int64_t nb, const uint8_t *const *rp, q4_0_tile16 *
             transpose16x4(v, &tiles[b].q[4 * half]);
         }
         for (int p = 0; p < 16; ++p)
-            tiles[b].d[p] = f16c_to_f32(((const block_q8_0 *)rp[tile_row(p)])[b].d);
+            tiles[b].d[p] = ls_fp16_to_fp32_f16c(((const block_q8_0 *)rp[tile_row(p)])[b].d);
     }
 }
 
@@ -301,8 +283,8 @@ static void tile_q4_K_rows16(int64_t nb, const uint8_t *const *rp, q4_K_tile16 *
             ls_unpack_scales_k4(blk->scales, sc, m);
             for (int s = 0; s < 8; ++s) tl->sc[s][p] = sc[s];
             for (int j = 0; j < 4; ++j) tl->m[j][p] = (int32_t)m[2 * j] | ((int32_t)m[2 * j + 1] << 16);
-            tl->d[p] = f16c_to_f32(blk->d);
-            tl->dmin[p] = f16c_to_f32(blk->dmin);
+            tl->d[p] = ls_fp16_to_fp32_f16c(blk->d);
+            tl->dmin[p] = ls_fp16_to_fp32_f16c(blk->dmin);
         }
     }
 }
@@ -390,7 +372,7 @@ static void tile_q6_K_rows16(int64_t nb, const uint8_t *const *rp, q6_K_tile16 *
             for (int j = 0; j < 8; ++j)
                 tl->scp[j][p] = (int32_t)(uint16_t)(int16_t)blk->scales[2 * j]
                               | (int32_t)((uint32_t)(uint16_t)(int16_t)blk->scales[2 * j + 1] << 16);
-            tl->d[p] = f16c_to_f32(blk->d);
+            tl->d[p] = ls_fp16_to_fp32_f16c(blk->d);
         }
     }
 }
@@ -476,7 +458,7 @@ static inline __attribute__((always_inline)) int64_t gemm_q32_q8_0(
     for (int64_t t = 0; t < T; ++t) {
         const block_q8_0 *xb = (const block_q8_0 *)((const uint8_t *)x + (size_t)t * x_stride);
         for (int64_t b = 0; b < nb; ++b) {
-            side[t * nb + b].d = f16c_to_f32(xb[b].d);
+            side[t * nb + b].d = ls_fp16_to_fp32_f16c(xb[b].d);
             side[t * nb + b].corr = -(block_sum_i8(xb[b].qs) << shift);
         }
     }
@@ -614,7 +596,7 @@ static int64_t gemv_q4_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, 
     for (int64_t t = 0; t < T; ++t) {
         const block_q8_0 *xb = (const block_q8_0 *)((const uint8_t *)x + (size_t)t * x_stride);
         for (int64_t b = 0; b < nb; ++b) {
-            side[b].d = f16c_to_f32(xb[b].d);
+            side[b].d = ls_fp16_to_fp32_f16c(xb[b].d);
             side[b].corr = -(block_sum_i8(xb[b].qs) << 3);
         }
         for (int64_t r = r0; r < r1; r += 16) {
@@ -665,7 +647,7 @@ static inline __attribute__((always_inline)) int32_t q4_K_block_sums(const block
     const __m256i low4 = _mm256_set1_epi8(0x0f);
     const __m256i bs = _mm256_loadu_si256((const __m256i *)xb->bsums);
     const __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
-    const __m256i scales_mins = unpack_scales_mins_k4_(blk->scales);
+    const __m256i scales_mins = ls_unpack_scales_mins_k4_avx2(blk->scales);
     const __m128i ms = _mm_madd_epi16(_mm256_extracti128_si256(scales_mins, 1), pairs);
     const __m128i ms2 = _mm_add_epi32(ms, _mm_unpackhi_epi64(ms, ms));
     *msum = _mm_cvtsi128_si32(_mm_add_epi32(ms2, _mm_shuffle_epi32(ms2, 1)));
