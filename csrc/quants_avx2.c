@@ -158,7 +158,6 @@ static inline __m128i pair_bcast8_mask(int c) {
 static float vec_dot_q6_K_q8_K_avx2(int64_t n, const void *vw, const void *vx) {
     const block_q6_K *w = vw;
     const block_q8_K *x = vx;
-    const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x03);
     __m256 acc = _mm256_setzero_ps();
     for (int64_t b = 0; b < n / QK_K; ++b) {
         const float d = x[b].d * ls_fp16_to_fp32_f16c(w[b].d);
@@ -168,19 +167,8 @@ static float vec_dot_q6_K_q8_K_avx2(int64_t n, const void *vw, const void *vx) {
         const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(bsums, _mm256_cvtepi8_epi16(scales8)), 5);
         __m256i sumi = _mm256_setzero_si256();
         for (int h = 0; h < 2; ++h) {
-            const uint8_t *L = w[b].ql + 64 * h;
-            const __m256i l0 = _mm256_loadu_si256((const __m256i *)L);
-            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(L + 32));
-            const __m256i hb = _mm256_loadu_si256((const __m256i *)(w[b].qh + 32 * h));
-            /* the four 32-element chunks j of this half: 6-bit quants in 0..63 */
-            __m256i q[4];
-            q[0] = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(hb, two), 4));
-            q[1] = _mm256_or_si256(_mm256_and_si256(l1, low4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), two), 4));
-            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), two), 4));
-            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), two), 4));
+            __m256i q[4];   /* the four 32-element chunks j of this half: 6-bit quants in 0..63 */
+            ls_q6_K_quants_half_avx2(&w[b], h, q);
             for (int j = 0; j < 4; ++j) {
                 const int c = 4 * h + j;   /* chunk: sub-blocks 2c (low 16 bytes), 2c+1 (high 16) */
                 const __m256i q8 = _mm256_loadu_si256((const __m256i *)(x[b].qs + 32 * c));
@@ -561,7 +549,6 @@ static void vec_dot_q4_K_q8_K_x4_avx2(int64_t n, const void *vw, const void *vx,
 static void vec_dot_q6_K_q8_K_x4_avx2(int64_t n, const void *vw, const void *vx, size_t xs, float *y) {
     const block_q6_K *w = vw;
     const block_q8_K *x[4] = X4_ROWS(block_q8_K, vx, xs);
-    const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x03);
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int64_t b = 0; b < n / QK_K; ++b) {
         const float d = ls_fp16_to_fp32_f16c(w[b].d);
@@ -572,18 +559,8 @@ static void vec_dot_q6_K_q8_K_x4_avx2(int64_t n, const void *vw, const void *vx,
             sumi[t] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(
                 _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)x[t][b].bsums), scales16), 5));
         for (int h = 0; h < 2; ++h) {
-            const uint8_t *L = w[b].ql + 64 * h;
-            const __m256i l0 = _mm256_loadu_si256((const __m256i *)L);
-            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(L + 32));
-            const __m256i hb = _mm256_loadu_si256((const __m256i *)(w[b].qh + 32 * h));
             __m256i q[4];
-            q[0] = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(hb, two), 4));
-            q[1] = _mm256_or_si256(_mm256_and_si256(l1, low4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), two), 4));
-            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), two), 4));
-            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), two), 4));
+            ls_q6_K_quants_half_avx2(&w[b], h, q);
             for (int j = 0; j < 4; ++j) {
                 const int c = 4 * h + j;
                 const __m256i sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales8, pair_bcast8_mask(c)));

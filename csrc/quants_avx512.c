@@ -334,20 +334,6 @@ typedef struct {
     float d[16];
 } q6_K_tile16;
 
-/* The quants (0..63) of elements 128h .. 128h+127 of a Q6_K block, 32 a register, in element order. */
-static inline __attribute__((always_inline)) void q6_K_quants_half(const block_q6_K *blk, int h, __m256i q[4]) {
-    const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x03);
-    const __m256i l0 = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h));
-    const __m256i l1 = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h + 32));
-    const __m256i hb = _mm256_loadu_si256((const __m256i *)(blk->qh + 32 * h));
-    q[0] = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(hb, two), 4));
-    q[1] = _mm256_or_si256(_mm256_and_si256(l1, low4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), two), 4));
-    q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
-                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), two), 4));
-    q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
-                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), two), 4));
-}
-
 // W rows rp[0..15] (Q6_K), super-blocks 0..nb-1 -> tiles[nb]
 static void tile_q6_K_rows16(int64_t nb, const uint8_t *const *rp, q6_K_tile16 *tiles) {
     uint8_t qs[16][QK_K];     /* the 16 rows' quants (0..63) in element order */
@@ -357,7 +343,7 @@ static void tile_q6_K_rows16(int64_t nb, const uint8_t *const *rp, q6_K_tile16 *
             const block_q6_K *blk = (const block_q6_K *)rp[r] + b;
             for (int h = 0; h < 2; ++h) {
                 __m256i q[4];
-                q6_K_quants_half(blk, h, q);
+                ls_q6_K_quants_half_avx2(blk, h, q);
                 for (int k = 0; k < 4; ++k) _mm256_storeu_si256((__m256i *)(qs[r] + 128 * h + 32 * k), q[k]);
             }
         }
@@ -673,7 +659,7 @@ static inline __attribute__((always_inline)) int32_t q6_K_block_sum(const block_
                      _mm256_slli_epi32(_mm256_madd_epi16(bsums, scales16), 5)));
     for (int h = 0; h < 2; ++h) {
         __m256i q[4];
-        q6_K_quants_half(blk, h, q);
+        ls_q6_K_quants_half_avx2(blk, h, q);
         const int8_t *q8 = xb->qs + 128 * h;
         si = _mm512_dpwssd_epi32(si, _mm512_maddubs_epi16(_mm512_inserti64x4(_mm512_castsi256_si512(q[0]), q[1], 1),
                                  _mm512_loadu_si512(q8)), _mm512_permutexvar_epi16(idx[2 * h], sc));

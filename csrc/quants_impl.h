@@ -126,6 +126,20 @@ static inline __m256i ls_unpack_scales_mins_k4_avx2(const uint8_t *q) {
     const uint32_t mn_hi = ((w[2] >> 4) & m4) | (((w[1] >> 6) & m2) << 4);
     return _mm256_cvtepu8_epi16(_mm_set_epi32((int)mn_hi, (int)mn_lo, (int)sc_hi, (int)sc_lo));
 }
+
+/* The quants (0..63) of elements 128h .. 128h+127 of a Q6_K block, 32 a register, in element order. */
+static inline __attribute__((always_inline)) void ls_q6_K_quants_half_avx2(const block_q6_K *blk, int h, __m256i q[4]) {
+    const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x03);
+    const __m256i l0 = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h));
+    const __m256i l1 = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h + 32));
+    const __m256i hb = _mm256_loadu_si256((const __m256i *)(blk->qh + 32 * h));
+    q[0] = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(hb, two), 4));
+    q[1] = _mm256_or_si256(_mm256_and_si256(l1, low4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), two), 4));
+    q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
+                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), two), 4));
+    q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
+                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), two), 4));
+}
 #endif
 
 #endif
