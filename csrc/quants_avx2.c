@@ -21,8 +21,6 @@
 /* ---------------------------------------------------------------------------------------------
  * Helpers */
 
-static inline float fp16_to_fp32_f16c(ls_fp16_t h) { return _cvtsh_ss(h); }
-
 /* Sum of the 8 float lanes. */
 static inline float hsum_ps(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -42,19 +40,6 @@ static inline float hsum_ps128(__m128 s) {
  * bytes {2s, 2s+1} repeated. */
 static inline __m256i bcast16_mask(int s) {
     return _mm256_set1_epi16((short)((2 * s) | ((2 * s + 1) << 8)));
-}
-
-/* The 12 packed 6-bit scales and mins of Q4_K / Q5_K as 16 int16: lanes 0-7 the scales, 8-15 the
- * mins (same unpacking as ls_unpack_scales_k4, four bytes at a time). */
-static inline __m256i unpack_scales_mins_k4(const uint8_t *q) {
-    uint32_t w[3];
-    memcpy(w, q, 12);
-    const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
-    const uint32_t sc_lo = w[0] & m6;
-    const uint32_t sc_hi = (w[2] & m4) | (((w[0] >> 6) & m2) << 4);
-    const uint32_t mn_lo = w[1] & m6;
-    const uint32_t mn_hi = ((w[2] >> 4) & m4) | (((w[1] >> 6) & m2) << 4);
-    return _mm256_cvtepu8_epi16(_mm_set_epi32((int)mn_hi, (int)mn_lo, (int)sc_hi, (int)sc_lo));
 }
 
 /* sum_s mins[s] * (bsums[2s] + bsums[2s+1]) of a Q8_K block, as 4 int32 lanes. */
@@ -103,9 +88,9 @@ static float vec_dot_q4_K_q8_K_avx2(int64_t n, const void *vw, const void *vx) {
     __m256 acc = _mm256_setzero_ps();
     __m128 acc_m = _mm_setzero_ps();
     for (int64_t b = 0; b < n / QK_K; ++b) {
-        const float d = x[b].d * fp16_to_fp32_f16c(w[b].d);
-        const float dmin = x[b].d * fp16_to_fp32_f16c(w[b].dmin);
-        const __m256i scales_mins = unpack_scales_mins_k4(w[b].scales);
+        const float d = x[b].d * ls_fp16_to_fp32_f16c(w[b].d);
+        const float dmin = x[b].d * ls_fp16_to_fp32_f16c(w[b].dmin);
+        const __m256i scales_mins = ls_unpack_scales_mins_k4_avx2(w[b].scales);
         acc_m = _mm_fmadd_ps(_mm_set1_ps(-dmin), _mm_cvtepi32_ps(mins_dot_bsums(scales_mins, x[b].bsums)), acc_m);
 
         const __m128i sc128 = _mm256_castsi256_si128(scales_mins);
@@ -136,9 +121,9 @@ static float vec_dot_q5_K_q8_K_avx2(int64_t n, const void *vw, const void *vx) {
     __m256 acc = _mm256_setzero_ps();
     __m128 acc_m = _mm_setzero_ps();
     for (int64_t b = 0; b < n / QK_K; ++b) {
-        const float d = x[b].d * fp16_to_fp32_f16c(w[b].d);
-        const float dmin = x[b].d * fp16_to_fp32_f16c(w[b].dmin);
-        const __m256i scales_mins = unpack_scales_mins_k4(w[b].scales);
+        const float d = x[b].d * ls_fp16_to_fp32_f16c(w[b].d);
+        const float dmin = x[b].d * ls_fp16_to_fp32_f16c(w[b].dmin);
+        const __m256i scales_mins = ls_unpack_scales_mins_k4_avx2(w[b].scales);
         acc_m = _mm_fmadd_ps(_mm_set1_ps(-dmin), _mm_cvtepi32_ps(mins_dot_bsums(scales_mins, x[b].bsums)), acc_m);
 
         const __m128i sc128 = _mm256_castsi256_si128(scales_mins);
@@ -173,29 +158,17 @@ static inline __m128i pair_bcast8_mask(int c) {
 static float vec_dot_q6_K_q8_K_avx2(int64_t n, const void *vw, const void *vx) {
     const block_q6_K *w = vw;
     const block_q8_K *x = vx;
-    const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x03);
     __m256 acc = _mm256_setzero_ps();
     for (int64_t b = 0; b < n / QK_K; ++b) {
-        const float d = x[b].d * fp16_to_fp32_f16c(w[b].d);
+        const float d = x[b].d * ls_fp16_to_fp32_f16c(w[b].d);
         const __m128i scales8 = _mm_loadu_si128((const __m128i *)w[b].scales);
         /* the -32 offset: sum_s scale_s * 32 * bsum_s, subtracted once per block */
         const __m256i bsums = _mm256_loadu_si256((const __m256i *)x[b].bsums);
         const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(bsums, _mm256_cvtepi8_epi16(scales8)), 5);
         __m256i sumi = _mm256_setzero_si256();
         for (int h = 0; h < 2; ++h) {
-            const uint8_t *L = w[b].ql + 64 * h;
-            const __m256i l0 = _mm256_loadu_si256((const __m256i *)L);
-            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(L + 32));
-            const __m256i hb = _mm256_loadu_si256((const __m256i *)(w[b].qh + 32 * h));
-            /* the four 32-element chunks j of this half: 6-bit quants in 0..63 */
-            __m256i q[4];
-            q[0] = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(hb, two), 4));
-            q[1] = _mm256_or_si256(_mm256_and_si256(l1, low4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), two), 4));
-            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), two), 4));
-            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), two), 4));
+            __m256i q[4];   /* the four 32-element chunks j of this half: 6-bit quants in 0..63 */
+            ls_q6_K_quants_half_avx2(&w[b], h, q);
             for (int j = 0; j < 4; ++j) {
                 const int c = 4 * h + j;   /* chunk: sub-blocks 2c (low 16 bytes), 2c+1 (high 16) */
                 const __m256i q8 = _mm256_loadu_si256((const __m256i *)(x[b].qs + 32 * c));
@@ -218,8 +191,8 @@ static float vec_dot_q2_K_q8_K_avx2(int64_t n, const void *vw, const void *vx) {
     const __m128i low4 = _mm_set1_epi8(0x0f);
     __m256 acc = _mm256_setzero_ps(), acc_m = _mm256_setzero_ps();
     for (int64_t b = 0; b < n / QK_K; ++b) {
-        const float d = x[b].d * fp16_to_fp32_f16c(w[b].d);
-        const float dmin = x[b].d * fp16_to_fp32_f16c(w[b].dmin);
+        const float d = x[b].d * ls_fp16_to_fp32_f16c(w[b].d);
+        const float dmin = x[b].d * ls_fp16_to_fp32_f16c(w[b].dmin);
         const __m128i packed = _mm_loadu_si128((const __m128i *)w[b].scales);
         const __m128i scales8 = _mm_and_si128(packed, low4);
         const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(packed, 4), low4));
@@ -250,7 +223,7 @@ static float vec_dot_q3_K_q8_K_avx2(int64_t n, const void *vw, const void *vx) {
     const uint32_t k4 = 0x0f0f0f0f, k2 = 0x03030303;
     __m256 acc = _mm256_setzero_ps();
     for (int64_t b = 0; b < n / QK_K; ++b) {
-        const float d = x[b].d * fp16_to_fp32_f16c(w[b].d);
+        const float d = x[b].d * ls_fp16_to_fp32_f16c(w[b].d);
         /* the sixteen 6-bit scales (ls_unpack_scales_q3k, four at a time), minus 32 */
         uint32_t a[3];
         memcpy(a, w[b].scales, 12);
@@ -300,8 +273,8 @@ static float vec_dot_q4_0_q8_0_avx2(int64_t n, const void *vw, const void *vx) {
         const __m256i p1 = _mm256_sub_epi16(_mm256_maddubs_epi16(nibbles_to_bytes(w[b + 1].qs), x1), _mm256_maddubs_epi16(eight, x1));
         const __m256i s0 = _mm256_madd_epi16(p0, _mm256_set1_epi16(1));
         const __m256i s1 = _mm256_madd_epi16(p1, _mm256_set1_epi16(1));
-        const float d0 = fp16_to_fp32_f16c(w[b].d) * fp16_to_fp32_f16c(x[b].d);
-        const float d1 = fp16_to_fp32_f16c(w[b + 1].d) * fp16_to_fp32_f16c(x[b + 1].d);
+        const float d0 = ls_fp16_to_fp32_f16c(w[b].d) * ls_fp16_to_fp32_f16c(x[b].d);
+        const float d1 = ls_fp16_to_fp32_f16c(w[b + 1].d) * ls_fp16_to_fp32_f16c(x[b + 1].d);
         acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(s0), acc0);
         acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1), _mm256_cvtepi32_ps(s1), acc1);
     }
@@ -309,7 +282,7 @@ static float vec_dot_q4_0_q8_0_avx2(int64_t n, const void *vw, const void *vx) {
         const __m256i x0 = _mm256_loadu_si256((const __m256i *)x[b].qs);
         const __m256i p0 = _mm256_sub_epi16(_mm256_maddubs_epi16(nibbles_to_bytes(w[b].qs), x0), _mm256_maddubs_epi16(eight, x0));
         const __m256i s0 = _mm256_madd_epi16(p0, _mm256_set1_epi16(1));
-        const float d0 = fp16_to_fp32_f16c(w[b].d) * fp16_to_fp32_f16c(x[b].d);
+        const float d0 = ls_fp16_to_fp32_f16c(w[b].d) * ls_fp16_to_fp32_f16c(x[b].d);
         acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(s0), acc0);
     }
     return hsum_ps(_mm256_add_ps(acc0, acc1));
@@ -326,17 +299,17 @@ static float vec_dot_q4_1_q8_1_avx2(int64_t n, const void *vw, const void *vx) {
     for (; b + 1 < nb; b += 2) {
         const __m256i s0 = dot_u8_i8_i32(nibbles_to_bytes(w[b].qs), _mm256_loadu_si256((const __m256i *)x[b].qs));
         const __m256i s1 = dot_u8_i8_i32(nibbles_to_bytes(w[b + 1].qs), _mm256_loadu_si256((const __m256i *)x[b + 1].qs));
-        const float d0 = fp16_to_fp32_f16c(w[b].d) * fp16_to_fp32_f16c(x[b].d);
-        const float d1 = fp16_to_fp32_f16c(w[b + 1].d) * fp16_to_fp32_f16c(x[b + 1].d);
-        summs += fp16_to_fp32_f16c(w[b].m) * fp16_to_fp32_f16c(x[b].s)
-               + fp16_to_fp32_f16c(w[b + 1].m) * fp16_to_fp32_f16c(x[b + 1].s);
+        const float d0 = ls_fp16_to_fp32_f16c(w[b].d) * ls_fp16_to_fp32_f16c(x[b].d);
+        const float d1 = ls_fp16_to_fp32_f16c(w[b + 1].d) * ls_fp16_to_fp32_f16c(x[b + 1].d);
+        summs += ls_fp16_to_fp32_f16c(w[b].m) * ls_fp16_to_fp32_f16c(x[b].s)
+               + ls_fp16_to_fp32_f16c(w[b + 1].m) * ls_fp16_to_fp32_f16c(x[b + 1].s);
         acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(s0), acc0);
         acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1), _mm256_cvtepi32_ps(s1), acc1);
     }
     for (; b < nb; ++b) {
         const __m256i s0 = dot_u8_i8_i32(nibbles_to_bytes(w[b].qs), _mm256_loadu_si256((const __m256i *)x[b].qs));
-        const float d0 = fp16_to_fp32_f16c(w[b].d) * fp16_to_fp32_f16c(x[b].d);
-        summs += fp16_to_fp32_f16c(w[b].m) * fp16_to_fp32_f16c(x[b].s);
+        const float d0 = ls_fp16_to_fp32_f16c(w[b].d) * ls_fp16_to_fp32_f16c(x[b].d);
+        summs += ls_fp16_to_fp32_f16c(w[b].m) * ls_fp16_to_fp32_f16c(x[b].s);
         acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(s0), acc0);
     }
     return hsum_ps(_mm256_add_ps(acc0, acc1)) + summs;
@@ -360,15 +333,15 @@ static float vec_dot_q5_0_q8_0_avx2(int64_t n, const void *vw, const void *vx) {
         const __m256i x1 = _mm256_loadu_si256((const __m256i *)x[b + 1].qs);
         const __m256i p0 = _mm256_sub_epi16(_mm256_maddubs_epi16(q5_bytes(w[b].qs, w[b].qh), x0), _mm256_maddubs_epi16(sixteen, x0));
         const __m256i p1 = _mm256_sub_epi16(_mm256_maddubs_epi16(q5_bytes(w[b + 1].qs, w[b + 1].qh), x1), _mm256_maddubs_epi16(sixteen, x1));
-        const float d0 = fp16_to_fp32_f16c(w[b].d) * fp16_to_fp32_f16c(x[b].d);
-        const float d1 = fp16_to_fp32_f16c(w[b + 1].d) * fp16_to_fp32_f16c(x[b + 1].d);
+        const float d0 = ls_fp16_to_fp32_f16c(w[b].d) * ls_fp16_to_fp32_f16c(x[b].d);
+        const float d1 = ls_fp16_to_fp32_f16c(w[b + 1].d) * ls_fp16_to_fp32_f16c(x[b + 1].d);
         acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(_mm256_madd_epi16(p0, _mm256_set1_epi16(1))), acc0);
         acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1), _mm256_cvtepi32_ps(_mm256_madd_epi16(p1, _mm256_set1_epi16(1))), acc1);
     }
     for (; b < nb; ++b) {
         const __m256i x0 = _mm256_loadu_si256((const __m256i *)x[b].qs);
         const __m256i p0 = _mm256_sub_epi16(_mm256_maddubs_epi16(q5_bytes(w[b].qs, w[b].qh), x0), _mm256_maddubs_epi16(sixteen, x0));
-        const float d0 = fp16_to_fp32_f16c(w[b].d) * fp16_to_fp32_f16c(x[b].d);
+        const float d0 = ls_fp16_to_fp32_f16c(w[b].d) * ls_fp16_to_fp32_f16c(x[b].d);
         acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(_mm256_madd_epi16(p0, _mm256_set1_epi16(1))), acc0);
     }
     return hsum_ps(_mm256_add_ps(acc0, acc1));
@@ -385,17 +358,17 @@ static float vec_dot_q5_1_q8_1_avx2(int64_t n, const void *vw, const void *vx) {
     for (; b + 1 < nb; b += 2) {
         const __m256i s0 = dot_u8_i8_i32(q5_bytes(w[b].qs, w[b].qh), _mm256_loadu_si256((const __m256i *)x[b].qs));
         const __m256i s1 = dot_u8_i8_i32(q5_bytes(w[b + 1].qs, w[b + 1].qh), _mm256_loadu_si256((const __m256i *)x[b + 1].qs));
-        const float d0 = fp16_to_fp32_f16c(w[b].d) * fp16_to_fp32_f16c(x[b].d);
-        const float d1 = fp16_to_fp32_f16c(w[b + 1].d) * fp16_to_fp32_f16c(x[b + 1].d);
-        summs += fp16_to_fp32_f16c(w[b].m) * fp16_to_fp32_f16c(x[b].s)
-               + fp16_to_fp32_f16c(w[b + 1].m) * fp16_to_fp32_f16c(x[b + 1].s);
+        const float d0 = ls_fp16_to_fp32_f16c(w[b].d) * ls_fp16_to_fp32_f16c(x[b].d);
+        const float d1 = ls_fp16_to_fp32_f16c(w[b + 1].d) * ls_fp16_to_fp32_f16c(x[b + 1].d);
+        summs += ls_fp16_to_fp32_f16c(w[b].m) * ls_fp16_to_fp32_f16c(x[b].s)
+               + ls_fp16_to_fp32_f16c(w[b + 1].m) * ls_fp16_to_fp32_f16c(x[b + 1].s);
         acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(s0), acc0);
         acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1), _mm256_cvtepi32_ps(s1), acc1);
     }
     for (; b < nb; ++b) {
         const __m256i s0 = dot_u8_i8_i32(q5_bytes(w[b].qs, w[b].qh), _mm256_loadu_si256((const __m256i *)x[b].qs));
-        const float d0 = fp16_to_fp32_f16c(w[b].d) * fp16_to_fp32_f16c(x[b].d);
-        summs += fp16_to_fp32_f16c(w[b].m) * fp16_to_fp32_f16c(x[b].s);
+        const float d0 = ls_fp16_to_fp32_f16c(w[b].d) * ls_fp16_to_fp32_f16c(x[b].d);
+        summs += ls_fp16_to_fp32_f16c(w[b].m) * ls_fp16_to_fp32_f16c(x[b].s);
         acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(s0), acc0);
     }
     return hsum_ps(_mm256_add_ps(acc0, acc1)) + summs;
@@ -413,15 +386,15 @@ static float vec_dot_q8_0_q8_0_avx2(int64_t n, const void *vw, const void *vx) {
                                       _mm256_loadu_si256((const __m256i *)x[b].qs));
         const __m256i s1 = dot_i8_i32(_mm256_loadu_si256((const __m256i *)w[b + 1].qs),
                                       _mm256_loadu_si256((const __m256i *)x[b + 1].qs));
-        const float d0 = fp16_to_fp32_f16c(w[b].d) * fp16_to_fp32_f16c(x[b].d);
-        const float d1 = fp16_to_fp32_f16c(w[b + 1].d) * fp16_to_fp32_f16c(x[b + 1].d);
+        const float d0 = ls_fp16_to_fp32_f16c(w[b].d) * ls_fp16_to_fp32_f16c(x[b].d);
+        const float d1 = ls_fp16_to_fp32_f16c(w[b + 1].d) * ls_fp16_to_fp32_f16c(x[b + 1].d);
         acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(s0), acc0);
         acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1), _mm256_cvtepi32_ps(s1), acc1);
     }
     for (; b < nb; ++b) {
         const __m256i s0 = dot_i8_i32(_mm256_loadu_si256((const __m256i *)w[b].qs),
                                       _mm256_loadu_si256((const __m256i *)x[b].qs));
-        const float d0 = fp16_to_fp32_f16c(w[b].d) * fp16_to_fp32_f16c(x[b].d);
+        const float d0 = ls_fp16_to_fp32_f16c(w[b].d) * ls_fp16_to_fp32_f16c(x[b].d);
         acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(s0), acc0);
     }
     return hsum_ps(_mm256_add_ps(acc0, acc1));
@@ -447,7 +420,7 @@ static float vec_dot_f16_f16_avx2(int64_t n, const void *vw, const void *vx) {
         acc[0] = _mm256_fmadd_ps(a, c, acc[0]);
     }
     double sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
-    for (; i < n; ++i) sum += (double)(fp16_to_fp32_f16c(w[i]) * fp16_to_fp32_f16c(x[i]));
+    for (; i < n; ++i) sum += (double)(ls_fp16_to_fp32_f16c(w[i]) * ls_fp16_to_fp32_f16c(x[i]));
     return (float)sum;
 }
 
@@ -498,50 +471,43 @@ static float vec_dot_f32_f32_avx2(int64_t n, const void *vw, const void *vx) {
  * that y[t] is bit for bit what vec_dot gives for x_t (a token's logits must not depend on
  * whether it was evaluated alone or in a batch). */
 
-// w (n,) in Q8_0 · x_t (n,) in Q8_0, t = 0..3 -> y[t] = sum_b (dw*dx_t) * sum_k qw*qx_t
-static void vec_dot_q8_0_q8_0_x4_avx2(int64_t n, const void *vw, const void *vx, size_t xs, float *y) {
-    const block_q8_0 *w = vw;
+/* The body of both 32-element x4 kernels; q4 (a constant) picks how weight block b becomes 32 signed
+ * bytes: Q8_0 as stored, Q4_0 as its nibbles minus 8. Per token the sign trick |w| * sign(x, w). */
+_Static_assert(QK4_0 == QK8_0, "Q4_0 and Q8_0 blocks must cover the same elements");
+static inline __attribute__((always_inline)) void vec_dot_q32_q8_0_x4(const int q4, int64_t n, const void *vw,
+                                                                      const void *vx, size_t xs, float *y) {
     const block_q8_0 *x[4] = X4_ROWS(block_q8_0, vx, xs);
-    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i ones = _mm256_set1_epi16(1), eight = _mm256_set1_epi8(8);
     __m256 acc[2][4];
     for (int t = 0; t < 4; ++t) acc[0][t] = acc[1][t] = _mm256_setzero_ps();
-    const int64_t nb = n / QK8_0;
+    const int64_t nb = n / QK8_0;   /* = n / QK4_0 */
     for (int64_t b = 0; b < nb; ++b) {
         const int a = (b & 1) && b + 1 <= nb - (nb & 1) ? 1 : 0;   /* vec_dot: odd blocks of full pairs */
-        const __m256i qw = _mm256_loadu_si256((const __m256i *)w[b].qs);
+        const block_q4_0 *w4 = (const block_q4_0 *)vw + b;
+        const block_q8_0 *w8 = (const block_q8_0 *)vw + b;
+        const __m256i qw = q4 ? _mm256_sub_epi8(nibbles_to_bytes(w4->qs), eight)
+                              : _mm256_loadu_si256((const __m256i *)w8->qs);
         const __m256i aw = _mm256_sign_epi8(qw, qw);
-        const float dw = fp16_to_fp32_f16c(w[b].d);
+        const float dw = ls_fp16_to_fp32_f16c(q4 ? w4->d : w8->d);
         for (int t = 0; t < 4; ++t) {
             const __m256i qx = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)x[t][b].qs), qw);
             const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, qx), ones);
-            acc[a][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * fp16_to_fp32_f16c(x[t][b].d)), _mm256_cvtepi32_ps(s), acc[a][t]);
+            acc[a][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * ls_fp16_to_fp32_f16c(x[t][b].d)), _mm256_cvtepi32_ps(s), acc[a][t]);
         }
     }
     for (int t = 0; t < 4; ++t) y[t] = hsum_ps(_mm256_add_ps(acc[0][t], acc[1][t]));
+}
+
+// w (n,) in Q8_0 · x_t (n,) in Q8_0, t = 0..3 -> y[t] = sum_b (dw*dx_t) * sum_k qw*qx_t
+static void vec_dot_q8_0_q8_0_x4_avx2(int64_t n, const void *vw, const void *vx, size_t xs, float *y) {
+    vec_dot_q32_q8_0_x4(0, n, vw, vx, xs, y);
 }
 
 // w (n,) in Q4_0 · x_t (n,) in Q8_0, t = 0..3 -> y[t] = sum_b (dw*dx_t) * sum_k (qw-8)*qx_t
 // (qw-8 decoded once to signed bytes; per token the sign trick |w| * sign(x, w): the same int16
 // pair sums as vec_dot's qw·qx - 8·qx)
 static void vec_dot_q4_0_q8_0_x4_avx2(int64_t n, const void *vw, const void *vx, size_t xs, float *y) {
-    const block_q4_0 *w = vw;
-    const block_q8_0 *x[4] = X4_ROWS(block_q8_0, vx, xs);
-    const __m256i ones = _mm256_set1_epi16(1), eight = _mm256_set1_epi8(8);
-    __m256 acc[2][4];
-    for (int t = 0; t < 4; ++t) acc[0][t] = acc[1][t] = _mm256_setzero_ps();
-    const int64_t nb = n / QK4_0;
-    for (int64_t b = 0; b < nb; ++b) {
-        const int a = (b & 1) && b + 1 <= nb - (nb & 1) ? 1 : 0;   /* vec_dot: odd blocks of full pairs */
-        const __m256i qw = _mm256_sub_epi8(nibbles_to_bytes(w[b].qs), eight);
-        const __m256i aw = _mm256_sign_epi8(qw, qw);
-        const float dw = fp16_to_fp32_f16c(w[b].d);
-        for (int t = 0; t < 4; ++t) {
-            const __m256i qx = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)x[t][b].qs), qw);
-            const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, qx), ones);
-            acc[a][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * fp16_to_fp32_f16c(x[t][b].d)), _mm256_cvtepi32_ps(s), acc[a][t]);
-        }
-    }
-    for (int t = 0; t < 4; ++t) y[t] = hsum_ps(_mm256_add_ps(acc[0][t], acc[1][t]));
+    vec_dot_q32_q8_0_x4(1, n, vw, vx, xs, y);
 }
 
 // w (n,) in Q4_K · x_t (n,) in Q8_K, t = 0..3 -> y[t] as vec_dot_q4_K_q8_K for each x_t
@@ -552,8 +518,8 @@ static void vec_dot_q4_K_q8_K_x4_avx2(int64_t n, const void *vw, const void *vx,
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     __m128 acc_m[4] = {_mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps()};
     for (int64_t b = 0; b < n / QK_K; ++b) {
-        const float d = fp16_to_fp32_f16c(w[b].d), dmin = fp16_to_fp32_f16c(w[b].dmin);
-        const __m256i scales_mins = unpack_scales_mins_k4(w[b].scales);
+        const float d = ls_fp16_to_fp32_f16c(w[b].d), dmin = ls_fp16_to_fp32_f16c(w[b].dmin);
+        const __m256i scales_mins = ls_unpack_scales_mins_k4_avx2(w[b].scales);
         for (int t = 0; t < 4; ++t)
             acc_m[t] = _mm_fmadd_ps(_mm_set1_ps(-dmin * x[t][b].d),
                                     _mm_cvtepi32_ps(mins_dot_bsums(scales_mins, x[t][b].bsums)), acc_m[t]);
@@ -583,10 +549,9 @@ static void vec_dot_q4_K_q8_K_x4_avx2(int64_t n, const void *vw, const void *vx,
 static void vec_dot_q6_K_q8_K_x4_avx2(int64_t n, const void *vw, const void *vx, size_t xs, float *y) {
     const block_q6_K *w = vw;
     const block_q8_K *x[4] = X4_ROWS(block_q8_K, vx, xs);
-    const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x03);
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int64_t b = 0; b < n / QK_K; ++b) {
-        const float d = fp16_to_fp32_f16c(w[b].d);
+        const float d = ls_fp16_to_fp32_f16c(w[b].d);
         const __m128i scales8 = _mm_loadu_si128((const __m128i *)w[b].scales);
         const __m256i scales16 = _mm256_cvtepi8_epi16(scales8);
         __m256i sumi[4];
@@ -594,18 +559,8 @@ static void vec_dot_q6_K_q8_K_x4_avx2(int64_t n, const void *vw, const void *vx,
             sumi[t] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(
                 _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)x[t][b].bsums), scales16), 5));
         for (int h = 0; h < 2; ++h) {
-            const uint8_t *L = w[b].ql + 64 * h;
-            const __m256i l0 = _mm256_loadu_si256((const __m256i *)L);
-            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(L + 32));
-            const __m256i hb = _mm256_loadu_si256((const __m256i *)(w[b].qh + 32 * h));
             __m256i q[4];
-            q[0] = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(hb, two), 4));
-            q[1] = _mm256_or_si256(_mm256_and_si256(l1, low4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), two), 4));
-            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), two), 4));
-            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), two), 4));
+            ls_q6_K_quants_half_avx2(&w[b], h, q);
             for (int j = 0; j < 4; ++j) {
                 const int c = 4 * h + j;
                 const __m256i sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales8, pair_bcast8_mask(c)));
@@ -791,7 +746,7 @@ static void dequantize_row_f16_avx2(const void *vx, float *y, int64_t n) {
             _mm256_storeu_ps(y + i, _mm256_cvtph_ps(h));
         }
     }
-    for (; i < n; ++i) y[i] = fp16_to_fp32_f16c(x[i]);
+    for (; i < n; ++i) y[i] = ls_fp16_to_fp32_f16c(x[i]);
 }
 
 /* ---------------------------------------------------------------------------------------------

@@ -22,30 +22,12 @@
 
 #include "quants_impl.h"
 
-static inline float f16c_to_f32(ls_fp16_t h) { return _cvtsh_ss(h); }
-
-/* Q4_K / Q5_K packed 6-bit scales and mins -> 16 int16 (lanes 0-7 scales, 8-15 mins); as in
- * quants_avx2.c (unpack_scales_mins_k4). */
-static inline __m256i unpack_scales_mins_k4_(const uint8_t *q) {
-    uint32_t w[3];
-    memcpy(w, q, 12);
-    const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
-    const uint32_t sc_lo = w[0] & m6;
-    const uint32_t sc_hi = (w[2] & m4) | (((w[0] >> 6) & m2) << 4);
-    const uint32_t mn_lo = w[1] & m6;
-    const uint32_t mn_hi = ((w[2] >> 4) & m4) | (((w[1] >> 6) & m2) << 4);
-    return _mm256_cvtepu8_epi16(_mm_set_epi32((int)mn_hi, (int)mn_lo, (int)sc_hi, (int)sc_lo));
-}
-
 /* Index vector for vpermw: int16 lane i <- lane first + i / per (per lanes of each scale). */
 static inline __m512i scale_index(int first, int per) {
     int16_t idx[32];
     for (int i = 0; i < 32; ++i) idx[i] = (int16_t)(first + i / per);
     return _mm512_loadu_si512(idx);
 }
-
-#define X4_ROWS(T, vx, xs) { (const T *)(vx), (const T *)((const char *)(vx) + (xs)), \
-    (const T *)((const char *)(vx) + 2 * (xs)), (const T *)((const char *)(vx) + 3 * (xs)) }
 
 /* ---------------------------------------------------------------------------------------------
  * Q8_0 activations packed for the Q8_0 decode kernel (gemv_q8_0_q8_0_avx512): per pair of blocks
@@ -76,8 +58,8 @@ static void pack_q8_0(int64_t n, const block_q8_0 *x, q8_0_pair_rec *o) {
         const block_q8_0 *b0 = &x[2 * p], *b1 = &x[2 * p + 1];
         _mm256_storeu_si256((__m256i *)o->qs, _mm256_loadu_si256((const __m256i *)b0->qs));
         _mm256_storeu_si256((__m256i *)(o->qs + 32), _mm256_loadu_si256((const __m256i *)b1->qs));
-        _mm256_storeu_ps(o->d, _mm256_set1_ps(f16c_to_f32(b0->d)));
-        _mm256_storeu_ps(o->d + 8, _mm256_set1_ps(f16c_to_f32(b1->d)));
+        _mm256_storeu_ps(o->d, _mm256_set1_ps(ls_fp16_to_fp32_f16c(b0->d)));
+        _mm256_storeu_ps(o->d + 8, _mm256_set1_ps(ls_fp16_to_fp32_f16c(b1->d)));
         _mm512_storeu_si512(o->corr, _mm512_setzero_si512());
         o->corr[0] = -(block_sum_i8(b0->qs) << 7);
         o->corr[8] = -(block_sum_i8(b1->qs) << 7);
@@ -119,13 +101,20 @@ static inline __m512i load4rows(const uint8_t *const *rp, size_t off) {
 
 /* a[k] = dword m of 128-bit lane i holds group m of row 4k + i -> out[m], lane 4i + k: row 4k + i
  * ... i.e. lane p of out[m] is row tile_row(p). */
-static inline void transpose16x4(const __m512i a[4], uint32_t out[4][16]) {
+static inline void transpose16x4_regs(const __m512i a[4], __m512i out[4]) {
     const __m512i t01l = _mm512_unpacklo_epi32(a[0], a[1]), t01h = _mm512_unpackhi_epi32(a[0], a[1]);
     const __m512i t23l = _mm512_unpacklo_epi32(a[2], a[3]), t23h = _mm512_unpackhi_epi32(a[2], a[3]);
-    _mm512_storeu_si512(out[0], _mm512_unpacklo_epi64(t01l, t23l));
-    _mm512_storeu_si512(out[1], _mm512_unpackhi_epi64(t01l, t23l));
-    _mm512_storeu_si512(out[2], _mm512_unpacklo_epi64(t01h, t23h));
-    _mm512_storeu_si512(out[3], _mm512_unpackhi_epi64(t01h, t23h));
+    out[0] = _mm512_unpacklo_epi64(t01l, t23l);
+    out[1] = _mm512_unpackhi_epi64(t01l, t23l);
+    out[2] = _mm512_unpacklo_epi64(t01h, t23h);
+    out[3] = _mm512_unpackhi_epi64(t01h, t23h);
+}
+
+/* transpose16x4_regs, stored to out[0..3] */
+static inline void transpose16x4(const __m512i a[4], uint32_t out[4][16]) {
+    __m512i o[4];
+    transpose16x4_regs(a, o);
+    for (int m = 0; m < 4; ++m) _mm512_storeu_si512(out[m], o[m]);
 }
 
 /* Pointers to rows r .. r+15 of W, the ones past r1 repeating the last row (their lanes are
@@ -151,6 +140,41 @@ typedef struct {
 
 static inline int tile_row(int p) { return 4 * (p % 4) + p / 4; }
 
+/* The lanes of a tile's result whose rows are among the group's first `rows`: lane p -> y[tile_row(p)]. */
+static inline void store_tile_rows(float *y, __m512 acc, int rows) {
+    float o[16];
+    _mm512_storeu_ps(o, acc);
+    for (int p = 0; p < 16; ++p)
+        if (tile_row(p) < rows) y[tile_row(p)] = o[p];
+}
+
+/* acc[t] = vpdpbusd(acc[t], q[g], token t's 4 activations xq[t] + off + 4g on every lane) for the
+ * element groups g = 0..ng-1 of a tile (16 rows' 4 unsigned quants in q[g]), tokens t = 0..nt-1. */
+static inline __attribute__((always_inline)) void dpbusd_groups(
+        const uint32_t (*q)[16], const int ng, const int8_t *const *xq, const int off, const int nt,
+        __m512i acc[4]) {
+    for (int g = 0; g < ng; ++g) {
+        const __m512i qg = _mm512_loadu_si512(q[g]);
+        for (int t = 0; t < nt; ++t) {
+            int32_t xg;
+            memcpy(&xg, xq[t] + off + 4 * g, 4);
+            acc[t] = _mm512_dpbusd_epi32(acc[t], qg, _mm512_set1_epi32(xg));
+        }
+    }
+}
+
+/* isum[t] += sc * sum_g vpdpbusd(q[g], x_t,g) over the ng groups of one sub-block (sc: the 16 rows'
+ * scales of that sub-block, xq[t] + off: its activations). */
+static inline __attribute__((always_inline)) void gemm_subblock(
+        const uint32_t (*q)[16], const int ng, const int8_t *const *xq, const int off,
+        const int32_t *sc, const int nt, __m512i isum[4]) {
+    __m512i si[4];
+    for (int t = 0; t < nt; ++t) si[t] = _mm512_setzero_si512();
+    dpbusd_groups(q, ng, xq, off, nt, si);
+    const __m512i s = _mm512_loadu_si512(sc);
+    for (int t = 0; t < nt; ++t) isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(si[t], s));
+}
+
 // W rows rp[0..15] (Q4_0), blocks 0..nb-1 -> tiles[nb]
 static void tile_q4_0_rows16(int64_t nb, const uint8_t *const *rp, q4_0_tile16 *tiles) {
     const __m512i low4 = _mm512_set1_epi8(0x0f);
@@ -160,16 +184,10 @@ static void tile_q4_0_rows16(int64_t nb, const uint8_t *const *rp, q4_0_tile16 *
         for (int half = 0; half < 2; ++half) {        /* low nibbles: groups 0-3; high: 4-7 */
             __m512i v[4];
             for (int k = 0; k < 4; ++k) v[k] = _mm512_and_si512(half ? _mm512_srli_epi16(a[k], 4) : a[k], low4);
-            const __m512i t01l = _mm512_unpacklo_epi32(v[0], v[1]), t01h = _mm512_unpackhi_epi32(v[0], v[1]);
-            const __m512i t23l = _mm512_unpacklo_epi32(v[2], v[3]), t23h = _mm512_unpackhi_epi32(v[2], v[3]);
-            /* lane p = 4*i + m of the results: row 4*m + i (i = 128-bit lane, m = dword within it) */
-            _mm512_storeu_si512(tiles[b].q[4 * half + 0], _mm512_unpacklo_epi64(t01l, t23l));
-            _mm512_storeu_si512(tiles[b].q[4 * half + 1], _mm512_unpackhi_epi64(t01l, t23l));
-            _mm512_storeu_si512(tiles[b].q[4 * half + 2], _mm512_unpacklo_epi64(t01h, t23h));
-            _mm512_storeu_si512(tiles[b].q[4 * half + 3], _mm512_unpackhi_epi64(t01h, t23h));
+            transpose16x4(v, &tiles[b].q[4 * half]);
         }
         for (int p = 0; p < 16; ++p)
-            tiles[b].d[p] = f16c_to_f32(((const block_q4_0 *)rp[tile_row(p)])[b].d);
+            tiles[b].d[p] = ls_fp16_to_fp32_f16c(((const block_q4_0 *)rp[tile_row(p)])[b].d);
     }
 }
 
@@ -184,26 +202,17 @@ static inline __attribute__((always_inline)) void gemm_q4_0_tile(
     for (int64_t b = 0; b < nb; ++b) {
         const q4_0_tile16 *tl = &tiles[b];
         __m512i ai[4];
-        for (int t = 0; t < nt; ++t) ai[t] = _mm512_set1_epi32(side[(t0 + t) * nb + b].corr);
-        for (int g = 0; g < 8; ++g) {
-            const __m512i q = _mm512_loadu_si512(tl->q[g]);
-            for (int t = 0; t < nt; ++t) {
-                const block_q8_0 *xb = (const block_q8_0 *)(x + (size_t)(t0 + t) * x_stride) + b;
-                int32_t xg;
-                memcpy(&xg, xb->qs + 4 * g, 4);
-                ai[t] = _mm512_dpbusd_epi32(ai[t], q, _mm512_set1_epi32(xg));
-            }
+        const int8_t *xq[4];
+        for (int t = 0; t < nt; ++t) {
+            ai[t] = _mm512_set1_epi32(side[(t0 + t) * nb + b].corr);
+            xq[t] = ((const block_q8_0 *)(x + (size_t)(t0 + t) * x_stride) + b)->qs;
         }
+        dpbusd_groups(tl->q, 8, xq, 0, nt, ai);
         const __m512 dw = _mm512_loadu_ps(tl->d);
         for (int t = 0; t < nt; ++t)
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai[t]), _mm512_mul_ps(dw, _mm512_set1_ps(side[(t0 + t) * nb + b].d)), acc[t]);
     }
-    for (int t = 0; t < nt; ++t) {
-        float o[16];
-        _mm512_storeu_ps(o, acc[t]);
-        for (int p = 0; p < 16; ++p)
-            if (tile_row(p) < rows) y[(size_t)(t0 + t) * ldy + tile_row(p)] = o[p];
-    }
+    for (int t = 0; t < nt; ++t) store_tile_rows(y + (size_t)(t0 + t) * ldy, acc[t], rows);
 }
 
 static inline void *thread_buffer(size_t bytes, int which) {
@@ -228,48 +237,8 @@ static void tile_q8_0_rows16(int64_t nb, const uint8_t *const *rp, q4_0_tile16 *
             transpose16x4(v, &tiles[b].q[4 * half]);
         }
         for (int p = 0; p < 16; ++p)
-            tiles[b].d[p] = f16c_to_f32(((const block_q8_0 *)rp[tile_row(p)])[b].d);
+            tiles[b].d[p] = ls_fp16_to_fp32_f16c(((const block_q8_0 *)rp[tile_row(p)])[b].d);
     }
-}
-
-/* Q4_0 / Q8_0 weights @ x (T, n) Q8_0 -> y[t * ldy + r] for whole groups of 16 rows from r0; returns
- * the first row not done. Offset c = 1 << shift (8 for Q4_0's raw nibbles, 128 for Q8_0 + 128). */
-static int64_t gemm_q32_q8_0(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                             const void *x, size_t x_stride, int64_t T, float *y, size_t ldy,
-                             void (*tile)(int64_t, const uint8_t *const *, q4_0_tile16 *), int shift) {
-    const int64_t nb = n / 32;
-    q4_0_tile16 *tiles = thread_buffer((size_t)nb * sizeof(q4_0_tile16), 0);
-    q8_0_side *side = thread_buffer((size_t)(T * nb) * sizeof(q8_0_side), 1);
-    if (!tiles || !side) return r0;
-    for (int64_t t = 0; t < T; ++t) {
-        const block_q8_0 *xb = (const block_q8_0 *)((const uint8_t *)x + (size_t)t * x_stride);
-        for (int64_t b = 0; b < nb; ++b) {
-            side[t * nb + b].d = f16c_to_f32(xb[b].d);
-            side[t * nb + b].corr = -(block_sum_i8(xb[b].qs) << shift);
-        }
-    }
-    int64_t r = r0;
-    for (; r < r1; r += 16) {
-        const uint8_t *rp[16];
-        const int rows = row_ptrs(w, w_stride, r, r1, rp, 1);
-        tile(nb, rp, tiles);
-        int64_t t = 0;
-        for (; t + 4 <= T; t += 4) gemm_q4_0_tile(nb, tiles, x, x_stride, side, t, 4, y + r, ldy, rows);
-        for (; t < T; ++t) gemm_q4_0_tile(nb, tiles, x, x_stride, side, t, 1, y + r, ldy, rows);
-    }
-    return r1;
-}
-
-// W rows r0.. (Q4_0) @ x (T, n) Q8_0 -> y[t * ldy + r]: sum_b (dw*dx) * (vpdpbusd(q, x) - 8 * sum(x))
-static int64_t gemm_q4_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    return gemm_q32_q8_0(n, w, w_stride, r0, r1, x, x_stride, T, y, ldy, tile_q4_0_rows16, 3);
-}
-
-// W rows r0.. (Q8_0) @ x (T, n) Q8_0 -> y[t * ldy + r]: sum_b (dw*dx) * (vpdpbusd(q + 128, x) - 128 * sum(x))
-static int64_t gemm_q8_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    return gemm_q32_q8_0(n, w, w_stride, r0, r1, x, x_stride, T, y, ldy, tile_q8_0_rows16, 7);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -314,8 +283,8 @@ static void tile_q4_K_rows16(int64_t nb, const uint8_t *const *rp, q4_K_tile16 *
             ls_unpack_scales_k4(blk->scales, sc, m);
             for (int s = 0; s < 8; ++s) tl->sc[s][p] = sc[s];
             for (int j = 0; j < 4; ++j) tl->m[j][p] = (int32_t)m[2 * j] | ((int32_t)m[2 * j + 1] << 16);
-            tl->d[p] = f16c_to_f32(blk->d);
-            tl->dmin[p] = f16c_to_f32(blk->dmin);
+            tl->d[p] = ls_fp16_to_fp32_f16c(blk->d);
+            tl->dmin[p] = ls_fp16_to_fp32_f16c(blk->dmin);
         }
     }
 }
@@ -337,20 +306,7 @@ static inline __attribute__((always_inline)) void gemm_q4_K_tile(
             isum[t] = _mm512_setzero_si512();
             msum[t] = _mm512_setzero_si512();
         }
-        for (int sb = 0; sb < 8; ++sb) {
-            __m512i si[4];
-            for (int t = 0; t < nt; ++t) si[t] = _mm512_setzero_si512();
-            for (int j = 0; j < 8; ++j) {
-                const __m512i q = _mm512_loadu_si512(tl->q[8 * sb + j]);
-                for (int t = 0; t < nt; ++t) {
-                    int32_t xg;
-                    memcpy(&xg, xq[t] + 32 * sb + 4 * j, 4);
-                    si[t] = _mm512_dpbusd_epi32(si[t], q, _mm512_set1_epi32(xg));
-                }
-            }
-            const __m512i sc = _mm512_loadu_si512(tl->sc[sb]);
-            for (int t = 0; t < nt; ++t) isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(si[t], sc));
-        }
+        for (int sb = 0; sb < 8; ++sb) gemm_subblock(&tl->q[8 * sb], 8, xq, 32 * sb, tl->sc[sb], nt, isum);
         for (int j = 0; j < 4; ++j) {
             const __m512i m = _mm512_loadu_si512(tl->m[j]);
             for (int t = 0; t < nt; ++t)
@@ -363,12 +319,148 @@ static inline __attribute__((always_inline)) void gemm_q4_K_tile(
             acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum[t]), _mm512_mul_ps(dmin, dx), acc[t]);
         }
     }
-    for (int t = 0; t < nt; ++t) {
-        float o[16];
-        _mm512_storeu_ps(o, acc[t]);
-        for (int p = 0; p < 16; ++p)
-            if (tile_row(p) < rows) y[(size_t)(t0 + t) * ldy + tile_row(p)] = o[p];
+    for (int t = 0; t < nt; ++t) store_tile_rows(y + (size_t)(t0 + t) * ldy, acc[t], rows);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Batch matmul for Q6_K weights with the int32 lanes as output rows (as for Q4_K above): the 6-bit
+ * quants q go in unsigned (0..63), the -32 offset comes back through the activation block sums:
+ *   isum_r = sum_s sc_r,s * (sum_j vpdpbusd(q_r,s,j, x_s,j) - 32 * bsum_s)    (16 sub-blocks of 16) */
+
+typedef struct {
+    uint32_t q[64][16];   /* [4 s + j][lane]: elements 16 s + 4 j .. +3 */
+    int32_t sc[16][16];   /* [s][lane] */
+    int32_t scp[8][16];   /* [pair][lane]: scales of sub-blocks 2 pair (low int16), 2 pair + 1 (high) */
+    float d[16];
+} q6_K_tile16;
+
+// W rows rp[0..15] (Q6_K), super-blocks 0..nb-1 -> tiles[nb]
+static void tile_q6_K_rows16(int64_t nb, const uint8_t *const *rp, q6_K_tile16 *tiles) {
+    uint8_t qs[16][QK_K];     /* the 16 rows' quants (0..63) in element order */
+    for (int64_t b = 0; b < nb; ++b) {
+        q6_K_tile16 *tl = &tiles[b];
+        for (int r = 0; r < 16; ++r) {
+            const block_q6_K *blk = (const block_q6_K *)rp[r] + b;
+            for (int h = 0; h < 2; ++h) {
+                __m256i q[4];
+                ls_q6_K_quants_half_avx2(blk, h, q);
+                for (int k = 0; k < 4; ++k) _mm256_storeu_si256((__m256i *)(qs[r] + 128 * h + 32 * k), q[k]);
+            }
+        }
+        for (int c = 0; c < 16; ++c) {           /* 16-byte column c: groups 4c .. 4c+3 */
+            __m512i v[4];
+            for (int k = 0; k < 4; ++k) v[k] = load4x128(qs[4 * k] + 16 * c, QK_K);
+            transpose16x4(v, &tl->q[4 * c]);
+        }
+        for (int p = 0; p < 16; ++p) {
+            const block_q6_K *blk = (const block_q6_K *)rp[tile_row(p)] + b;
+            for (int sb = 0; sb < 16; ++sb) tl->sc[sb][p] = blk->scales[sb];
+            for (int j = 0; j < 8; ++j)
+                tl->scp[j][p] = (int32_t)(uint16_t)(int16_t)blk->scales[2 * j]
+                              | (int32_t)((uint32_t)(uint16_t)(int16_t)blk->scales[2 * j + 1] << 16);
+            tl->d[p] = ls_fp16_to_fp32_f16c(blk->d);
+        }
     }
+}
+
+static inline __attribute__((always_inline)) void gemm_q6_K_tile(
+        int64_t nb, const q6_K_tile16 *tiles, const uint8_t *x, size_t x_stride,
+        int64_t t0, const int nt, float *y, size_t ldy, int rows) {
+    __m512 acc[4];
+    for (int t = 0; t < nt; ++t) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        const q6_K_tile16 *tl = &tiles[b];
+        const block_q8_K *xb[4];
+        const int8_t *xq[4];
+        __m512i isum[4], off[4];
+        for (int t = 0; t < nt; ++t) {
+            xb[t] = (const block_q8_K *)(x + (size_t)(t0 + t) * x_stride) + b;
+            xq[t] = xb[t]->qs;
+            isum[t] = _mm512_setzero_si512();
+            off[t] = _mm512_setzero_si512();
+        }
+        for (int sb = 0; sb < 16; ++sb) gemm_subblock(&tl->q[4 * sb], 4, xq, 16 * sb, tl->sc[sb], nt, isum);
+        for (int j = 0; j < 8; ++j) {
+            const __m512i scp = _mm512_loadu_si512(tl->scp[j]);
+            for (int t = 0; t < nt; ++t) {
+                int32_t bp;
+                memcpy(&bp, &xb[t]->bsums[2 * j], 4);
+                off[t] = _mm512_dpwssd_epi32(off[t], scp, _mm512_set1_epi32(bp));
+            }
+        }
+        const __m512 d = _mm512_loadu_ps(tl->d);
+        for (int t = 0; t < nt; ++t)
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(isum[t], _mm512_slli_epi32(off[t], 5))),
+                                     _mm512_mul_ps(d, _mm512_set1_ps(xb[t]->d)), acc[t]);
+    }
+    for (int t = 0; t < nt; ++t) store_tile_rows(y + (size_t)(t0 + t) * ldy, acc[t], rows);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The batch kernels' entry points: per token and block the activations' side data, then one loop
+ * for every weight type: each group of 16 rows from r0 is rearranged into tiles once and run against
+ * the tokens 4 at a time, the rest one by one. */
+
+enum gemm_kind { GEMM_Q4_0, GEMM_Q8_0, GEMM_Q4_K, GEMM_Q6_K };
+
+/* kind's tile kernel (constant-folded: every caller passes a constant kind) */
+static inline __attribute__((always_inline)) void gemm_tile(
+        const enum gemm_kind kind, int64_t nb, const void *tiles, const uint8_t *x, size_t x_stride,
+        const void *side, int64_t t0, const int nt, float *y, size_t ldy, int rows) {
+    if (kind == GEMM_Q4_K) gemm_q4_K_tile(nb, tiles, x, x_stride, side, t0, nt, y, ldy, rows);
+    else if (kind == GEMM_Q6_K) gemm_q6_K_tile(nb, tiles, x, x_stride, t0, nt, y, ldy, rows);
+    else gemm_q4_0_tile(nb, tiles, x, x_stride, side, t0, nt, y, ldy, rows);
+}
+
+// W rows r0..r1-1 of `kind` @ x (T, n) -> y[t * ldy + r], the last group possibly partial; returns r1
+static inline __attribute__((always_inline)) int64_t gemm_groups16(
+        const enum gemm_kind kind, int64_t nb, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+        void *tiles, const void *side, const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    for (int64_t r = r0; r < r1; r += 16) {
+        const uint8_t *rp[16];
+        const int rows = row_ptrs(w, w_stride, r, r1, rp, 1);
+        switch (kind) {
+        case GEMM_Q4_0: tile_q4_0_rows16(nb, rp, tiles); break;
+        case GEMM_Q8_0: tile_q8_0_rows16(nb, rp, tiles); break;
+        case GEMM_Q4_K: tile_q4_K_rows16(nb, rp, tiles); break;
+        case GEMM_Q6_K: tile_q6_K_rows16(nb, rp, tiles); break;
+        }
+        int64_t t = 0;
+        for (; t + 4 <= T; t += 4) gemm_tile(kind, nb, tiles, x, x_stride, side, t, 4, y + r, ldy, rows);
+        for (; t < T; ++t) gemm_tile(kind, nb, tiles, x, x_stride, side, t, 1, y + r, ldy, rows);
+    }
+    return r1;
+}
+
+/* Q4_0 / Q8_0 weights @ x (T, n) Q8_0 -> y[t * ldy + r] for whole groups of 16 rows from r0; returns
+ * the first row not done. Offset c = 1 << shift (8 for Q4_0's raw nibbles, 128 for Q8_0 + 128). */
+static inline __attribute__((always_inline)) int64_t gemm_q32_q8_0(
+        int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1, const void *x, size_t x_stride,
+        int64_t T, float *y, size_t ldy, const enum gemm_kind kind, int shift) {
+    const int64_t nb = n / 32;
+    q4_0_tile16 *tiles = thread_buffer((size_t)nb * sizeof(q4_0_tile16), 0);
+    q8_0_side *side = thread_buffer((size_t)(T * nb) * sizeof(q8_0_side), 1);
+    if (!tiles || !side) return r0;
+    for (int64_t t = 0; t < T; ++t) {
+        const block_q8_0 *xb = (const block_q8_0 *)((const uint8_t *)x + (size_t)t * x_stride);
+        for (int64_t b = 0; b < nb; ++b) {
+            side[t * nb + b].d = ls_fp16_to_fp32_f16c(xb[b].d);
+            side[t * nb + b].corr = -(block_sum_i8(xb[b].qs) << shift);
+        }
+    }
+    return gemm_groups16(kind, nb, w, w_stride, r0, r1, tiles, side, x, x_stride, T, y, ldy);
+}
+
+// W rows r0.. (Q4_0) @ x (T, n) Q8_0 -> y[t * ldy + r]: sum_b (dw*dx) * (vpdpbusd(q, x) - 8 * sum(x))
+static int64_t gemm_q4_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    return gemm_q32_q8_0(n, w, w_stride, r0, r1, x, x_stride, T, y, ldy, GEMM_Q4_0, 3);
+}
+
+// W rows r0.. (Q8_0) @ x (T, n) Q8_0 -> y[t * ldy + r]: sum_b (dw*dx) * (vpdpbusd(q + 128, x) - 128 * sum(x))
+static int64_t gemm_q8_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    return gemm_q32_q8_0(n, w, w_stride, r0, r1, x, x_stride, T, y, ldy, GEMM_Q8_0, 7);
 }
 
 // W rows r0.. (Q4_K) @ x (T, n) Q8_K -> y[t * ldy + r], whole groups of 16 rows; returns the first
@@ -390,116 +482,7 @@ static int64_t gemm_q4_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, 
             }
         }
     }
-    int64_t r = r0;
-    for (; r < r1; r += 16) {
-        const uint8_t *rp[16];
-        const int rows = row_ptrs(w, w_stride, r, r1, rp, 1);
-        tile_q4_K_rows16(nb, rp, tiles);
-        int64_t t = 0;
-        for (; t + 4 <= T; t += 4) gemm_q4_K_tile(nb, tiles, x, x_stride, side, t, 4, y + r, ldy, rows);
-        for (; t < T; ++t) gemm_q4_K_tile(nb, tiles, x, x_stride, side, t, 1, y + r, ldy, rows);
-    }
-    return r1;
-}
-
-/* ---------------------------------------------------------------------------------------------
- * Batch matmul for Q6_K weights with the int32 lanes as output rows (as for Q4_K above): the 6-bit
- * quants q go in unsigned (0..63), the -32 offset comes back through the activation block sums:
- *   isum_r = sum_s sc_r,s * (sum_j vpdpbusd(q_r,s,j, x_s,j) - 32 * bsum_s)    (16 sub-blocks of 16) */
-
-typedef struct {
-    uint32_t q[64][16];   /* [4 s + j][lane]: elements 16 s + 4 j .. +3 */
-    int32_t sc[16][16];   /* [s][lane] */
-    int32_t scp[8][16];   /* [pair][lane]: scales of sub-blocks 2 pair (low int16), 2 pair + 1 (high) */
-    float d[16];
-} q6_K_tile16;
-
-// W rows rp[0..15] (Q6_K), super-blocks 0..nb-1 -> tiles[nb]
-static void tile_q6_K_rows16(int64_t nb, const uint8_t *const *rp, q6_K_tile16 *tiles) {
-    const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x03);
-    uint8_t qs[16][QK_K];     /* the 16 rows' quants (0..63) in element order */
-    for (int64_t b = 0; b < nb; ++b) {
-        q6_K_tile16 *tl = &tiles[b];
-        for (int r = 0; r < 16; ++r) {
-            const block_q6_K *blk = (const block_q6_K *)rp[r] + b;
-            for (int h = 0; h < 2; ++h) {
-                const __m256i l0 = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h));
-                const __m256i l1 = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h + 32));
-                const __m256i hb = _mm256_loadu_si256((const __m256i *)(blk->qh + 32 * h));
-                uint8_t *o = qs[r] + 128 * h;
-                _mm256_storeu_si256((__m256i *)o, _mm256_or_si256(_mm256_and_si256(l0, low4),
-                                    _mm256_slli_epi16(_mm256_and_si256(hb, two), 4)));
-                _mm256_storeu_si256((__m256i *)(o + 32), _mm256_or_si256(_mm256_and_si256(l1, low4),
-                                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), two), 4)));
-                _mm256_storeu_si256((__m256i *)(o + 64), _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
-                                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), two), 4)));
-                _mm256_storeu_si256((__m256i *)(o + 96), _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
-                                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), two), 4)));
-            }
-        }
-        for (int c = 0; c < 16; ++c) {           /* 16-byte column c: groups 4c .. 4c+3 */
-            __m512i v[4];
-            for (int k = 0; k < 4; ++k) v[k] = load4x128(qs[4 * k] + 16 * c, QK_K);
-            transpose16x4(v, &tl->q[4 * c]);
-        }
-        for (int p = 0; p < 16; ++p) {
-            const block_q6_K *blk = (const block_q6_K *)rp[tile_row(p)] + b;
-            for (int sb = 0; sb < 16; ++sb) tl->sc[sb][p] = blk->scales[sb];
-            for (int j = 0; j < 8; ++j)
-                tl->scp[j][p] = (int32_t)(uint16_t)(int16_t)blk->scales[2 * j]
-                              | (int32_t)((uint32_t)(uint16_t)(int16_t)blk->scales[2 * j + 1] << 16);
-            tl->d[p] = f16c_to_f32(blk->d);
-        }
-    }
-}
-
-static inline __attribute__((always_inline)) void gemm_q6_K_tile(
-        int64_t nb, const q6_K_tile16 *tiles, const uint8_t *x, size_t x_stride,
-        int64_t t0, const int nt, float *y, size_t ldy, int rows) {
-    __m512 acc[4];
-    for (int t = 0; t < nt; ++t) acc[t] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-        const q6_K_tile16 *tl = &tiles[b];
-        const block_q8_K *xb[4];
-        __m512i isum[4], off[4];
-        for (int t = 0; t < nt; ++t) {
-            xb[t] = (const block_q8_K *)(x + (size_t)(t0 + t) * x_stride) + b;
-            isum[t] = _mm512_setzero_si512();
-            off[t] = _mm512_setzero_si512();
-        }
-        for (int sb = 0; sb < 16; ++sb) {
-            __m512i si[4];
-            for (int t = 0; t < nt; ++t) si[t] = _mm512_setzero_si512();
-            for (int j = 0; j < 4; ++j) {
-                const __m512i q = _mm512_loadu_si512(tl->q[4 * sb + j]);
-                for (int t = 0; t < nt; ++t) {
-                    int32_t xg;
-                    memcpy(&xg, xb[t]->qs + 16 * sb + 4 * j, 4);
-                    si[t] = _mm512_dpbusd_epi32(si[t], q, _mm512_set1_epi32(xg));
-                }
-            }
-            const __m512i sc = _mm512_loadu_si512(tl->sc[sb]);
-            for (int t = 0; t < nt; ++t) isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(si[t], sc));
-        }
-        for (int j = 0; j < 8; ++j) {
-            const __m512i scp = _mm512_loadu_si512(tl->scp[j]);
-            for (int t = 0; t < nt; ++t) {
-                int32_t bp;
-                memcpy(&bp, &xb[t]->bsums[2 * j], 4);
-                off[t] = _mm512_dpwssd_epi32(off[t], scp, _mm512_set1_epi32(bp));
-            }
-        }
-        const __m512 d = _mm512_loadu_ps(tl->d);
-        for (int t = 0; t < nt; ++t)
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(isum[t], _mm512_slli_epi32(off[t], 5))),
-                                     _mm512_mul_ps(d, _mm512_set1_ps(xb[t]->d)), acc[t]);
-    }
-    for (int t = 0; t < nt; ++t) {
-        float o[16];
-        _mm512_storeu_ps(o, acc[t]);
-        for (int p = 0; p < 16; ++p)
-            if (tile_row(p) < rows) y[(size_t)(t0 + t) * ldy + tile_row(p)] = o[p];
-    }
+    return gemm_groups16(GEMM_Q4_K, nb, w, w_stride, r0, r1, tiles, side, x, x_stride, T, y, ldy);
 }
 
 // W rows r0.. (Q6_K) @ x (T, n) Q8_K -> y[t * ldy + r], whole groups of 16 rows; returns the first
@@ -509,16 +492,7 @@ static int64_t gemm_q6_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, 
     const int64_t nb = n / QK_K;
     q6_K_tile16 *tiles = thread_buffer((size_t)nb * sizeof(q6_K_tile16), 0);
     if (!tiles) return r0;
-    int64_t r = r0;
-    for (; r < r1; r += 16) {
-        const uint8_t *rp[16];
-        const int rows = row_ptrs(w, w_stride, r, r1, rp, 1);
-        tile_q6_K_rows16(nb, rp, tiles);
-        int64_t t = 0;
-        for (; t + 4 <= T; t += 4) gemm_q6_K_tile(nb, tiles, x, x_stride, t, 4, y + r, ldy, rows);
-        for (; t < T; ++t) gemm_q6_K_tile(nb, tiles, x, x_stride, t, 1, y + r, ldy, rows);
-    }
-    return r1;
+    return gemm_groups16(GEMM_Q6_K, nb, w, w_stride, r0, r1, tiles, NULL, x, x_stride, T, y, ldy);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -608,7 +582,7 @@ static int64_t gemv_q4_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, 
     for (int64_t t = 0; t < T; ++t) {
         const block_q8_0 *xb = (const block_q8_0 *)((const uint8_t *)x + (size_t)t * x_stride);
         for (int64_t b = 0; b < nb; ++b) {
-            side[b].d = f16c_to_f32(xb[b].d);
+            side[b].d = ls_fp16_to_fp32_f16c(xb[b].d);
             side[b].corr = -(block_sum_i8(xb[b].qs) << 3);
         }
         for (int64_t r = r0; r < r1; r += 16) {
@@ -630,10 +604,8 @@ static int64_t gemv_q4_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, 
                 for (int k = 0; k < 4; ++k) a[k] = load4rows(rp + 4 * k, off + offsetof(block_q4_0, qs));
                 /* transpose the raw bytes once (dword m: bytes 4m..4m+3 of each row), then split
                  * the nibbles: low = group m, high = group 4 + m (same lanes as tile_q4_0_rows16) */
-                const __m512i t01l = _mm512_unpacklo_epi32(a[0], a[1]), t01h = _mm512_unpackhi_epi32(a[0], a[1]);
-                const __m512i t23l = _mm512_unpacklo_epi32(a[2], a[3]), t23h = _mm512_unpackhi_epi32(a[2], a[3]);
-                const __m512i raw[4] = {_mm512_unpacklo_epi64(t01l, t23l), _mm512_unpackhi_epi64(t01l, t23l),
-                                        _mm512_unpacklo_epi64(t01h, t23h), _mm512_unpackhi_epi64(t01h, t23h)};
+                __m512i raw[4];
+                transpose16x4_regs(a, raw);
                 for (int m = 0; m < 4; ++m) {
                     g[m] = _mm512_and_si512(raw[m], low4);
                     g[4 + m] = _mm512_and_si512(_mm512_srli_epi16(raw[m], 4), low4);
@@ -648,23 +620,67 @@ static int64_t gemv_q4_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, 
                 const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)dh));
                 acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai), _mm512_mul_ps(dw, _mm512_set1_ps(side[b].d)), acc);
             }
-            float o[16];
-            _mm512_storeu_ps(o, acc);
-            for (int p = 0; p < 16; ++p)
-                if (tile_row(p) < rows) y[(size_t)t * ldy + r + tile_row(p)] = o[p];
+            store_tile_rows(y + (size_t)t * ldy + r, acc, rows);
         }
     }
     return r1;
 }
 
-// W rows (Q4_K) · 1-3 tokens (Q8_K) -> y: bit for bit gemm_q4_K_q8_K_avx512
-static int64_t gemv_q4_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+/* Q4_K block · Q8_K block, exactly (the integer sums of gemm_q4_K_tile for one row):
+ * returns sum_s sc_s * (q·x)_s and sets *msum = sum_s m_s * bs_s. idx: scale_index(2k, 16). */
+static inline __attribute__((always_inline)) int32_t q4_K_block_sums(const block_q4_K *blk, const block_q8_K *xb,
+                                                                     const __m512i idx[4], int32_t *msum) {
     const __m256i low4 = _mm256_set1_epi8(0x0f);
+    const __m256i bs = _mm256_loadu_si256((const __m256i *)xb->bsums);
+    const __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+    const __m256i scales_mins = ls_unpack_scales_mins_k4_avx2(blk->scales);
+    const __m128i ms = _mm_madd_epi16(_mm256_extracti128_si256(scales_mins, 1), pairs);
+    const __m128i ms2 = _mm_add_epi32(ms, _mm_unpackhi_epi64(ms, ms));
+    *msum = _mm_cvtsi128_si32(_mm_add_epi32(ms2, _mm_shuffle_epi32(ms2, 1)));
+    const __m512i sc = _mm512_broadcast_i32x4(_mm256_castsi256_si128(scales_mins));
+    __m512i si = _mm512_setzero_si512();
+    for (int k = 0; k < 4; ++k) {
+        const __m256i bits = _mm256_loadu_si256((const __m256i *)(blk->qs + 32 * k));
+        const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(bits, low4)),
+                                             _mm256_and_si256(_mm256_srli_epi16(bits, 4), low4), 1);
+        si = _mm512_dpwssd_epi32(si, _mm512_maddubs_epi16(q, _mm512_loadu_si512(xb->qs + 64 * k)),
+                                 _mm512_permutexvar_epi16(idx[k], sc));
+    }
+    return _mm512_reduce_add_epi32(si);
+}
+
+/* Q6_K block · Q8_K block, exactly: sum_s sc_s * ((q·x)_s - 32 * bsum_s). idx: scale_index(4k, 8). */
+static inline __attribute__((always_inline)) int32_t q6_K_block_sum(const block_q6_K *blk, const block_q8_K *xb,
+                                                                    const __m512i idx[4]) {
+    const __m256i bsums = _mm256_loadu_si256((const __m256i *)xb->bsums);
+    const __m256i scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)blk->scales));
+    const __m512i sc = _mm512_castsi256_si512(scales16);
+    __m512i si = _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(),
+                     _mm256_slli_epi32(_mm256_madd_epi16(bsums, scales16), 5)));
+    for (int h = 0; h < 2; ++h) {
+        __m256i q[4];
+        ls_q6_K_quants_half_avx2(blk, h, q);
+        const int8_t *q8 = xb->qs + 128 * h;
+        si = _mm512_dpwssd_epi32(si, _mm512_maddubs_epi16(_mm512_inserti64x4(_mm512_castsi256_si512(q[0]), q[1], 1),
+                                 _mm512_loadu_si512(q8)), _mm512_permutexvar_epi16(idx[2 * h], sc));
+        si = _mm512_dpwssd_epi32(si, _mm512_maddubs_epi16(_mm512_inserti64x4(_mm512_castsi256_si512(q[2]), q[3], 1),
+                                 _mm512_loadu_si512(q8 + 64)), _mm512_permutexvar_epi16(idx[2 * h + 1], sc));
+    }
+    return _mm512_reduce_add_epi32(si);
+}
+
+/* The K-quant decode loop (kind GEMM_Q4_K or GEMM_Q6_K, a constant): per token and group of 16 rows,
+ * each row's block sums row by row (the weights stream in order) into v (Q4_K: the mins' sums into
+ * m), then the float steps of gemm_q4_K_tile / gemm_q6_K_tile for the 16 rows at once. */
+static inline __attribute__((always_inline)) int64_t gemv_q8_K_rows(
+        const enum gemm_kind kind, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    const int q6 = kind == GEMM_Q6_K;
+    const size_t bsize = q6 ? sizeof(block_q6_K) : sizeof(block_q4_K);
     __m512i idx[4];
-    for (int k = 0; k < 4; ++k) idx[k] = scale_index(2 * k, 16);
+    for (int k = 0; k < 4; ++k) idx[k] = q6 ? scale_index(4 * k, 8) : scale_index(2 * k, 16);
     const int64_t nb = n / QK_K;
-    int32_t *v = thread_buffer((size_t)nb * 32 * sizeof(int32_t), 2);
+    int32_t *v = thread_buffer((size_t)nb * (q6 ? 16 : 32) * sizeof(int32_t), 2);
     if (!v) return r0;
     int32_t *m = v + nb * 16;       /* each row's block sums, then read with a row per lane */
     for (int64_t t = 0; t < T; ++t) {
@@ -675,36 +691,28 @@ static int64_t gemv_q4_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, 
             for (int i = 0; i < 16; ++i)      /* row by row: the weights stream in order */
                 for (int64_t b = 0; b < nb; ++b) {
                     if (i >= rows) {
-                        v[b * 16 + i] = m[b * 16 + i] = 0;
+                        v[b * 16 + i] = 0;
+                        if (!q6) m[b * 16 + i] = 0;
                         continue;
                     }
-                    const block_q4_K *blk = (const block_q4_K *)rp[i] + b;
-                    for (size_t o = 0; o < sizeof(block_q4_K) + 63; o += 64)   /* 4 rows ahead */
+                    const uint8_t *blk = rp[i] + (size_t)b * bsize;
+                    for (size_t o = 0; o < bsize + 63; o += 64)   /* 4 rows ahead */
                         _mm_prefetch((const char *)blk + 4 * w_stride + o, _MM_HINT_T0);
-                    const __m256i bs = _mm256_loadu_si256((const __m256i *)xb[b].bsums);
-                    const __m128i pairs = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
-                    const __m256i scales_mins = unpack_scales_mins_k4_(blk->scales);
-                    const __m128i ms = _mm_madd_epi16(_mm256_extracti128_si256(scales_mins, 1), pairs);
-                    const __m128i ms2 = _mm_add_epi32(ms, _mm_unpackhi_epi64(ms, ms));
-                    m[b * 16 + i] = _mm_cvtsi128_si32(_mm_add_epi32(ms2, _mm_shuffle_epi32(ms2, 1)));
-                    const __m512i sc = _mm512_broadcast_i32x4(_mm256_castsi256_si128(scales_mins));
-                    __m512i si = _mm512_setzero_si512();
-                    for (int k = 0; k < 4; ++k) {
-                        const __m256i bits = _mm256_loadu_si256((const __m256i *)(blk->qs + 32 * k));
-                        const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(bits, low4)),
-                                                             _mm256_and_si256(_mm256_srli_epi16(bits, 4), low4), 1);
-                        si = _mm512_dpwssd_epi32(si, _mm512_maddubs_epi16(q, _mm512_loadu_si512(xb[b].qs + 64 * k)),
-                                                 _mm512_permutexvar_epi16(idx[k], sc));
-                    }
-                    v[b * 16 + i] = _mm512_reduce_add_epi32(si);
+                    v[b * 16 + i] = q6 ? q6_K_block_sum((const block_q6_K *)blk, &xb[b], idx)
+                                       : q4_K_block_sums((const block_q4_K *)blk, &xb[b], idx, &m[b * 16 + i]);
                 }
             __m512 acc = _mm512_setzero_ps();
             for (int64_t b = 0; b < nb; ++b) {
-                const __m512i isum = _mm512_loadu_si512(v + b * 16), msum = _mm512_loadu_si512(m + b * 16);
                 const __m512 dx = _mm512_set1_ps(xb[b].d);
-                const size_t off = (size_t)b * sizeof(block_q4_K);
-                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(gather_fp16(rp, off + offsetof(block_q4_K, d)), dx), acc);
-                acc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(gather_fp16(rp, off + offsetof(block_q4_K, dmin)), dx), acc);
+                const size_t off = (size_t)b * bsize;
+                if (q6) {
+                    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(v + b * 16)),
+                                          _mm512_mul_ps(gather_fp16(rp, off + offsetof(block_q6_K, d)), dx), acc);
+                } else {
+                    const __m512i isum = _mm512_loadu_si512(v + b * 16), msum = _mm512_loadu_si512(m + b * 16);
+                    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(gather_fp16(rp, off + offsetof(block_q4_K, d)), dx), acc);
+                    acc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), _mm512_mul_ps(gather_fp16(rp, off + offsetof(block_q4_K, dmin)), dx), acc);
+                }
             }
             store_rows(y + (size_t)t * ldy + r, acc, rows);
         }
@@ -712,62 +720,16 @@ static int64_t gemv_q4_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, 
     return r1;
 }
 
+// W rows (Q4_K) · 1-3 tokens (Q8_K) -> y: bit for bit gemm_q4_K_q8_K_avx512
+static int64_t gemv_q4_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    return gemv_q8_K_rows(GEMM_Q4_K, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
+}
+
 // W rows (Q6_K) · 1-3 tokens (Q8_K) -> y: bit for bit gemm_q6_K_q8_K_avx512
 static int64_t gemv_q6_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                      const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x03);
-    __m512i idx[4];
-    for (int k = 0; k < 4; ++k) idx[k] = scale_index(4 * k, 8);
-    const int64_t nb = n / QK_K;
-    int32_t *v = thread_buffer((size_t)nb * 16 * sizeof(int32_t), 2);   /* rows' block sums */
-    if (!v) return r0;
-    for (int64_t t = 0; t < T; ++t) {
-        const block_q8_K *xb = (const block_q8_K *)((const uint8_t *)x + (size_t)t * x_stride);
-        for (int64_t r = r0; r < r1; r += 16) {
-            const uint8_t *rp[16];
-            const int rows = row_ptrs(w, w_stride, r, r1, rp, 0);
-            for (int i = 0; i < 16; ++i)      /* row by row: the weights stream in order */
-                for (int64_t b = 0; b < nb; ++b) {
-                    if (i >= rows) {
-                        v[b * 16 + i] = 0;
-                        continue;
-                    }
-                    const block_q6_K *blk = (const block_q6_K *)rp[i] + b;
-                    for (size_t o = 0; o < sizeof(block_q6_K) + 63; o += 64)   /* 4 rows ahead */
-                        _mm_prefetch((const char *)blk + 4 * w_stride + o, _MM_HINT_T0);
-                    const __m256i bsums = _mm256_loadu_si256((const __m256i *)xb[b].bsums);
-                    const __m256i scales16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)blk->scales));
-                    const __m512i sc = _mm512_castsi256_si512(scales16);
-                    __m512i si = _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(),
-                                     _mm256_slli_epi32(_mm256_madd_epi16(bsums, scales16), 5)));
-                    for (int h = 0; h < 2; ++h) {
-                        const __m256i l0 = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h));
-                        const __m256i l1 = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h + 32));
-                        const __m256i hb = _mm256_loadu_si256((const __m256i *)(blk->qh + 32 * h));
-                        const __m256i q0 = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(hb, two), 4));
-                        const __m256i q1 = _mm256_or_si256(_mm256_and_si256(l1, low4),
-                                                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), two), 4));
-                        const __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
-                                                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), two), 4));
-                        const __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
-                                                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), two), 4));
-                        const int8_t *q8 = xb[b].qs + 128 * h;
-                        si = _mm512_dpwssd_epi32(si, _mm512_maddubs_epi16(_mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1),
-                                                 _mm512_loadu_si512(q8)), _mm512_permutexvar_epi16(idx[2 * h], sc));
-                        si = _mm512_dpwssd_epi32(si, _mm512_maddubs_epi16(_mm512_inserti64x4(_mm512_castsi256_si512(q2), q3, 1),
-                                                 _mm512_loadu_si512(q8 + 64)), _mm512_permutexvar_epi16(idx[2 * h + 1], sc));
-                    }
-                    v[b * 16 + i] = _mm512_reduce_add_epi32(si);
-                }
-            __m512 acc = _mm512_setzero_ps();
-            for (int64_t b = 0; b < nb; ++b)
-                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(v + b * 16)),
-                                      _mm512_mul_ps(gather_fp16(rp, (size_t)b * sizeof(block_q6_K) + offsetof(block_q6_K, d)),
-                                                    _mm512_set1_ps(xb[b].d)), acc);
-            store_rows(y + (size_t)t * ldy + r, acc, rows);
-        }
-    }
-    return r1;
+    return gemv_q8_K_rows(GEMM_Q6_K, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
 }
 
 /* cpu.c copies the non-NULL slots into the AVX2 table (ls_set_avx512). */

@@ -1,5 +1,5 @@
-/* quants_impl.h — internal to quants.c / quants_avx2.c / cpu.c: kernel prototypes and the
- * per-type dispatch table. Nothing outside those three files should include it; use quants.h.
+/* quants_impl.h — internal to quants.c / quants_avx2.c / quants_avx512.c / cpu.c: kernel prototypes
+ * and the per-type dispatch table. Nothing outside those files should include it; use quants.h.
  *
  * Kernel conventions: n is the element count, a multiple of the type's block size (the ls_* entry
  * points and the Cython wrappers check that); w / x / y never alias.
@@ -104,5 +104,42 @@ static inline void ls_unpack_scales_q3k(const uint8_t *q, uint8_t sc[16]) {
     for (int s = 0; s < 16; ++s)
         sc[s] = (uint8_t)(((q[s % 8] >> (4 * (s / 8))) & 15) | (((q[8 + s % 4] >> (2 * (s / 4))) & 3) << 4));
 }
+
+
+/* ---- shared by the SIMD files (quants_avx2.c, quants_avx512.c), which are compiled for AVX2 and
+ * F16C (their target pragmas come before this include); other files do not see these. ---- */
+#if defined(__AVX2__) && defined(__F16C__)
+#include <immintrin.h>
+#include <string.h>
+
+static inline float ls_fp16_to_fp32_f16c(ls_fp16_t h) { return _cvtsh_ss(h); }
+
+/* The 12 packed 6-bit scales and mins of Q4_K / Q5_K as 16 int16: lanes 0-7 the scales, 8-15 the
+ * mins (same unpacking as ls_unpack_scales_k4, four bytes at a time). */
+static inline __m256i ls_unpack_scales_mins_k4_avx2(const uint8_t *q) {
+    uint32_t w[3];
+    memcpy(w, q, 12);
+    const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
+    const uint32_t sc_lo = w[0] & m6;
+    const uint32_t sc_hi = (w[2] & m4) | (((w[0] >> 6) & m2) << 4);
+    const uint32_t mn_lo = w[1] & m6;
+    const uint32_t mn_hi = ((w[2] >> 4) & m4) | (((w[1] >> 6) & m2) << 4);
+    return _mm256_cvtepu8_epi16(_mm_set_epi32((int)mn_hi, (int)mn_lo, (int)sc_hi, (int)sc_lo));
+}
+
+/* The quants (0..63) of elements 128h .. 128h+127 of a Q6_K block, 32 a register, in element order. */
+static inline __attribute__((always_inline)) void ls_q6_K_quants_half_avx2(const block_q6_K *blk, int h, __m256i q[4]) {
+    const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x03);
+    const __m256i l0 = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h));
+    const __m256i l1 = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h + 32));
+    const __m256i hb = _mm256_loadu_si256((const __m256i *)(blk->qh + 32 * h));
+    q[0] = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(hb, two), 4));
+    q[1] = _mm256_or_si256(_mm256_and_si256(l1, low4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), two), 4));
+    q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
+                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), two), 4));
+    q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
+                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), two), 4));
+}
+#endif
 
 #endif
