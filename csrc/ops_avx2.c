@@ -8,13 +8,7 @@
 #include <math.h>
 
 #include "ops.h"
-
-static inline float hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
+#include "quants_impl.h"
 
 // q (head_dim,) f32; k, v f16 rows j = first_key .. n_keys-1 (row j at + j*kv_stride) -> out (head_dim,)
 //   s_j = scale · (f16(q) · k_j);  p = softmax(s);  out = Σ_j p_j v_j        (head_dim % 8 == 0)
@@ -36,7 +30,7 @@ void ls_attn_head_avx2(const float *q, const uint16_t *k, const uint16_t *v, siz
         }
         for (; d < nv; d++)
             a0 = _mm256_fmadd_ps(qr[d], _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kj + 8 * d))), a0);
-        const float s = scale * hsum8(_mm256_add_ps(a0, a1));
+        const float s = scale * ls_hsum_ps(_mm256_add_ps(a0, a1));
         scores[j] = s;
         if (s > mx) mx = s;
     }

@@ -21,13 +21,6 @@
 /* ---------------------------------------------------------------------------------------------
  * Helpers */
 
-/* Sum of the 8 float lanes. */
-static inline float hsum_ps(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 /* Sum of the 4 float lanes. */
 static inline float hsum_ps128(__m128 s) {
@@ -110,7 +103,7 @@ static float vec_dot_q4_K_q8_K_avx2(int64_t n, const void *vw, const void *vx) {
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
-    return hsum_ps(acc) + hsum_ps128(acc_m);
+    return ls_hsum_ps(acc) + hsum_ps128(acc_m);
 }
 
 // w (n,) in Q5_K · x (n,) in Q8_K -> float: as Q4_K with 5-bit quants (high bit s of qh[l])
@@ -146,7 +139,7 @@ static float vec_dot_q5_K_q8_K_avx2(int64_t n, const void *vw, const void *vx) {
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
-    return hsum_ps(acc) + hsum_ps128(acc_m);
+    return ls_hsum_ps(acc) + hsum_ps128(acc_m);
 }
 
 /* Shuffle mask for 16 int8 scales: bytes 0-7 <- scale 2c, bytes 8-15 <- scale 2c+1. */
@@ -180,7 +173,7 @@ static float vec_dot_q6_K_q8_K_avx2(int64_t n, const void *vw, const void *vx) {
         sumi = _mm256_sub_epi32(sumi, offset);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
-    return hsum_ps(acc);
+    return ls_hsum_ps(acc);
 }
 
 // w (n,) in Q2_K · x (n,) in Q8_K -> float: sum_b (dx*d) * sum_s sc_s*(q·qx)_s - (dx*dmin) * sum_s m_s*bsum_s
@@ -211,7 +204,7 @@ static float vec_dot_q2_K_q8_K_avx2(int64_t n, const void *vw, const void *vx) {
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
-    return hsum_ps(_mm256_add_ps(acc, acc_m));
+    return ls_hsum_ps(_mm256_add_ps(acc, acc_m));
 }
 
 // w (n,) in Q3_K · x (n,) in Q8_K -> float: sum_b (dx*d) * sum_s (sc_s-32) * (q·qx)_s
@@ -250,7 +243,7 @@ static float vec_dot_q3_K_q8_K_avx2(int64_t n, const void *vw, const void *vx) {
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
-    return hsum_ps(acc);
+    return ls_hsum_ps(acc);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -285,7 +278,7 @@ static float vec_dot_q4_0_q8_0_avx2(int64_t n, const void *vw, const void *vx) {
         const float d0 = ls_fp16_to_fp32_f16c(w[b].d) * ls_fp16_to_fp32_f16c(x[b].d);
         acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(s0), acc0);
     }
-    return hsum_ps(_mm256_add_ps(acc0, acc1));
+    return ls_hsum_ps(_mm256_add_ps(acc0, acc1));
 }
 
 // w (n,) in Q4_1 · x (n,) in Q8_1 -> float: sum_b (dw*dx) * sum_k qw*qx + mw * sx
@@ -312,7 +305,7 @@ static float vec_dot_q4_1_q8_1_avx2(int64_t n, const void *vw, const void *vx) {
         summs += ls_fp16_to_fp32_f16c(w[b].m) * ls_fp16_to_fp32_f16c(x[b].s);
         acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(s0), acc0);
     }
-    return hsum_ps(_mm256_add_ps(acc0, acc1)) + summs;
+    return ls_hsum_ps(_mm256_add_ps(acc0, acc1)) + summs;
 }
 
 /* The 5-bit quants (0..31) of a Q5_0 / Q5_1 block, in element order. */
@@ -344,7 +337,7 @@ static float vec_dot_q5_0_q8_0_avx2(int64_t n, const void *vw, const void *vx) {
         const float d0 = ls_fp16_to_fp32_f16c(w[b].d) * ls_fp16_to_fp32_f16c(x[b].d);
         acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(_mm256_madd_epi16(p0, _mm256_set1_epi16(1))), acc0);
     }
-    return hsum_ps(_mm256_add_ps(acc0, acc1));
+    return ls_hsum_ps(_mm256_add_ps(acc0, acc1));
 }
 
 // w (n,) in Q5_1 · x (n,) in Q8_1 -> float: sum_b (dw*dx) * sum_k qw*qx + mw * sx
@@ -371,7 +364,7 @@ static float vec_dot_q5_1_q8_1_avx2(int64_t n, const void *vw, const void *vx) {
         summs += ls_fp16_to_fp32_f16c(w[b].m) * ls_fp16_to_fp32_f16c(x[b].s);
         acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(s0), acc0);
     }
-    return hsum_ps(_mm256_add_ps(acc0, acc1)) + summs;
+    return ls_hsum_ps(_mm256_add_ps(acc0, acc1)) + summs;
 }
 
 // w (n,) in Q8_0 · x (n,) in Q8_0 -> float: sum_b (dw*dx) * sum_k qw*qx
@@ -397,7 +390,7 @@ static float vec_dot_q8_0_q8_0_avx2(int64_t n, const void *vw, const void *vx) {
         const float d0 = ls_fp16_to_fp32_f16c(w[b].d) * ls_fp16_to_fp32_f16c(x[b].d);
         acc0 = _mm256_fmadd_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(s0), acc0);
     }
-    return hsum_ps(_mm256_add_ps(acc0, acc1));
+    return ls_hsum_ps(_mm256_add_ps(acc0, acc1));
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -419,7 +412,7 @@ static float vec_dot_f16_f16_avx2(int64_t n, const void *vw, const void *vx) {
         const __m256 c = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i)));
         acc[0] = _mm256_fmadd_ps(a, c, acc[0]);
     }
-    double sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    double sum = ls_hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
     for (; i < n; ++i) sum += (double)(ls_fp16_to_fp32_f16c(w[i]) * ls_fp16_to_fp32_f16c(x[i]));
     return (float)sum;
 }
@@ -439,7 +432,7 @@ static float vec_dot_bf16_bf16_avx2(int64_t n, const void *vw, const void *vx) {
         for (int k = 0; k < 4; ++k)
             acc[k] = _mm256_fmadd_ps(bf16x8_to_ps(w + i + 8 * k), bf16x8_to_ps(x + i + 8 * k), acc[k]);
     for (; i + 8 <= n; i += 8) acc[0] = _mm256_fmadd_ps(bf16x8_to_ps(w + i), bf16x8_to_ps(x + i), acc[0]);
-    double sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    double sum = ls_hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
     for (; i < n; ++i) sum += (double)(ls_bf16_to_fp32(w[i]) * ls_bf16_to_fp32(x[i]));
     return (float)sum;
 }
@@ -453,7 +446,7 @@ static float vec_dot_f32_f32_avx2(int64_t n, const void *vw, const void *vx) {
         for (int k = 0; k < 4; ++k)
             acc[k] = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8 * k), _mm256_loadu_ps(x + i + 8 * k), acc[k]);
     for (; i + 8 <= n; i += 8) acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), acc[0]);
-    double sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    double sum = ls_hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
     for (; i < n; ++i) sum += (double)(w[i] * x[i]);
     return (float)sum;
 }
@@ -495,7 +488,7 @@ static inline __attribute__((always_inline)) void vec_dot_q32_q8_0_x4(const int 
             acc[a][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * ls_fp16_to_fp32_f16c(x[t][b].d)), _mm256_cvtepi32_ps(s), acc[a][t]);
         }
     }
-    for (int t = 0; t < 4; ++t) y[t] = hsum_ps(_mm256_add_ps(acc[0][t], acc[1][t]));
+    for (int t = 0; t < 4; ++t) y[t] = ls_hsum_ps(_mm256_add_ps(acc[0][t], acc[1][t]));
 }
 
 // w (n,) in Q8_0 · x_t (n,) in Q8_0, t = 0..3 -> y[t] = sum_b (dw*dx_t) * sum_k qw*qx_t
@@ -542,7 +535,7 @@ static void vec_dot_q4_K_q8_K_x4_avx2(int64_t n, const void *vw, const void *vx,
         for (int t = 0; t < 4; ++t)
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * x[t][b].d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
     }
-    for (int t = 0; t < 4; ++t) y[t] = hsum_ps(acc[t]) + hsum_ps128(acc_m[t]);
+    for (int t = 0; t < 4; ++t) y[t] = ls_hsum_ps(acc[t]) + hsum_ps128(acc_m[t]);
 }
 
 // w (n,) in Q6_K · x_t (n,) in Q8_K, t = 0..3 -> y[t] as vec_dot_q6_K_q8_K for each x_t
@@ -573,7 +566,7 @@ static void vec_dot_q6_K_q8_K_x4_avx2(int64_t n, const void *vw, const void *vx,
         for (int t = 0; t < 4; ++t)
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * x[t][b].d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
     }
-    for (int t = 0; t < 4; ++t) y[t] = hsum_ps(acc[t]);
+    for (int t = 0; t < 4; ++t) y[t] = ls_hsum_ps(acc[t]);
 }
 
 /* ---------------------------------------------------------------------------------------------

@@ -114,6 +114,14 @@ static inline void ls_unpack_scales_q3k(const uint8_t *q, uint8_t sc[16]) {
 
 static inline float ls_fp16_to_fp32_f16c(ls_fp16_t h) { return _cvtsh_ss(h); }
 
+/* Sum of the 8 float lanes (a fixed order: high half onto low, then pairs). */
+static inline float ls_hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
 /* The 12 packed 6-bit scales and mins of Q4_K / Q5_K as 16 int16: lanes 0-7 the scales, 8-15 the
  * mins (same unpacking as ls_unpack_scales_k4, four bytes at a time). */
 static inline __m256i ls_unpack_scales_mins_k4_avx2(const uint8_t *q) {
