@@ -281,3 +281,4 @@ def attention(const float[:, ::1] q, const uint16_t[:, ::1] kc, const uint16_t[:
 
 include "_quants.pxi"
 include "_llama.pxi"
+include "_phi2.pxi"

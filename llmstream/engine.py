@@ -94,10 +94,10 @@ class Workspace:
         self.f1, self.f2 = z(B, F), z(B, F)
         self.logits = z(1, cfg.n_vocab)
         self.ids = np.zeros(B, np.int32)
-        # three regions: matmuls fed by the same activations but with different vec_dot types
-        # (llama_layer) each get their own converted copy
+        # four regions: matmuls fed by the same activations but with different vec_dot types
+        # (llama_layer: q/k/v; phi2_layer: q/k/v/fc1) each get their own converted copy
         xq_bytes = max(_ops.vec_dot_row_bytes(l.type, l.n_in) for l in linears) * B
-        self.xq = np.zeros(3 * xq_bytes, np.uint8)
+        self.xq = np.zeros(4 * xq_bytes, np.uint8)
         threads = max(1, threads)
         self.scratch = z(threads, n_ctx + 2 * cfg.head_dim)
         self.q16 = np.zeros((threads, cfg.head_dim), np.uint16)

@@ -57,7 +57,27 @@ def load(w, cfg):
 
 
 def forward(m, ids, pos0: int, out):
-    """Evaluate ids (T,) at positions pos0.. ; logits into out (T or 1, V) when out is given."""
+    """Evaluate ids (T,) at positions pos0.. ; logits into out (T or 1, V) when out is given.
+
+    Each layer is one _ops.phi2_layer call (one parallel region), bit-identical to forward_ops."""
+    c, ws, cache = m.config, m.ws, m.cache
+    T, hd = len(ids), c.head_dim
+    x, h, q, k, v, att, o, f1 = (a[:T] for a in (ws.x, ws.h, ws.q, ws.k, ws.v, ws.att, ws.o,
+                                                  ws.f1))
+    embed(m, ids, x)
+    for i, L in enumerate(m.layers):
+        _ops.phi2_layer(x, L.attn_norm, L.attn_norm_b, L.wq.w, L.wq.type, L.wq.b,
+                        L.wk.w, L.wk.type, L.wk.b, L.wv.w, L.wv.type, L.wv.b,
+                        L.wo.w, L.wo.type, L.wo.b, L.w_up.w, L.w_up.type, L.w_up.b,
+                        L.w_down.w, L.w_down.type, L.w_down.b,
+                        cache.k[i], cache.v[i], pos0, c.n_head, c.n_head_kv, hd, c.n_rot,
+                        c.rope_base, c.norm_eps, c.sliding_window,
+                        h, q, k, v, att, o, f1, ws.xq, ws.scratch, ws.q16)
+    _final(m, x, h, out)
+
+
+def forward_ops(m, ids, pos0: int, out):
+    """forward() with one _ops call per operation (the reference the fused layer must match)."""
     c, ws, cache = m.config, m.ws, m.cache
     T, hd = len(ids), c.head_dim
     x, h, q, k, v, att, o, f1 = (a[:T] for a in (ws.x, ws.h, ws.q, ws.k, ws.v, ws.att, ws.o,
@@ -82,6 +102,12 @@ def forward(m, ids, pos0: int, out):
         L.w_down(f1, att, ws.xq)
         o += att
         x += o
+    _final(m, x, h, out)
+
+
+def _final(m, x, h, out):
+    """Final LayerNorm and the output projection (with bias) of the rows out asks for."""
+    c, ws = m.config, m.ws
     if out is not None:
         rows = final_rows(x, out)
         hn = h[:rows.shape[0]]
