@@ -109,13 +109,10 @@ def cmd_tokenize(args) -> int:
 
 def cmd_serve(args) -> int:
     """Resolve the model (a local file, or the hub with its cache), then serve it."""
+    from .hub import resolve_model
     from .server.app import Settings
 
-    from .hub import resolve_model
-
     _log_to_stderr()   # the hub's download and fallback messages, then the server's
-    if args.model and (args.model_repo or args.model_file):
-        raise LLMStreamError("give either --model (a local file) or --model-repo/--model-file, not both")
     r = resolve_model(args.feature, model_repo=args.model_repo, model_file=args.model_file,
                       tokenizer_repo=args.tokenizer_repo, model_path=args.model,
                       tokenizer_path=args.tokenizer, config_path=args.config)

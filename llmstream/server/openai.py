@@ -99,9 +99,7 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
     state, settings = request.app[STATE], request.app[SETTINGS]
     body = await read_json(request)
     _check_supported(body, CHAT_KEYS if chat else COMPLETION_KEYS)
-    params, explicit_max = sampling_params(
-        {k: v for k, v in body.items() if k in COMMON and k not in ("n", "model")}, settings.defaults,
-        RENAME)
+    params, explicit_max = sampling_params(body, settings.defaults, RENAME)
     context_type = context_type_of(body, settings.context_type)
     if chat:
         messages = body.get("messages")
