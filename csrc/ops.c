@@ -98,20 +98,23 @@ void ls_gelu(float *x, int n) {
 }
 
 /* One query head against the cache:
- *   q (head_dim,) f32; k, v: f16 rows j = first_key .. n_keys-1, row j at k + j*kv_stride
+ *   q (head_dim,) f32; k, v: f16 keys j = first_key .. n_keys-1 of one sequence, key j in the pool
+ *   row ls_kv_row(blocks, block_size, j) at k + row*kv_stride (paged KV, see ops.h)
  *   s_j = scale · (f16(q) · k_j);  p = softmax(s);  out (head_dim,) = Σ_j p_j v_j
  * Scratch: scores (n_keys,), q16 (head_dim,), vrow (head_dim,). */
 void ls_attn_head(const float *q, const uint16_t *k, const uint16_t *v, size_t kv_stride,
+                  const int32_t *blocks, int block_size,
                   int first_key, int n_keys, int head_dim, float scale,
                   float *scores, uint16_t *q16, float *vrow, float *out) {
     if (ls_get_simd() >= LS_SIMD_AVX2 && head_dim % 8 == 0 && head_dim <= 256) {
-        ls_attn_head_avx2(q, k, v, kv_stride, first_key, n_keys, head_dim, scale, scores, out);
+        ls_attn_head_avx2(q, k, v, kv_stride, blocks, block_size, first_key, n_keys, head_dim,
+                          scale, scores, out);
         return;
     }
     ls_quantize_row(LS_TYPE_F16, q, q16, head_dim);
     float mx = -INFINITY;
     for (int j = first_key; j < n_keys; j++) {
-        const float s = scale * ls_vec_dot(LS_TYPE_F16, head_dim, k + (size_t)j * kv_stride, q16);
+        const float s = scale * ls_vec_dot(LS_TYPE_F16, head_dim, k + ls_kv_row(blocks, block_size, j) * kv_stride, q16);
         scores[j] = s;
         if (s > mx) mx = s;
     }
@@ -128,7 +131,7 @@ void ls_attn_head(const float *q, const uint16_t *k, const uint16_t *v, size_t k
     memset(out, 0, sizeof(float) * head_dim);
     for (int j = first_key; j < n_keys; j++) {
         const float p = scores[j] * inv;
-        ls_dequantize_row(LS_TYPE_F16, v + (size_t)j * kv_stride, vrow, head_dim);
+        ls_dequantize_row(LS_TYPE_F16, v + ls_kv_row(blocks, block_size, j) * kv_stride, vrow, head_dim);
         for (int d = 0; d < head_dim; d++) out[d] += p * vrow[d];
     }
 }

@@ -10,12 +10,19 @@ void ls_layernorm(const float *x, const float *w, const float *b, float *y, int 
 void ls_rope(float *x, int n_head, int head_dim, int n_rot, int pos, float freq_base, int neox);
 void ls_swiglu(float *gate, const float *up, int n);
 void ls_gelu(float *x, int n);
+/* Keys and values are paged: the sequence's key j lives in row blocks[j / block_size] * block_size
+ * + j % block_size of the KV pool (k, v point at the head's first column of row 0). */
 void ls_attn_head(const float *q, const uint16_t *k, const uint16_t *v, size_t kv_stride,
+                  const int32_t *blocks, int block_size,
                   int first_key, int n_keys, int head_dim, float scale,
                   float *scores, uint16_t *q16, float *vrow, float *out);
 /* AVX2 twin of ls_attn_head (ops_avx2.c), for head_dim % 8 == 0 and head_dim <= 256; ls_attn_head
  * calls it when the AVX2 level is in use. */
 void ls_attn_head_avx2(const float *q, const uint16_t *k, const uint16_t *v, size_t kv_stride,
-                       int first_key, int n_keys, int head_dim, float scale,
+                       const int32_t *blocks, int block_size, int first_key, int n_keys, int head_dim, float scale,
                        float *scores, float *out);
+/* Row of the KV pool that holds position pos of a sequence with block table `blocks`. */
+static inline size_t ls_kv_row(const int32_t *blocks, int block_size, int pos) {
+    return (size_t)blocks[pos / block_size] * (size_t)block_size + (size_t)(pos % block_size);
+}
 #endif

@@ -10,10 +10,11 @@
 #include "ops.h"
 #include "quants_impl.h"
 
-// q (head_dim,) f32; k, v f16 rows j = first_key .. n_keys-1 (row j at + j*kv_stride) -> out (head_dim,)
+// q (head_dim,) f32; k, v f16 keys j = first_key .. n_keys-1 (key j in pool row
+// ls_kv_row(blocks, block_size, j), at + row*kv_stride) -> out (head_dim,)
 //   s_j = scale · (f16(q) · k_j);  p = softmax(s);  out = Σ_j p_j v_j        (head_dim % 8 == 0)
 void ls_attn_head_avx2(const float *q, const uint16_t *k, const uint16_t *v, size_t kv_stride,
-                       int first_key, int n_keys, int head_dim, float scale,
+                       const int32_t *blocks, int block_size, int first_key, int n_keys, int head_dim, float scale,
                        float *scores, float *out) {
     const int nv = head_dim / 8;
     __m256 qr[32];                       /* q rounded to f16 and back, as the scalar path's q16 */
@@ -21,7 +22,7 @@ void ls_attn_head_avx2(const float *q, const uint16_t *k, const uint16_t *v, siz
         qr[d] = _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(q + 8 * d), _MM_FROUND_TO_NEAREST_INT));
     float mx = -INFINITY;
     for (int j = first_key; j < n_keys; j++) {
-        const uint16_t *kj = k + (size_t)j * kv_stride;
+        const uint16_t *kj = k + ls_kv_row(blocks, block_size, j) * kv_stride;
         __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
         int d = 0;
         for (; d + 2 <= nv; d += 2) {
@@ -46,7 +47,7 @@ void ls_attn_head_avx2(const float *q, const uint16_t *k, const uint16_t *v, siz
     for (int d = 0; d < nv; d++) acc[d] = _mm256_setzero_ps();
     for (int j = first_key; j < n_keys; j++) {
         const __m256 p = _mm256_set1_ps(scores[j] * inv);
-        const uint16_t *vj = v + (size_t)j * kv_stride;
+        const uint16_t *vj = v + ls_kv_row(blocks, block_size, j) * kv_stride;
         for (int d = 0; d < nv; d++)
             acc[d] = _mm256_fmadd_ps(p, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vj + 8 * d))), acc[d]);
     }

@@ -80,22 +80,24 @@ def llama_layer(float[:, ::1] x, const float[::1] attn_norm, const float[::1] ff
                 const uint8_t[:, ::1] wv, int tv, const uint8_t[:, ::1] wo, int to,
                 const uint8_t[:, ::1] wg, int tg, const uint8_t[:, ::1] wu, int tu,
                 const uint8_t[:, ::1] wd, int td,
-                uint16_t[:, ::1] kc, uint16_t[:, ::1] vc, int pos0,
+                uint16_t[:, ::1] kc, uint16_t[:, ::1] vc, const int32_t[::1] pos,
+                const int32_t[::1] seq, const int32_t[:, ::1] tables, int block_size,
                 int n_head, int n_head_kv, int head_dim, int n_rot, float rope_base, bint neox,
                 float eps, int window,
                 float[:, ::1] h, float[:, ::1] q, float[:, ::1] k, float[:, ::1] v,
                 float[:, ::1] att, float[:, ::1] o, float[:, ::1] f1, float[:, ::1] f2,
                 uint8_t[::1] xq, float[:, ::1] scratch, uint16_t[:, ::1] q16):
-    """One llama layer on x (T, E) in place, tokens at positions pos0.. (keys/values stored in kc, vc):
+    """One llama layer on x (T, E) in place; token t belongs to sequence seq[t] at position pos[t]
+    and its key/value go to that sequence's rows of the paged pool kc, vc (see _KV):
 
         h = RMSNorm(x) * attn_norm;  q, k, v = h Wq, h Wk, h Wv;  RoPE(q, k);  kc, vc[pos] = k, v
         x += attention(q, kc, vc) Wo;  h = RMSNorm(x) * ffn_norm;  x += (silu(h Wg) * h Wu) Wd
 
     Weights are raw rows (n_out, row bytes) with their GGML type ids. Scratch: h, q, att, o (T, E);
     k, v (T, KV); f1, f2 (T, F); xq >= 3 * T * the largest vec_dot row of any of the weights;
-    scratch / q16 as for attention(). Same numerics as the per-op functions."""
+    scratch / q16 as for attention(). Bit-identical to the per-op reference (models/llama.py
+    forward_ops)."""
     cdef int64_t T = x.shape[0], E = x.shape[1], F = f1.shape[1], KV = k.shape[1]
-    cdef int64_t n_ctx = kc.shape[0]
     _check(attn_norm.shape[0] == E and ffn_norm.shape[0] == E, "norm shape mismatch")
     _check(h.shape[0] == T and q.shape[0] == T and k.shape[0] == T and v.shape[0] == T
            and att.shape[0] == T and o.shape[0] == T and f1.shape[0] == T and f2.shape[0] == T,
@@ -105,11 +107,9 @@ def llama_layer(float[:, ::1] x, const float[::1] attn_norm, const float[::1] ff
     _check(n_head % n_head_kv == 0 and n_head * head_dim == E and n_head_kv * head_dim == KV,
            "head shape mismatch")
     _check(0 < n_rot <= head_dim and n_rot % 2 == 0, "rope shape mismatch")
-    _check(kc.shape[1] == KV and vc.shape[1] == KV and vc.shape[0] == n_ctx, "kv cache shape mismatch")
-    _check(pos0 >= 0 and pos0 + T <= n_ctx,
-           f"positions {pos0}..{pos0 + T - 1} exceed the KV cache of {n_ctx}")
-    _check(scratch.shape[1] >= n_ctx + 2 * head_dim and q16.shape[1] >= head_dim
-           and q16.shape[0] == scratch.shape[0], "attention scratch too small")
+    _check(q16.shape[1] >= head_dim and q16.shape[0] == scratch.shape[0], "attention scratch too small")
+    cdef _KV kv
+    _set_kv(&kv, kc, vc, pos, seq, tables, block_size, T, KV, scratch, head_dim)
     if T == 0:
         return
     cdef size_t maxrs = 0
@@ -138,14 +138,12 @@ def llama_layer(float[:, ::1] x, const float[::1] attn_norm, const float[::1] ff
     cdef int64_t nc_o = _n_chunks(&Lo, T), nc_gu = _n_chunks(&Lg, T) + _n_chunks(&Lu, T)
     cdef int64_t nc_d = _n_chunks(&Ld, T)
     cdef int group = n_head // n_head_kv
-    cdef size_t stride = <size_t>KV
     cdef float scale = 1.0 / sqrt(<double>head_dim)
     cdef double weight_bytes = (_bytes(&Lq) + _bytes(&Lk) + _bytes(&Lv) + _bytes(&Lo) + _bytes(&Lg)
                                 + _bytes(&Lu) + _bytes(&Ld))
     cdef int nt = min(team_size(weight_bytes * T, max(nc_qkv, nc_gu, T)), <int>scratch.shape[0])
-    cdef int64_t t, c, i, j, ta
-    cdef int tid, hh, p, first
-    cdef float *s
+    cdef int64_t t, c, i, j
+    cdef int tid
     with nogil, parallel(num_threads=nt):
         # attention block
         for t in prange(T, schedule="static"):
@@ -158,22 +156,13 @@ def llama_layer(float[:, ::1] x, const float[::1] attn_norm, const float[::1] ff
         for c in prange(nc_qkv, schedule="static"):
             _lin3_chunk(&Lq, &Lk, &Lv, c, T)
         for t in prange(T, schedule="static"):
-            ls_rope(&q[t, 0], n_head, head_dim, n_rot, <int>(pos0 + t), rope_base, neox)
-            ls_rope(&k[t, 0], n_head_kv, head_dim, n_rot, <int>(pos0 + t), rope_base, neox)
-            ls_quantize_row(1, &k[t, 0], &kc[pos0 + t, 0], KV)
-            ls_quantize_row(1, &v[t, 0], &vc[pos0 + t, 0], KV)
+            ls_rope(&q[t, 0], n_head, head_dim, n_rot, pos[t], rope_base, neox)
+            ls_rope(&k[t, 0], n_head_kv, head_dim, n_rot, pos[t], rope_base, neox)
+            _kv_store(&kv, t, &k[t, 0], &v[t, 0])
         for i in prange(T * n_head, schedule="static"):
             tid = threadid()
-            ta = i // n_head
-            hh = <int>(i % n_head)
-            p = <int>(pos0 + ta)
-            first = 0
-            if window > 0 and p - window + 1 > 0:
-                first = p - window + 1
-            s = &scratch[tid, 0]
-            ls_attn_head(&q[ta, hh * head_dim], &kc[0, (hh // group) * head_dim],
-                         &vc[0, (hh // group) * head_dim], stride, first, p + 1, head_dim, scale,
-                         s, &q16[tid, 0], s + n_ctx, &att[ta, hh * head_dim])
+            _attn_item(&kv, i, n_head, group, head_dim, scale, window, &q[0, 0], <size_t>E,
+                       &att[0, 0], <size_t>E, &scratch[tid, 0], &q16[tid, 0])
         for t in prange(T, schedule="static"):
             _quantize_for(&Lo, &att[t, 0], t)
         for c in prange(nc_o, schedule="static"):

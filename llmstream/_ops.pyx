@@ -42,8 +42,10 @@ cdef extern from "ops.h" nogil:
     void ls_swiglu(float *gate, const float *up, int n)
     void ls_gelu(float *x, int n)
     void ls_attn_head(const float *q, const uint16_t *k, const uint16_t *v, size_t kv_stride,
+                      const int32_t *blocks, int block_size,
                       int first_key, int n_keys, int head_dim, float scale,
                       float *scores, uint16_t *q16, float *vrow, float *out)
+    size_t ls_kv_row(const int32_t *blocks, int block_size, int pos)
 
 cdef int _threads = 0
 
@@ -199,15 +201,16 @@ def layernorm(const float[:, ::1] x, const float[::1] w, const float[::1] b, flo
         ls_layernorm(&x[t, 0], &w[0], &b[0], &y[t, 0], n, eps)
 
 
-def rope(float[:, ::1] x, int n_head, int head_dim, int n_rot, int pos0, float freq_base,
-         bint neox):
-    """x (T, n_head*head_dim) in place: token t is at position pos0 + t."""
+def rope(float[:, ::1] x, int n_head, int head_dim, int n_rot, const int32_t[::1] pos,
+         float freq_base, bint neox):
+    """x (T, n_head*head_dim) in place: token t is at position pos[t] (pos (T,) int32)."""
     cdef int64_t T = x.shape[0], t
     _check(x.shape[1] >= n_head * head_dim and 0 < n_rot <= head_dim and n_rot % 2 == 0,
            "rope shape mismatch")
+    _check(pos.shape[0] == T, "rope needs one position per token")
     cdef int nt = team_size(<double>T * x.shape[1] * 4, T)
     for t in prange(T, nogil=True, schedule="static", num_threads=nt):
-        ls_rope(&x[t, 0], n_head, head_dim, n_rot, <int>(pos0 + t), freq_base, neox)
+        ls_rope(&x[t, 0], n_head, head_dim, n_rot, pos[t], freq_base, neox)
 
 
 def swiglu(float[:, ::1] gate, const float[:, ::1] up):
@@ -229,54 +232,137 @@ def gelu(float[:, ::1] x):
         ls_gelu(&x[t, 0], n)
 
 
-def store_kv(const float[:, ::1] x, uint16_t[:, ::1] cache, int pos0):
-    """x (T, n_kv*head_dim) f32 -> cache rows pos0 .. pos0+T-1 (f16)."""
-    cdef int64_t T = x.shape[0], n = x.shape[1], t
-    _check(cache.shape[1] == n, "kv width mismatch")
-    _check(pos0 >= 0 and pos0 + T <= cache.shape[0],
-           f"positions {pos0}..{pos0 + T - 1} exceed the KV cache of {cache.shape[0]}")
+# -- the paged KV pool ------------------------------------------------------------------------------
+# Every sequence's keys and values live in fixed-size blocks of one pool per layer (kc, vc: (n_blocks
+# * block_size, n_kv*head_dim) f16). Token t of a batch belongs to sequence seq[t] and sits at position
+# pos[t]; that sequence's block table is tables[seq[t]] (block ids, in position order), so position p
+# is pool row tables[seq[t], p // block_size] * block_size + p % block_size (ls_kv_row).
+
+cdef struct _KV:
+    uint16_t *kc                # pool rows (n_rows, stride) f16
+    uint16_t *vc
+    size_t stride               # n_kv * head_dim
+    const int32_t *pos          # (T,)
+    const int32_t *seq          # (T,)
+    const int32_t *tables       # (n_seqs, tstride)
+    int64_t tstride
+    int block_size
+    int64_t n_scores            # scratch floats per thread for the scores of one head
+
+
+cdef inline const int32_t *_kv_blocks(const _KV *kv, int64_t t) noexcept nogil:
+    return kv.tables + kv.seq[t] * kv.tstride
+
+
+cdef inline void _kv_store(const _KV *kv, int64_t t, const float *k, const float *v) noexcept nogil:
+    """Keys/values of token t (KV,) f32 -> its sequence's pool row at pos[t] (f16)."""
+    cdef size_t row = ls_kv_row(_kv_blocks(kv, t), kv.block_size, kv.pos[t])
+    ls_quantize_row(1, k, kv.kc + row * kv.stride, <int64_t>kv.stride)
+    ls_quantize_row(1, v, kv.vc + row * kv.stride, <int64_t>kv.stride)
+
+
+cdef inline void _attn_item(const _KV *kv, int64_t i, int n_head, int group, int head_dim,
+                            float scale, int window, const float *q, size_t q_stride, float *out,
+                            size_t out_stride, float *scratch, uint16_t *q16) noexcept nogil:
+    """Work item i = t * n_head + h of attention: query head h of token t over its sequence's keys
+    0 .. pos[t] (from pos[t] - window + 1 with a sliding window); scratch holds n_scores + 2 *
+    head_dim floats. The one attention loop body of attention(), llama_layer and phi2_layer."""
+    cdef int64_t t = i // n_head
+    cdef int h = <int>(i % n_head)
+    cdef int p = kv.pos[t]
+    cdef int first = 0
+    if window > 0 and p - window + 1 > 0:
+        first = p - window + 1
+    cdef size_t col = <size_t>(h // group) * head_dim
+    ls_attn_head(q + t * q_stride + h * head_dim, kv.kc + col, kv.vc + col, kv.stride,
+                 _kv_blocks(kv, t), kv.block_size, first, p + 1, head_dim, scale,
+                 scratch, q16, scratch + kv.n_scores, out + t * out_stride + h * head_dim)
+
+
+cdef int _set_kv(_KV *kv, uint16_t[:, ::1] kc, uint16_t[:, ::1] vc, const int32_t[::1] pos,
+                 const int32_t[::1] seq, const int32_t[:, ::1] tables, int block_size, int64_t T,
+                 int64_t width, float[:, ::1] scratch, int head_dim) except -1:
+    """Fill kv, checking that every pool row token t's attention reads or writes exists."""
+    cdef int64_t t, b, n_blocks, n_rows = kc.shape[0]
+    cdef int32_t blk
+    _check(kc.shape[1] == width and vc.shape[1] == width and vc.shape[0] == n_rows,
+           "kv pool shape mismatch")
+    _check(block_size > 0 and n_rows % block_size == 0, "kv pool rows must be whole blocks")
+    _check(pos.shape[0] == T and seq.shape[0] == T, "one position and one sequence per token")
+    _check(tables.shape[0] > 0 and tables.shape[1] > 0, "empty block tables")
+    for t in range(T):
+        if seq[t] < 0 or seq[t] >= tables.shape[0]:
+            raise ValueError(f"token {t}: sequence {seq[t]} has no block table")
+        if pos[t] < 0 or pos[t] // block_size >= tables.shape[1]:
+            raise ValueError(f"token {t}: position {pos[t]} is outside its block table")
+        if pos[t] + 1 + 2 * head_dim > scratch.shape[1]:
+            raise ValueError(f"token {t}: position {pos[t]} exceeds the attention scratch")
+        for b in range(pos[t] // block_size + 1):
+            blk = tables[seq[t], b]
+            if blk < 0 or <int64_t>blk * block_size >= n_rows:
+                raise ValueError(f"token {t}: block {blk} is outside the KV pool")
+    kv.kc = &kc[0, 0]
+    kv.vc = &vc[0, 0]
+    kv.stride = <size_t>width
+    kv.pos = &pos[0] if T > 0 else NULL
+    kv.seq = &seq[0] if T > 0 else NULL
+    kv.tables = &tables[0, 0]
+    kv.tstride = tables.shape[1]
+    kv.block_size = block_size
+    kv.n_scores = scratch.shape[1] - 2 * head_dim
+    return 0
+
+
+cdef inline int _max_pos(const int32_t[::1] pos) noexcept nogil:
+    cdef int64_t t
+    cdef int m = 0
+    for t in range(pos.shape[0]):
+        if pos[t] > m:
+            m = pos[t]
+    return m
+
+
+def store_kv(const float[:, ::1] k, const float[:, ::1] v, uint16_t[:, ::1] kc, uint16_t[:, ::1] vc,
+             const int32_t[::1] pos, const int32_t[::1] seq, const int32_t[:, ::1] tables,
+             int block_size, float[:, ::1] scratch, int head_dim):
+    """k, v (T, KV) f32 -> the pool rows of each token's (seq[t], pos[t]) in kc, vc (f16)."""
+    cdef int64_t T = k.shape[0], t
+    _check(v.shape[0] == T and v.shape[1] == k.shape[1], "k/v shape mismatch")
+    cdef _KV kv
+    _set_kv(&kv, kc, vc, pos, seq, tables, block_size, T, k.shape[1], scratch, head_dim)
     with nogil:
         for t in range(T):
-            ls_quantize_row(1, &x[t, 0], &cache[pos0 + t, 0], n)
+            _kv_store(&kv, t, &k[t, 0], &v[t, 0])
 
 
-def attention(const float[:, ::1] q, const uint16_t[:, ::1] kc, const uint16_t[:, ::1] vc,
-              float[:, ::1] out, int pos0, int n_head, int n_head_kv, int head_dim, float scale,
-              int window, float[:, ::1] scratch, uint16_t[:, ::1] q16):
-    """Causal attention of T query tokens at positions pos0.. over the cache.
+def attention(const float[:, ::1] q, uint16_t[:, ::1] kc, uint16_t[:, ::1] vc,
+              float[:, ::1] out, const int32_t[::1] pos, const int32_t[::1] seq,
+              const int32_t[:, ::1] tables, int block_size, int n_head, int n_head_kv, int head_dim,
+              float scale, int window, float[:, ::1] scratch, uint16_t[:, ::1] q16):
+    """Causal attention of T query tokens over their sequences' keys in the paged pool.
 
-    q (T, n_head*head_dim); kc, vc (n_ctx, n_head_kv*head_dim) f16; out (T, n_head*head_dim).
-    Query head h reads KV head h // (n_head / n_head_kv) (grouped-query attention). Token at
-    position p sees keys max(0, p - window + 1) .. p (window <= 0: no sliding window).
-    Per-thread scratch: scratch (threads, n_ctx + 2*head_dim) f32, q16 (threads, head_dim)."""
-    cdef int64_t T = q.shape[0], n_ctx = kc.shape[0], i
+    q (T, n_head*head_dim); kc, vc (n_rows, n_head_kv*head_dim) f16; out (T, n_head*head_dim);
+    token t (sequence seq[t], position pos[t]) sees its sequence's keys max(0, pos - window + 1) ..
+    pos (window <= 0: no sliding window), which must already be stored. Query head h reads KV head
+    h // (n_head / n_head_kv) (grouped-query attention). Per-thread scratch: scratch (threads,
+    >= max(pos) + 1 + 2*head_dim) f32, q16 (threads, head_dim)."""
+    cdef int64_t T = q.shape[0], i
+    _check(n_head_kv > 0 and n_head % n_head_kv == 0, "n_head must be a multiple of n_head_kv")
     cdef int group = n_head // n_head_kv
-    cdef size_t stride = kc.shape[1]
-    _check(n_head % n_head_kv == 0, "n_head must be a multiple of n_head_kv")
     _check(q.shape[1] == n_head * head_dim and out.shape[1] == n_head * head_dim and out.shape[0] >= T,
            "attention q/out shape mismatch")
-    _check(kc.shape[1] == n_head_kv * head_dim and vc.shape[1] == kc.shape[1] and vc.shape[0] == n_ctx,
-           "attention cache shape mismatch")
-    _check(pos0 >= 0 and pos0 + T <= n_ctx, "positions exceed the KV cache")
-    _check(scratch.shape[1] >= n_ctx + 2 * head_dim and q16.shape[1] >= head_dim
-           and q16.shape[0] == scratch.shape[0], "attention scratch too small")
-    cdef int nt = min(team_size(<double>T * n_head * (pos0 + T) * head_dim * 4, T * n_head),
+    _check(q16.shape[1] >= head_dim and q16.shape[0] == scratch.shape[0], "attention scratch too small")
+    cdef _KV kv
+    _set_kv(&kv, kc, vc, pos, seq, tables, block_size, T, n_head_kv * head_dim, scratch, head_dim)
+    if T == 0:
+        return
+    cdef int nt = min(team_size(<double>T * n_head * (_max_pos(pos) + 1) * head_dim * 4, T * n_head),
                      <int>scratch.shape[0])
-    cdef int tid, h, p, first
-    cdef int64_t t
-    cdef float *s
+    cdef int tid
     for i in prange(T * n_head, nogil=True, schedule="static", num_threads=nt):
         tid = threadid()
-        t = i // n_head
-        h = <int>(i % n_head)
-        p = <int>(pos0 + t)
-        first = 0
-        if window > 0 and p - window + 1 > 0:
-            first = p - window + 1
-        s = &scratch[tid, 0]
-        ls_attn_head(&q[t, h * head_dim], &kc[0, (h // group) * head_dim],
-                     &vc[0, (h // group) * head_dim], stride, first, p + 1, head_dim, scale,
-                     s, &q16[tid, 0], s + n_ctx, &out[t, h * head_dim])
+        _attn_item(&kv, i, n_head, group, head_dim, scale, window, &q[0, 0], q.shape[1],
+                   &out[0, 0], out.shape[1], &scratch[tid, 0], &q16[tid, 0])
 
 
 include "_quants.pxi"

@@ -69,13 +69,15 @@ def phi2_layer(float[:, ::1] x, const float[::1] norm_w, const float[::1] norm_b
                const uint8_t[:, ::1] wo, int to, const float[::1] bo,
                const uint8_t[:, ::1] wu, int tu, const float[::1] bu,
                const uint8_t[:, ::1] wd, int td, const float[::1] bd,
-               uint16_t[:, ::1] kc, uint16_t[:, ::1] vc, int pos0,
+               uint16_t[:, ::1] kc, uint16_t[:, ::1] vc, const int32_t[::1] pos,
+               const int32_t[::1] seq, const int32_t[:, ::1] tables, int block_size,
                int n_head, int n_head_kv, int head_dim, int n_rot, float rope_base,
                float eps, int window,
                float[:, ::1] h, float[:, ::1] q, float[:, ::1] k, float[:, ::1] v,
                float[:, ::1] att, float[:, ::1] o, float[:, ::1] f1,
                uint8_t[::1] xq, float[:, ::1] scratch, uint16_t[:, ::1] q16):
-    """One phi-2 layer on x (T, E) in place, tokens at positions pos0.. (keys/values stored in kc, vc):
+    """One phi-2 layer on x (T, E) in place; token t belongs to sequence seq[t] at position pos[t]
+    and its key/value go to that sequence's rows of the paged pool kc, vc (see _KV):
 
         h = LayerNorm(x) * norm_w + norm_b;  q, k, v = h Wq + bq, h Wk + bk, h Wv + bv;
         NeoX RoPE on the first n_rot dims of each head of q, k;  q *= 1/sqrt(head_dim);
@@ -87,7 +89,6 @@ def phi2_layer(float[:, ::1] x, const float[::1] norm_w, const float[::1] norm_b
     the largest vec_dot row of any of the weights; scratch / q16 as for attention(). Bit-identical
     to layernorm, the Linear calls, rope, store_kv, attention and gelu of _ops applied one by one."""
     cdef int64_t T = x.shape[0], E = x.shape[1], F = f1.shape[1], KV = k.shape[1]
-    cdef int64_t n_ctx = kc.shape[0]
     _check(norm_w.shape[0] == E and norm_b.shape[0] == E, "norm shape mismatch")
     _check(h.shape[0] == T and q.shape[0] == T and k.shape[0] == T and v.shape[0] == T
            and att.shape[0] == T and o.shape[0] == T and f1.shape[0] == T,
@@ -97,11 +98,9 @@ def phi2_layer(float[:, ::1] x, const float[::1] norm_w, const float[::1] norm_b
     _check(n_head % n_head_kv == 0 and n_head * head_dim == E and n_head_kv * head_dim == KV,
            "head shape mismatch")
     _check(0 < n_rot <= head_dim and n_rot % 2 == 0, "rope shape mismatch")
-    _check(kc.shape[1] == KV and vc.shape[1] == KV and vc.shape[0] == n_ctx, "kv cache shape mismatch")
-    _check(pos0 >= 0 and pos0 + T <= n_ctx,
-           f"positions {pos0}..{pos0 + T - 1} exceed the KV cache of {n_ctx}")
-    _check(scratch.shape[1] >= n_ctx + 2 * head_dim and q16.shape[1] >= head_dim
-           and q16.shape[0] == scratch.shape[0], "attention scratch too small")
+    _check(q16.shape[1] >= head_dim and q16.shape[0] == scratch.shape[0], "attention scratch too small")
+    cdef _KV kv
+    _set_kv(&kv, kc, vc, pos, seq, tables, block_size, T, KV, scratch, head_dim)
     if T == 0:
         return
     cdef size_t maxrs = 0
@@ -150,14 +149,12 @@ def phi2_layer(float[:, ::1] x, const float[::1] norm_w, const float[::1] norm_b
     cdef bint conv_u = reg[3] > 0 and reg[3] != reg[0] and reg[3] != reg[1] and reg[3] != reg[2]
     cdef int64_t nc1 = _lin_list_items(L1, 4, T), nc2 = _lin_list_items(L2, 2, T)
     cdef int group = n_head // n_head_kv
-    cdef size_t stride = <size_t>KV
     cdef float q_scale = 1.0 / sqrt(<double>head_dim)
     cdef double weight_bytes = (_bytes(&Lq) + _bytes(&Lk) + _bytes(&Lv) + _bytes(&Lo) + _bytes(&Lu)
                                 + _bytes(&Ld))
     cdef int nt = min(team_size(weight_bytes * T, max(nc1, nc2, T)), <int>scratch.shape[0])
-    cdef int64_t t, i, jj, ta, part
-    cdef int tid, hh, p, first
-    cdef float *s
+    cdef int64_t t, i, jj, part
+    cdef int tid
     with nogil, parallel(num_threads=nt):
         for t in prange(T, schedule="static"):
             ls_layernorm(&x[t, 0], &norm_w[0], &norm_b[0], &h[t, 0], <int>E, eps)
@@ -171,26 +168,17 @@ def phi2_layer(float[:, ::1] x, const float[::1] norm_w, const float[::1] norm_b
         for part in prange(nt, schedule="static"):
             _lin_list_part(L1, b1, 4, <int>part, nt, T)
         for t in prange(T, schedule="static"):
-            ls_rope(&q[t, 0], n_head, head_dim, n_rot, <int>(pos0 + t), rope_base, 1)
-            ls_rope(&k[t, 0], n_head_kv, head_dim, n_rot, <int>(pos0 + t), rope_base, 1)
+            ls_rope(&q[t, 0], n_head, head_dim, n_rot, pos[t], rope_base, 1)
+            ls_rope(&k[t, 0], n_head_kv, head_dim, n_rot, pos[t], rope_base, 1)
             for jj in range(E):
                 q[t, jj] = q[t, jj] * q_scale
-            ls_quantize_row(1, &k[t, 0], &kc[pos0 + t, 0], KV)
-            ls_quantize_row(1, &v[t, 0], &vc[pos0 + t, 0], KV)
+            _kv_store(&kv, t, &k[t, 0], &v[t, 0])
             ls_gelu(&f1[t, 0], <int>F)
             _quantize_for(&Ld, &f1[t, 0], t)
         for i in prange(T * n_head, schedule="static"):
             tid = threadid()
-            ta = i // n_head
-            hh = <int>(i % n_head)
-            p = <int>(pos0 + ta)
-            first = 0
-            if window > 0 and p - window + 1 > 0:
-                first = p - window + 1
-            s = &scratch[tid, 0]
-            ls_attn_head(&q[ta, hh * head_dim], &kc[0, (hh // group) * head_dim],
-                         &vc[0, (hh // group) * head_dim], stride, first, p + 1, head_dim, 1.0,
-                         s, &q16[tid, 0], s + n_ctx, &att[ta, hh * head_dim])
+            _attn_item(&kv, i, n_head, group, head_dim, 1.0, window, &q[0, 0], <size_t>E,
+                       &att[0, 0], <size_t>E, &scratch[tid, 0], &q16[tid, 0])
         for t in prange(T, schedule="static"):
             _quantize_for(&Lo, &att[t, 0], t)
         for part in prange(nt, schedule="static"):

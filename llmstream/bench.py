@@ -196,13 +196,14 @@ def _timed_runs(reset, prefill, decode, prompt, n_tg: int, runs: int) -> tuple[f
 
 
 def worker_ours(path: str, threads: int, n_pp: int, n_tg: int, runs: int) -> dict:
-    from .engine import Model
+    from .engine import Model, Session
 
     t0 = time.perf_counter()
     m = Model(path, ctx_size=n_pp + n_tg + 8, threads=threads)
+    s = Session(m)
     load_s = time.perf_counter() - t0
     prompt = np.random.default_rng(0).integers(3, m.n_vocab, n_pp).astype(np.int32)
-    pp, tg = _timed_runs(m.reset, m.prefill, m.decode_step, prompt, n_tg, runs)
+    pp, tg = _timed_runs(s.reset, s.prefill, s.decode_step, prompt, n_tg, runs)
     return dict(pp_tok_s=pp, tg_tok_s=tg, rss_mb=_peak_rss_mb(), load_s=load_s)
 
 

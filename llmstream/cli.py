@@ -19,7 +19,7 @@ def _int_list(s: str) -> list[int]:
 def cmd_logits(args) -> int:
     """Evaluate --tokens from an empty cache (the first --prefill in one batch, the rest one at a
     time) and save float32 logits [n_tokens, n_vocab] to --out."""
-    from .engine import Model
+    from .engine import Model, Session
 
     tokens = args.tokens
     if not tokens:
@@ -33,9 +33,10 @@ def cmd_logits(args) -> int:
             raise LLMStreamError(f"{len(tokens)} tokens exceed the context size {m.n_ctx}; "
                                  "raise --ctx-size")
         out = np.empty((len(tokens), m.n_vocab), np.float32)
-        out[:n_prefill] = m.prefill(tokens[:n_prefill], all_logits=True)
+        s = Session(m)
+        out[:n_prefill] = s.prefill(tokens[:n_prefill], all_logits=True)
         for i in range(n_prefill, len(tokens)):
-            out[i] = m.decode_step(tokens[i])
+            out[i] = s.decode_step(tokens[i])
     np.save(args.out, out)
     print(f"saved logits {out.shape} to {args.out}", file=sys.stderr)
     return 0
@@ -54,6 +55,16 @@ def _sampling_args(p: argparse.ArgumentParser):
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--max-tokens", type=int, default=d.max_tokens)
     g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}")
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
 
 
 def _params_from_args(args):
@@ -110,7 +121,7 @@ def cmd_tokenize(args) -> int:
 def cmd_serve(args) -> int:
     """Resolve the model (a local file, or the hub with its cache), then serve it."""
     from .hub import resolve_model
-    from .server.app import Settings
+    from .server.state import Settings
 
     _log_to_stderr()   # the hub's download and fallback messages, then the server's
     r = resolve_model(args.feature, model_repo=args.model_repo, model_file=args.model_file,
@@ -123,7 +134,8 @@ def cmd_serve(args) -> int:
         config_path=config and str(config), ctx_size=args.ctx_size, threads=args.threads,
         context_type=args.context_type, prompt_config=args.prompt_config,
         defaults=_params_from_args(args), max_body_bytes=args.max_body_bytes,
-        max_queue=args.max_queue, token_delay_ms=args.token_delay_ms)
+        max_queue=args.max_queue, token_delay_ms=args.token_delay_ms,
+        parallel=args.parallel, prefix_cache=not args.no_prefix_cache)
     return _run_server(settings, args.host, args.port)
 
 
@@ -138,7 +150,8 @@ def _run_server(settings, host: str, port: int) -> int:
 
     from aiohttp import web
 
-    from .server.app import LOAD_FAILED, create_app
+    from .server.app import create_app
+    from .server.state import LOAD_FAILED
 
     app = create_app(settings)
     failed: list[str] = []
@@ -164,7 +177,7 @@ def _run_server(settings, host: str, port: int) -> int:
 def cmd_demo(args) -> int:
     """Build (once) a small random-weight model with its own vocabulary and serve it."""
     from .demo import build_demo_model
-    from .server.app import Settings
+    from .server.state import Settings
 
     _log_to_stderr()
     path = build_demo_model()
@@ -207,7 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--tokenizer-repo", help="Hugging Face repo with the tokenizer.json")
     sv.add_argument("--tokenizer", help="local tokenizer.json")
     sv.add_argument("--config", help="Hugging Face config.json (candle-layout files)")
-    sv.add_argument("--ctx-size", type=int, help="KV cache capacity (default: the model's context, at most 4096)")
+    sv.add_argument("--ctx-size", type=int,
+                    help="KV pool: tokens cached for all sequences together (default 4096); one "
+                         "sequence holds at most the model's trained context")
+    sv.add_argument("--parallel", type=_positive_int, default=4,
+                    help="sequences generated together in one batch; more requests wait (default 4)")
+    sv.add_argument("--no-prefix-cache", action="store_true",
+                    help="evaluate every prompt in full (no reuse of cached prefixes or pre-warmed "
+                         "context prompts)")
     sv.add_argument("--threads", type=int, help="threads (default: OMP_NUM_THREADS or all cores)")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=3030)
@@ -215,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default context prompt (general, sql, classifier, math, ...)")
     sv.add_argument("--prompt-config", help="prompt config TOML (default: config/prompt_config.toml)")
     sv.add_argument("--max-queue", type=int, default=16,
-                    help="requests that may wait while one generates; more get 503")
+                    help="requests that may wait for a free slot; more get 503 (default 16)")
     sv.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger bodies get 413")
     sv.add_argument("--token-delay-ms", type=float, default=0.0,
                     help="pause after each streamed piece (demos, UI tests)")

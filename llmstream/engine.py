@@ -1,8 +1,14 @@
-"""Model + KV cache: `prefill(tokens) -> logits`, `decode_step(token) -> logits`.
+"""The engine: `Model.forward(pool, tokens, pos, seq, want) -> logits`, one batch of tokens of any
+number of sequences, like llama.cpp's `llama_batch`.
+
+Every token of a batch carries its own position and its sequence's slot in the KV pool (kv.py); the
+rows whose logits are wanted are named. Prompt chunks of new sequences and the next token of every
+decoding one go into the same forward. The engine keeps no sequence state: the pool holds the keys
+and values, the caller (the scheduler, or a `Session` for one sequence) the positions.
 
 Weights stay in the mmap'd GGUF in their quantized form (`Linear` holds a zero-copy view); every
-buffer a forward pass writes is made once per model (`Workspace`) and the KV cache once per
-sequence, so decoding allocates nothing. The per-family forward passes live in `models/`.
+buffer a forward pass writes is made once per model (`Workspace`), so decoding allocates nothing.
+The per-family forward passes live in `models/`.
 """
 from __future__ import annotations
 
@@ -12,8 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _ops
-from .errors import LLMStreamError, ModelError
+from .errors import ContextFullError, ModelError
 from .gguf import GGML_TYPES, GGUFFile
+from .kv import KVPool
 from .models import llama, phi2
 from .models.config import ModelConfig, load_config
 
@@ -21,10 +28,6 @@ ARCHITECTURES = {"llama": llama, "phi2": phi2}
 # Default KV capacity when no --ctx-size is given: a model trained on 32k tokens would otherwise
 # reserve gigabytes of cache up front (llama.cpp defaults to 4096 too).
 DEFAULT_MAX_CTX = 4096
-
-
-class ContextFullError(LLMStreamError):
-    """The KV cache cannot hold more tokens."""
 
 
 @dataclass(frozen=True)
@@ -85,58 +88,42 @@ class Weights:
 class Workspace:
     """Every activation buffer of a forward pass over up to n_batch tokens, made once."""
 
-    def __init__(self, cfg: ModelConfig, n_batch: int, n_ctx: int, linears: list[Linear],
-                 threads: int):
+    def __init__(self, cfg: ModelConfig, n_batch: int, n_logits: int, linears: list[Linear]):
         B, E, KV, F = n_batch, cfg.n_embd, cfg.n_embd_kv, cfg.n_ff
         z = lambda *shape: np.zeros(shape, np.float32)
         self.x, self.h, self.att, self.o = z(B, E), z(B, E), z(B, E), z(B, E)
         self.q, self.k, self.v = z(B, E), z(B, KV), z(B, KV)
         self.f1, self.f2 = z(B, F), z(B, F)
-        self.logits = z(1, cfg.n_vocab)
-        self.ids = np.zeros(B, np.int32)
+        self.rows = z(B, E)                    # the final rows whose logits are wanted
+        self.logits = z(n_logits, cfg.n_vocab)
         # four regions: matmuls fed by the same activations but with different vec_dot types
         # (llama_layer: q/k/v; phi2_layer: q/k/v/fc1) each get their own converted copy
         xq_bytes = max(_ops.vec_dot_row_bytes(l.type, l.n_in) for l in linears) * B
         self.xq = np.zeros(4 * xq_bytes, np.uint8)
-        threads = max(1, threads)
-        self.scratch = z(threads, n_ctx + 2 * cfg.head_dim)
-        self.q16 = np.zeros((threads, cfg.head_dim), np.uint16)
-
-
-class KVCache:
-    """Keys and values of every layer for up to n_ctx positions, stored as f16 like llama.cpp."""
-
-    def __init__(self, cfg: ModelConfig, n_ctx: int):
-        self.n_ctx = n_ctx
-        self.k = [np.zeros((n_ctx, cfg.n_embd_kv), np.uint16) for _ in range(cfg.n_layer)]
-        self.v = [np.zeros((n_ctx, cfg.n_embd_kv), np.uint16) for _ in range(cfg.n_layer)]
-        self.n_past = 0
-
-    def clear(self):
-        self.n_past = 0
 
 
 class Model:
-    """A loaded model with its KV cache: evaluates tokens, returns logits."""
+    """A loaded model: evaluates batches of tokens of many sequences, returns logits."""
 
     def __init__(self, path: str | os.PathLike, config_path: str | None = None,
-                 ctx_size: int | None = None, n_batch: int = 256, threads: int | None = None):
+                 ctx_size: int | None = None, n_batch: int = 256, threads: int | None = None,
+                 n_logits: int = 16):
         self.gguf = GGUFFile(path)
         try:
             self.config = cfg = load_config(self.gguf, config_path)
             if threads:
                 _ops.set_threads(threads)
+            # the longest sequence: --ctx-size, else what the model was trained on (at most 4096)
             self.n_ctx = int(ctx_size) if ctx_size else min(cfg.n_ctx_train, DEFAULT_MAX_CTX)
             if self.n_ctx <= 0:
                 raise ModelError(f"context size must be positive, got {self.n_ctx}")
-            self.n_batch = max(1, min(n_batch, self.n_ctx))
+            self.n_batch = max(1, n_batch)
             w = Weights(self.gguf, cfg)
             arch = ARCHITECTURES[cfg.arch]
             self.layers, self.top = arch.load(w, cfg)
             linears = [l for layer in self.layers for l in vars(layer).values()
                        if isinstance(l, Linear)] + [self.top.output]
-            self.ws = Workspace(cfg, self.n_batch, self.n_ctx, linears, _ops.effective_threads())
-            self.cache = KVCache(cfg, self.n_ctx)
+            self.ws = Workspace(cfg, self.n_batch, max(1, n_logits), linears)
             self._forward = arch.forward
         except BaseException:
             self.gguf.close()
@@ -146,42 +133,44 @@ class Model:
     def n_vocab(self) -> int:
         return self.config.n_vocab
 
-    def reset(self):
-        """Forget the sequence: the next prefill starts from an empty cache."""
-        self.cache.clear()
+    def new_pool(self, n_tokens: int | None = None, n_slots: int = 1, **kw) -> KVPool:
+        """A KV pool for this model: n_tokens cached tokens (default n_ctx) over n_slots sequences."""
+        return KVPool(self.config, n_tokens or self.n_ctx, n_slots,
+                      threads=_ops.effective_threads(), **kw)
 
-    def _eval(self, tokens, all_logits: bool) -> np.ndarray:
-        ids = np.asarray(tokens, dtype=np.int32).reshape(-1)
-        n = len(ids)
-        if n == 0:
+    def forward(self, pool: KVPool, tokens, pos, seq, want=None, out: np.ndarray | None = None
+                ) -> np.ndarray:
+        """Evaluate one batch: token t (tokens[t]) of the sequence in pool slot seq[t] at position
+        pos[t]; each sequence's earlier positions must be stored (or in this batch, before t).
+        tokens, pos, seq (T,) int32 with T <= n_batch. want: indices of the rows whose logits are
+        returned (default: the last). Returns logits (len(want), n_vocab): `out` if given, else
+        the model's own buffer (valid until the next forward; copy it to keep it)."""
+        ids = np.ascontiguousarray(tokens, dtype=np.int32)
+        pos = np.ascontiguousarray(pos, dtype=np.int32)
+        seq = np.ascontiguousarray(seq, dtype=np.int32)
+        T = len(ids)
+        if T == 0:
             raise ValueError("no tokens to evaluate")
-        if self.cache.n_past + n > self.n_ctx:
-            raise ContextFullError(
-                f"{self.cache.n_past} cached + {n} new tokens exceed the context of {self.n_ctx}")
+        if T > self.n_batch:
+            raise ValueError(f"a batch holds at most {self.n_batch} tokens, got {T}")
+        if pos.shape != (T,) or seq.shape != (T,):
+            raise ValueError("one position and one sequence per token")
         bad = (ids < 0) | (ids >= self.n_vocab)
         if bad.any():
             raise ValueError(f"token id {int(ids[bad][0])} is outside the vocabulary "
                              f"(0..{self.n_vocab - 1})")
-        out = np.empty((n, self.n_vocab), np.float32) if all_logits else None
-        for s in range(0, n, self.n_batch):
-            chunk = ids[s:s + self.n_batch]
-            last_chunk = s + len(chunk) == n
-            rows = out[s:s + len(chunk)] if all_logits else (
-                self.ws.logits if last_chunk else None)
-            self._forward(self, chunk, self.cache.n_past, rows)
-            self.cache.n_past += len(chunk)
-        return out if all_logits else self.ws.logits[0]
-
-    def prefill(self, tokens, all_logits: bool = False) -> np.ndarray:
-        """Evaluate tokens after what the cache holds, in batches of n_batch.
-        Returns the last position's logits (n_vocab,), or (n_tokens, n_vocab) with all_logits.
-        The (n_vocab,) array is the model's own buffer: copy it to keep it past the next call."""
-        return self._eval(tokens, all_logits)
-
-    def decode_step(self, token: int) -> np.ndarray:
-        """Evaluate one token; returns the logits (n_vocab,) (the model's buffer, see prefill)."""
-        self.ws.ids[0] = token
-        return self._eval(self.ws.ids[:1], False)
+        want = np.asarray([T - 1] if want is None else want, dtype=np.intp)
+        if len(want) and (want.min() < 0 or want.max() >= T):
+            raise ValueError("wanted logits rows must be rows of the batch")
+        if out is None:
+            if len(want) > self.ws.logits.shape[0]:
+                raise ValueError(f"at most {self.ws.logits.shape[0]} logits rows per forward "
+                                 "without an out buffer")
+            out = self.ws.logits[:len(want)]
+        elif out.shape != (len(want), self.n_vocab) or out.dtype != np.float32:
+            raise ValueError("out must be float32 (len(want), n_vocab)")
+        self._forward(self, pool, ids, pos, seq, want, out)
+        return out
 
     def close(self):
         self.gguf.close()
@@ -192,3 +181,65 @@ class Model:
     def __exit__(self, *exc):
         self.close()
 
+
+class Session:
+    """One sequence on a pool of its own: `prefill(tokens) -> logits`, `decode_step(token) ->
+    logits` — the single-stream way to drive a Model (CLI `logits`, the single-stream bench, tests).
+
+        with Model(path) as m:
+            s = Session(m)
+            logits = s.prefill(prompt_ids)
+            logits = s.decode_step(int(logits.argmax()))
+    """
+
+    def __init__(self, model: Model, n_ctx: int | None = None):
+        self.model = model
+        self.n_ctx = n_ctx or model.n_ctx
+        self.pool = model.new_pool(self.n_ctx, 1, prefix_cache=False)
+        self.seq = self.pool.open([], self.n_ctx)
+
+    @property
+    def n_past(self) -> int:
+        return self.seq.n_past
+
+    def reset(self):
+        """Forget the sequence: the next prefill starts from position 0."""
+        self.pool.close(self.seq, keep=False)
+        self.seq = self.pool.open([], self.n_ctx)
+
+    def rewind(self, n_past: int):
+        """Keep only the first n_past tokens (their keys/values stay where they are)."""
+        if not 0 <= n_past <= self.seq.n_past:
+            raise ValueError(f"cannot rewind to {n_past} of {self.seq.n_past} tokens")
+        del self.seq.tokens[n_past:]
+
+    def prefill(self, tokens, all_logits: bool = False) -> np.ndarray:
+        """Evaluate tokens after the cached ones, in batches of the model's n_batch. Returns the
+        last position's logits (n_vocab,) — the model's buffer, valid until the next call — or
+        every position's (n_tokens, n_vocab) with all_logits."""
+        ids = np.asarray(tokens, dtype=np.int32).reshape(-1)
+        n, m = len(ids), self.model
+        if n == 0:
+            raise ValueError("no tokens to evaluate")
+        if self.seq.n_past + n > self.n_ctx:
+            raise ContextFullError(
+                f"{self.seq.n_past} cached + {n} new tokens exceed the context of {self.n_ctx}")
+        out = np.empty((n, m.n_vocab), np.float32) if all_logits else None
+        last = None
+        for s in range(0, n, m.n_batch):
+            chunk = ids[s:s + m.n_batch]
+            T = len(chunk)
+            p0 = self.seq.n_past
+            self.pool.reserve(self.seq, T)
+            pos = np.arange(p0, p0 + T, dtype=np.int32)
+            slots = np.full(T, self.seq.slot, np.int32)
+            if all_logits:
+                m.forward(self.pool, chunk, pos, slots, np.arange(T), out[s:s + T])
+            else:
+                last = m.forward(self.pool, chunk, pos, slots)
+            self.pool.commit(self.seq, chunk)
+        return out if all_logits else last[0]
+
+    def decode_step(self, token: int) -> np.ndarray:
+        """Evaluate one token; returns its logits (n_vocab,) (the model's buffer, see prefill)."""
+        return self.prefill([token])

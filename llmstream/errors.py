@@ -1,5 +1,6 @@
 """Typed errors. Everything a user can cause (a file, a request, a setting) raises one of these, with a
-message that says what was wrong and what to do; the server maps them to HTTP statuses in one place."""
+message that says what was wrong and what to do; the server maps them to HTTP statuses in one place
+(`llmstream.server.errors.status_of`)."""
 
 
 class LLMStreamError(Exception):
@@ -28,3 +29,20 @@ class RequestError(LLMStreamError):
 
 class ContextLengthError(RequestError):
     """The prompt (plus the tokens asked for) does not fit the model's context."""
+
+
+class ContextFullError(LLMStreamError):
+    """The KV cache cannot hold more tokens."""
+
+
+class Busy(LLMStreamError):
+    """The server's wait queue is full."""
+
+
+class NotReady(LLMStreamError):
+    """The model is still loading, or failed to load, or the server is shutting down."""
+
+
+class ClientGone(ConnectionResetError):
+    """The client closed its connection: there is nobody to answer. A ConnectionResetError (not an
+    LLMStreamError), so it ends a request the way any lost connection does."""

@@ -1,5 +1,5 @@
-"""Text generation over a loaded model: prompt -> tokens -> prefill -> sample/decode loop -> text
-pieces, streamed as soon as they are certain (UTF-8 whole, never part of a stop string).
+"""Text generation over a loaded model: prompt -> tokens -> the scheduler -> text pieces, streamed
+as soon as they are certain (UTF-8 whole, never part of a stop string).
 
     llm = LLM.load("model.gguf")
     g = llm.generate("What is the capital of France?", context_type="general", params=SamplingParams())
@@ -7,151 +7,150 @@ pieces, streamed as soon as they are certain (UTF-8 whole, never part of a stop 
         print(piece, end="", flush=True)
     print(g.stats)
 
-One LLM owns one KV cache, so one generation runs at a time (a lock serialises them). Consecutive
-generations reuse the cached prefix they share (a repeated context prompt is not evaluated twice);
-results are identical to a fresh evaluation because every row of every kernel is computed alone.
+One LLM owns one model and one scheduler (scheduler.py): a thread that advances every running
+generation in one batched forward over a shared, paged KV pool. Any number of generations may be
+iterated at once, from any threads; requests beyond `parallel` wait for a slot. A new prompt reuses
+the longest prefix it shares with cached sequences (the context prompts are evaluated once, at
+`prewarm`); results are identical to a fresh evaluation, alone or beside others, because every row
+of every kernel is computed alone.
 """
 from __future__ import annotations
 
 import os
+import queue
 import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from .engine import Model
-from .gguf import GGUFFile
+from .engine import DEFAULT_MAX_CTX, Model
 from .errors import ContextLengthError, RequestError, TokenizerError
+from .gguf import GGUFFile
 from .prompts import format_messages, format_prompt, get_context, load_contexts
-from .sampling import Sampler, SamplingParams
-from .stops import StopMatcher
-from .tokenizer import StreamDecoder, Tokenizer
+from .sampling import SamplingParams
+from .scheduler import GenerationStats, Request, Scheduler
+from .tokenizer import Tokenizer
 
-
-@dataclass(frozen=True)
-class GenerationStats:
-    finish_reason: str        # "stop" (EOS or a stop string), "length" or "cancelled"
-    prompt_tokens: int
-    completion_tokens: int
-    prompt_tok_s: float       # prompt tokens evaluated per second (cached prefix excluded)
-    gen_tok_s: float          # generated tokens per second
-    truncated_tokens: int = 0  # prompt tokens dropped from the left to fit the context
-    cached_tokens: int = 0    # prompt tokens reused from the previous generation's cache
+__all__ = ["LLM", "Generation", "GenerationStats", "load_tokenizer"]
 
 
 class Generation:
-    """Iterate for the text pieces; `stats` is set once the iteration ends (or is closed)."""
+    """A prepared request. Iterate it for the text pieces (it is submitted to the scheduler at the
+    first `next`), or `start(sink)` it to receive ("piece", text), ("done", GenerationStats) and
+    ("error", exception) records on the scheduler thread. `stats` is set once it has ended;
+    `tokens` are the generated token ids."""
 
     def __init__(self, llm: "LLM", ids: list[int], params: SamplingParams, max_new: int,
-                 cancel: threading.Event | None, truncated: int):
+                 cancel: threading.Event | None, truncated: int, delay: float = 0.0):
         self.llm, self.ids, self.params, self.max_new = llm, ids, params, max_new
-        self.cancel, self.truncated = cancel, truncated
+        self.cancel = cancel if cancel is not None else threading.Event()
+        self.truncated = truncated
         self.stats: GenerationStats | None = None
-        self.tokens: list[int] = []
-        self._it = self._run()
+        self.error: BaseException | None = None
+        self._req = Request(ids=ids, params=params, max_new=max_new, sink=self._record,
+                            cancel=self.cancel, tokenizer=llm.tokenizer, truncated=truncated,
+                            delay=delay)
+        self._sink: Callable[[str, Any], None] | None = None
+        self._it: Iterator[str] | None = None
+
+    @property
+    def tokens(self) -> list[int]:
+        return self._req.tokens
+
+    def _record(self, kind: str, value):
+        if kind == "done":
+            self.stats = value
+        elif kind == "error":
+            self.error = value
+        self._sink(kind, value)
+
+    def start(self, sink: Callable[[str, Any], None]) -> "Generation":
+        """Submit to the scheduler; sink(kind, value) is called on the scheduler thread."""
+        if self._sink is not None:
+            raise RuntimeError("a generation runs once")
+        self._sink = sink
+        self.llm.scheduler.submit(self._req)
+        return self
 
     def __iter__(self) -> Iterator[str]:
+        if self._it is None:
+            self._it = self._pieces()
         return self._it
 
     def __next__(self) -> str:
-        return next(self._it)
+        return next(iter(self))
 
     def close(self):
-        self._it.close()
+        """Stop early: the scheduler drops the request at its next step."""
+        if self._it is not None:
+            self._it.close()
+        else:
+            self.cancel.set()
 
     def text(self) -> str:
         """Run to the end and return the whole answer."""
         return "".join(self)
 
-    def _run(self) -> Iterator[str]:
-        llm, p = self.llm, self.params
-        model, tok = llm.model, llm.tokenizer
-        sampler = Sampler(p, model.n_vocab)
-        decoder = StreamDecoder(tok, self.ids)
-        stops = StopMatcher(p.stop)
-        reason, n_gen, cached = "length", 0, 0
-        t_prompt = t_gen = 0.0
-        with llm._lock:
-            try:
-                t0 = time.perf_counter()
-                cached = llm._reuse_prefix(self.ids)
-                logits = model.prefill(self.ids[cached:])
-                t_prompt = time.perf_counter() - t0
-                recent = list(self.ids[-p.repeat_last_n:]) if p.repeat_last_n else []
-                t1 = time.perf_counter()
-                while True:
-                    if self.cancel is not None and self.cancel.is_set():
-                        reason = "cancelled"
+    def _pieces(self) -> Iterator[str]:
+        q: queue.SimpleQueue = queue.SimpleQueue()
+        self.start(lambda kind, value: q.put((kind, value)))
+        try:
+            while True:
+                kind, value = q.get()
+                if kind == "piece":
+                    yield value
+                elif kind == "done":
+                    return
+                else:
+                    raise value
+        finally:
+            if self.stats is None and self.error is None:
+                self.cancel.set()
+                while True:     # the scheduler answers a cancelled request at its next step
+                    kind, _ = q.get()
+                    if kind != "piece":
                         break
-                    token = sampler.sample(logits, recent)
-                    if tok.is_eos(token):
-                        reason = "stop"
-                        break
-                    n_gen += 1
-                    self.tokens.append(token)
-                    if p.repeat_last_n:
-                        recent.append(token)
-                        if len(recent) > p.repeat_last_n:
-                            del recent[0]
-                    emit, stopped = stops.push(decoder.push(token))
-                    if emit:
-                        yield emit
-                    if stopped:
-                        reason = "stop"
-                        break
-                    if n_gen >= self.max_new or model.cache.n_past >= model.n_ctx:
-                        reason = "length"
-                        break
-                    logits = model.decode_step(token)
-                t_gen = time.perf_counter() - t1
-                if reason != "cancelled" and not stops.stopped:
-                    emit, stopped = stops.push(decoder.flush())
-                    rest = emit + ("" if stopped else stops.flush())
-                    reason = "stop" if stopped else reason
-                    if rest:
-                        yield rest
-            finally:
-                # what the cache now holds, for the next generation's prefix reuse
-                llm._cached = (self.ids + self.tokens)[:model.cache.n_past]
-                n_prompt = len(self.ids) - cached
-                self.stats = GenerationStats(
-                    finish_reason=reason, prompt_tokens=len(self.ids), completion_tokens=n_gen,
-                    prompt_tok_s=n_prompt / t_prompt if t_prompt > 0 else 0.0,
-                    gen_tok_s=n_gen / t_gen if t_gen > 0 and n_gen else 0.0,
-                    truncated_tokens=self.truncated, cached_tokens=cached)
 
 
 class LLM:
-    """A model, its tokenizer and its prompt formats."""
+    """A model, its tokenizer, its prompt formats and the scheduler that runs its generations.
 
-    def __init__(self, model: Model, tokenizer: Tokenizer, contexts: Mapping[str, str] | None = None):
+    parallel: sequences decoded together; kv_tokens: the KV pool all of them share (default 4096
+    tokens); one sequence holds at most the model's trained context (and the pool)."""
+
+    def __init__(self, model: Model, tokenizer: Tokenizer, contexts: Mapping[str, str] | None = None,
+                 parallel: int = 4, kv_tokens: int | None = None, prefix_cache: bool = True):
         self.model, self.tokenizer = model, tokenizer
         self.contexts = dict(contexts if contexts is not None else load_contexts())
         self.family = model.config.arch
         self.chat_template = tokenizer.chat_template
         self.model_name = model.config.name or Path(model.gguf.path).stem
-        self._lock = threading.Lock()
-        self._cached: list[int] = []
+        self.scheduler = Scheduler(model, n_tokens=kv_tokens or max(model.n_ctx, DEFAULT_MAX_CTX),
+                                   parallel=parallel, prefix_cache=prefix_cache,
+                                   n_ctx=min(model.n_ctx, model.config.n_ctx_train or model.n_ctx))
 
     @classmethod
     def load(cls, model_path: str | os.PathLike, tokenizer_path: str | os.PathLike | None = None,
              config_path: str | None = None, ctx_size: int | None = None,
-             threads: int | None = None, contexts: Mapping[str, str] | None = None) -> "LLM":
+             threads: int | None = None, contexts: Mapping[str, str] | None = None,
+             parallel: int = 4, prefix_cache: bool = True) -> "LLM":
         """Open a GGUF model; the tokenizer comes from tokenizer_path, else a tokenizer.json beside
-        the model, else the vocabulary embedded in the GGUF."""
-        model = Model(model_path, config_path=config_path, ctx_size=ctx_size, threads=threads)
+        the model, else the vocabulary embedded in the GGUF. ctx_size: the KV pool's tokens."""
+        model = Model(model_path, config_path=config_path, ctx_size=ctx_size, threads=threads,
+                      n_logits=max(16, parallel))
         try:
-            return cls(model, load_tokenizer(model.gguf, tokenizer_path), contexts)
+            return cls(model, load_tokenizer(model.gguf, tokenizer_path), contexts,
+                       parallel=parallel, kv_tokens=ctx_size, prefix_cache=prefix_cache)
         except BaseException:
             model.close()
             raise
 
     @property
     def n_ctx(self) -> int:
-        return self.model.n_ctx
+        """The most tokens (prompt + answer) one sequence may hold."""
+        return self.scheduler.n_ctx
 
     def close(self):
+        self.scheduler.close()
         self.model.close()
 
     def __enter__(self):
@@ -189,11 +188,13 @@ class LLM:
     def generate(self, prompt: str | None = None, *, messages: Sequence[Mapping] | None = None,
                  tokens: Sequence[int] | None = None, raw: bool = False, context_type: str | None = None,
                  params: SamplingParams | None = None, cancel: threading.Event | None = None,
-                 truncate: bool = False, clamp_max_tokens: bool = False) -> Generation:
+                 truncate: bool = False, clamp_max_tokens: bool = False,
+                 delay: float = 0.0) -> Generation:
         """Validate and tokenize now (errors raise here, before any token); iterate the result
         for text pieces. `raw` sends prompt verbatim (no context/format). When prompt tokens +
         max_tokens exceed the context: ContextLengthError, unless `clamp_max_tokens` (max_tokens
-        shrinks to what fits) or `truncate` (the prompt loses tokens from the left)."""
+        shrinks to what fits) or `truncate` (the prompt loses tokens from the left). `delay`:
+        seconds to pause after each piece (demos, UI tests)."""
         params = params or SamplingParams()
         if sum(x is not None for x in (prompt, messages, tokens)) != 1:
             raise RequestError("give exactly one of a prompt, chat messages or prompt tokens")
@@ -229,17 +230,49 @@ class LLM:
                     f"the prompt is {len(ids)} tokens and max_tokens is {max_new}: together "
                     f"{len(ids) + max_new}, which exceeds the context of {n_ctx} tokens by {excess}; "
                     "shorten the prompt, lower max_tokens or allow truncation")
-        return Generation(self, ids, params, max_new, cancel, truncated)
+        return Generation(self, ids, params, max_new, cancel, truncated, delay)
 
-    def _reuse_prefix(self, ids: list[int]) -> int:
-        """Keep the cached tokens this prompt starts with (at least one token is evaluated
-        anew, for its logits); returns how many are reused."""
-        cached, n = self._cached, 0
-        limit = min(len(cached), len(ids) - 1)
-        while n < limit and cached[n] == ids[n]:
-            n += 1
-        self.model.cache.n_past = n
-        return n
+    # -- pre-warmed context prompts ---------------------------------------------------------
+    def context_prefixes(self) -> dict[str, list[list[int]]]:
+        """For every context type, the token prefixes its prompts start with whatever the question
+        (the /token_stream format and the chat format): the longest common prefix of the prompts
+        of a few different questions (tokenizers may merge across the boundary, so the formatted
+        text before the question is not enough)."""
+        probes = ("x", "Hello, world?", "1 + 1", "Écris un poème.")
+        out = {}
+        for name in self.contexts:
+            prefixes = []
+            for fmt in (lambda q: self.format_query(q, name),
+                        lambda q: self.format_chat([{"role": "user", "content": q}], name)):
+                seqs = [self.encode(fmt(q)) for q in probes]
+                n = 0
+                while all(len(t) > n and t[n] == seqs[0][n] for t in seqs):
+                    n += 1
+                if n > 0 and seqs[0][:n] not in prefixes:
+                    prefixes.append(seqs[0][:n])
+            out[name] = prefixes
+        return out
+
+    def prewarm(self, context_types: Sequence[str] | None = None) -> int:
+        """Evaluate the prefixes of the context prompts once and pin them in the KV pool, so every
+        request of those context types starts from them; returns how many tokens were cached."""
+        names = list(self.contexts) if context_types is None else list(context_types)
+        prefixes = self.context_prefixes()
+        done, total = [], 0
+        for name in names:
+            for ids in prefixes.get(name, []):
+                if len(ids) + 1 > self.n_ctx:
+                    continue
+                ev = threading.Event()
+                req = Request(ids=list(ids), params=SamplingParams(), max_new=0,
+                              sink=lambda kind, value, ev=ev: ev.set() if kind != "piece" else None,
+                              cancel=threading.Event(), warm=True)
+                self.scheduler.submit(req)
+                done.append(ev)
+                total += len(ids)
+        for ev in done:
+            ev.wait()
+        return total
 
 
 def load_tokenizer(gf: GGUFFile, tokenizer_path: str | os.PathLike | None = None) -> Tokenizer:

@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import SHARED, shared_path  # noqa: E402
 
-from llmstream.engine import Model  # noqa: E402
+from llmstream.engine import Model, Session  # noqa: E402
 
 
 def _files():
@@ -31,12 +31,13 @@ def test_logits_do_not_depend_on_batching(name):
     rng = np.random.default_rng(7)
     with Model(path, n_batch=8) as m:
         tokens = rng.integers(0, m.n_vocab, size=21).astype(np.int32)
-        whole = m.prefill(tokens, all_logits=True)          # batches of 8, 8, 5
-        m.reset()
-        one_by_one = np.stack([m.prefill(tokens[:1], all_logits=True)[0]] +
-                              [m.decode_step(int(t)).copy() for t in tokens[1:]])
-        m.reset()
-        m.prefill(tokens[:13])
-        split = m.prefill(tokens[13:], all_logits=True)     # a cached prefix, then a batch of 8
+        s = Session(m)
+        whole = s.prefill(tokens, all_logits=True)          # batches of 8, 8, 5
+        s.reset()
+        one_by_one = np.stack([s.prefill(tokens[:1], all_logits=True)[0]] +
+                              [s.decode_step(int(t)).copy() for t in tokens[1:]])
+        s.reset()
+        s.prefill(tokens[:13])
+        split = s.prefill(tokens[13:], all_logits=True)     # a cached prefix, then a batch of 8
     np.testing.assert_array_equal(whole, one_by_one)
     np.testing.assert_array_equal(whole[13:], split)

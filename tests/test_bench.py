@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 from llmstream.bench import build_model
-from llmstream.engine import Model
+from llmstream.engine import Model, Session
 from llmstream.gguf import GGUFFile
 
 
@@ -16,7 +16,7 @@ def test_generated_models_have_llama_cpp_type_mixes_and_load(tmp_path):
         with GGUFFile(path) as g:
             assert {t.type_name for t in g.tensors.values()} == expect
         with Model(path) as m:
-            logits = m.prefill([1, 5, 9])
+            logits = Session(m).prefill([1, 5, 9])
             assert logits.shape == (1000,) and abs(logits).sum() > 0
 
 
@@ -32,7 +32,7 @@ def test_generated_phi2_models_carry_a_usable_bpe_vocabulary(tmp_path):
         tok = Tokenizer.from_gguf_metadata(g.metadata)
     assert tok.encode("t1 t2", add_bos=False)
     with Model(path) as m:
-        assert m.config.arch == "phi2" and abs(m.prefill([1, 5, 9])).sum() > 0
+        assert m.config.arch == "phi2" and abs(Session(m).prefill([1, 5, 9])).sum() > 0
 
 
 def test_bench_command_prints_a_json_row_per_type(tmp_path):

@@ -32,7 +32,7 @@ def test_logits_do_not_depend_on_the_thread_count():
     import numpy as np
 
     from conftest import shared_path
-    from llmstream.engine import Model
+    from llmstream.engine import Model, Session
 
     path = shared_path("reference", "llama-gqa-Q4_K_M.gguf")
     tokens = np.arange(5, 40, dtype=np.int32)   # 35 tokens x the layer's weights: a team of 2
@@ -41,7 +41,7 @@ def test_logits_do_not_depend_on_the_thread_count():
         _ops.set_threads(threads)
         try:
             with Model(path) as m:
-                out.append(m.prefill(tokens, all_logits=True))
+                out.append(Session(m).prefill(tokens, all_logits=True))
         finally:
             _ops.set_threads(0)
     np.testing.assert_array_equal(out[0], out[1])

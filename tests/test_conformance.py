@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import SHARED, shared_path  # noqa: E402
 
-from llmstream.engine import Model  # noqa: E402
+from llmstream.engine import Model, Session  # noqa: E402
 
 BOUNDS = {"exact": (0.002, 0.01), "quantized": (0.03, 0.15)}
 
@@ -44,10 +44,11 @@ def measure(case, layout, threads=None):
         config = ref_dir / f"{case['config']['name']}.config.json"
     n_prompt = case["n_prompt"]
     with Model(model_path, config_path=config and str(config), threads=threads) as m:
+        s = Session(m)
         got = np.empty_like(expected)
-        got[:n_prompt] = m.prefill(tokens[:n_prompt], all_logits=True)
+        got[:n_prompt] = s.prefill(tokens[:n_prompt], all_logits=True)
         for i in range(n_prompt, len(tokens)):
-            got[i] = m.decode_step(int(tokens[i]))
+            got[i] = s.decode_step(int(tokens[i]))
     err = (got.astype(np.float64) - expected) / expected.std()
     return float(np.sqrt(np.mean(err ** 2))), float(np.abs(err).max())
 

@@ -5,6 +5,7 @@ import threading
 import numpy as np
 import pytest
 
+from llmstream.engine import Session
 from llmstream.errors import ContextLengthError, RequestError
 from llmstream.generate import LLM
 from llmstream.sampling import SamplingParams
@@ -38,11 +39,10 @@ def test_temperature_zero_is_the_argmax_of_the_logits(case):
     g = llm.generate(tokens=prompt, params=SamplingParams(temperature=0, repeat_penalty=1.0,
                                                            max_tokens=6))
     g.text()
-    m = llm.model
-    m.reset()
+    s = Session(llm.model)
     seq = list(prompt)
     for tok in g.tokens:
-        logits = m.prefill(seq) if m.cache.n_past == 0 else m.decode_step(seq[-1])
+        logits = s.prefill(seq) if s.n_past == 0 else s.decode_step(seq[-1])
         assert tok == int(np.argmax(logits))
         seq.append(tok)
 
@@ -89,13 +89,30 @@ def test_cancel_stops_between_tokens(case):
     _, llm = case
     cancel = threading.Event()
     g = llm.generate("Count", params=SamplingParams(temperature=1.0, max_tokens=200), cancel=cancel)
-    n = 0
-    for _ in g:
-        n += 1
-        if n == 3:
-            cancel.set()
+    done, seen = threading.Event(), []
+
+    def sink(kind, value):       # on the scheduler thread: cancel right after the third piece
+        if kind == "piece":
+            seen.append(value)
+            if len(seen) == 3:
+                cancel.set()
+                seen.append(len(g.tokens))
+        else:
+            done.set()
+
+    g.start(sink)
+    assert done.wait(30)
     assert g.stats.finish_reason == "cancelled"
-    assert g.stats.completion_tokens <= 4
+    assert g.stats.completion_tokens == seen[3]     # not one token after the cancel
+
+
+def test_an_iteration_left_early_cancels_its_generation(case):
+    _, llm = case
+    g = llm.generate("Count", params=SamplingParams(temperature=1.0, max_tokens=300))
+    for _ in g:
+        break
+    g.close()
+    assert g.stats.finish_reason == "cancelled" and g.stats.completion_tokens < 300
 
 
 def test_context_limits(case):

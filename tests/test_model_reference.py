@@ -10,7 +10,7 @@ import gguf
 import numpy as np
 import pytest
 
-from llmstream.engine import Model
+from llmstream.engine import Model, Session
 from llmstream.errors import ModelError
 
 # --- numpy reference ---------------------------------------------------------------------------
@@ -261,10 +261,11 @@ def _hp(name):
 
 def _eval(path, config, tokens, n_prefill, ctx=None):
     with Model(path, config_path=config, ctx_size=ctx) as m:
+        s = Session(m)
         out = np.empty((len(tokens), m.n_vocab), np.float32)
-        out[:n_prefill] = m.prefill(tokens[:n_prefill], all_logits=True)
+        out[:n_prefill] = s.prefill(tokens[:n_prefill], all_logits=True)
         for i in range(n_prefill, len(tokens)):
-            out[i] = m.decode_step(int(tokens[i]))
+            out[i] = s.decode_step(int(tokens[i]))
     return out
 
 
@@ -338,13 +339,14 @@ def test_unknown_architecture_is_a_clear_error(tmp_path):
 
 
 def test_context_capacity_is_enforced(tmp_path):
-    from llmstream.engine import ContextFullError
+    from llmstream.errors import ContextFullError
     hp = _hp("llama-mqa-tied")
     write_llama_cpp(tmp_path / "m.gguf", random_weights(hp, np.random.default_rng(2)), hp)
     with Model(tmp_path / "m.gguf", ctx_size=8) as m:
-        m.prefill([1, 2, 3, 4, 5, 6, 7])
-        m.decode_step(8)
+        s = Session(m)
+        s.prefill([1, 2, 3, 4, 5, 6, 7])
+        s.decode_step(8)
         with pytest.raises(ContextFullError):
-            m.decode_step(9)
-        m.reset()
-        m.prefill(list(range(8)))
+            s.decode_step(9)
+        s.reset()
+        s.prefill(list(range(8)))

@@ -19,7 +19,17 @@ def run_attention(level, q, kc, vc, pos0, n_head, n_kv, hd, window):
         threads = 2
         scratch = np.zeros((threads, kc.shape[0] + 2 * hd), np.float32)
         q16 = np.zeros((threads, hd), np.uint16)
-        _ops.attention(q, kc, vc, out, pos0, n_head, n_kv, hd, 1 / math.sqrt(hd), window, scratch, q16)
+        # the cache as a paged pool: blocks of 8 rows in a shuffled order, positions pos0..
+        T, bs = q.shape[0], 8
+        n_blocks = kc.shape[0] // bs
+        order = np.random.default_rng(1).permutation(n_blocks).astype(np.int32)
+        kp, vp = np.empty_like(kc), np.empty_like(vc)
+        for j, b in enumerate(order):
+            kp[b * bs:(b + 1) * bs], vp[b * bs:(b + 1) * bs] = kc[j * bs:(j + 1) * bs], vc[j * bs:(j + 1) * bs]
+        pos = np.arange(pos0, pos0 + T, dtype=np.int32)
+        seq = np.zeros(T, np.int32)
+        _ops.attention(q, kp, vp, out, pos, seq, order[None], bs, n_head, n_kv, hd,
+                       1 / math.sqrt(hd), window, scratch, q16)
         return out
     finally:
         _ops.set_simd(before)

@@ -14,7 +14,7 @@ from conftest import SHARED, shared_path  # noqa: E402
 from test_model_reference import _hp, random_weights, write_candle, write_llama_cpp  # noqa: E402
 
 from llmstream import _ops  # noqa: E402
-from llmstream.engine import Model  # noqa: E402
+from llmstream.engine import Model, Session  # noqa: E402
 from llmstream.models import phi2  # noqa: E402
 
 
@@ -25,10 +25,11 @@ def _run(path, forward, tokens, threads):
         with Model(path, n_batch=8) as m:
             assert m._forward is phi2.forward
             m._forward = forward
-            whole = m.prefill(tokens, all_logits=True)
-            m.reset()
-            steps = [m.prefill(tokens[:5], all_logits=True)]
-            steps += [m.decode_step(int(t)).copy()[None] for t in tokens[5:]]
+            s = Session(m)
+            whole = s.prefill(tokens, all_logits=True)
+            s.reset()
+            steps = [s.prefill(tokens[:5], all_logits=True)]
+            steps += [s.decode_step(int(t)).copy()[None] for t in tokens[5:]]
     finally:
         _ops.set_threads(0)
     return whole, np.concatenate(steps)

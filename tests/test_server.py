@@ -15,7 +15,8 @@ from conftest import shared_path  # noqa: E402
 
 from llmstream.errors import ModelError  # noqa: E402
 from llmstream.generate import LLM  # noqa: E402
-from llmstream.server.app import STATE, Settings, create_app  # noqa: E402
+from llmstream.server.app import create_app  # noqa: E402
+from llmstream.server.state import STATE, Settings  # noqa: E402
 
 PHI2 = "phi2-Q8_0.gguf"
 LLAMA = "llama-gqa-Q4_K_M.gguf"
@@ -54,7 +55,8 @@ async def until(cond, timeout=10.0, what="the condition"):
 
 
 async def one_generating_one_waiting(client, first_tokens: int, second_tokens: int):
-    """Start a generation and queue a second request behind it: (first, second) response futures."""
+    """Start a generation and queue a second request behind it (a server with --parallel 1):
+    (first, second) response futures."""
     state = client.app[STATE]
     first = asyncio.ensure_future(client.post("/token_stream",
                                               json={"query": "a", "max_tokens": first_tokens}))
@@ -325,18 +327,20 @@ async def test_a_client_that_disconnects_frees_the_model(make_client):
 
 
 async def test_a_client_that_leaves_while_waiting_costs_no_generation(make_client):
-    client = await make_client(token_delay_ms=40)
+    client = await make_client(token_delay_ms=40, parallel=1)
     state = client.app[STATE]
     first, waiting = await one_generating_one_waiting(client, 10, 10)
-    waiting.cancel()                        # the waiting client goes away
     n_before = len(state.finished)
+    waiting.cancel()                        # the waiting client goes away
     resp = await first
     assert resp.status == 200 and await resp.text()
     r = await client.post("/token_stream", json={"query": "c", "max_tokens": 2})
     assert r.status == 200 and await r.text()
-    # only the first and the last request generated anything
-    assert len(state.finished) == n_before + 2
-    assert [s.completion_tokens for s in list(state.finished)[-2:]] == [10, 2]
+    # the waiting request ended without a token (it never got a slot); the others ran in full
+    ends = list(state.finished)[n_before:]
+    assert [(s.finish_reason, s.completion_tokens) for s in ends] == [
+        ("cancelled", 0), ("length", 10), ("length", 2)]
+    assert state.llm.scheduler.usage()["slots_busy"] == 0
 
 
 async def test_concurrent_requests_each_get_their_own_text(make_client):
@@ -356,7 +360,7 @@ async def test_concurrent_requests_each_get_their_own_text(make_client):
 
 
 async def test_a_full_queue_answers_503_with_retry_after(make_client):
-    client = await make_client(token_delay_ms=30, max_queue=1)
+    client = await make_client(token_delay_ms=30, max_queue=1, parallel=1)
     first, second = await one_generating_one_waiting(client, 15, 2)
     r = await client.post("/token_stream", json={"query": "c", "max_tokens": 2})
     assert r.status == 503 and r.headers["Retry-After"]

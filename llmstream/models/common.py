@@ -1,4 +1,4 @@
-"""Pieces every architecture shares: the embedding lookup and the output projection."""
+"""Pieces every architecture shares: the embedding lookup and the rows whose logits are wanted."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,6 +12,8 @@ def embed(m, ids: np.ndarray, x: np.ndarray):
     _ops.get_rows(e.w, e.type, ids, x)
 
 
-def final_rows(x: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """The rows of x (T, E) whose logits are wanted: all of them, or the last one."""
-    return x if out.shape[0] == x.shape[0] else x[x.shape[0] - 1:]
+def final_rows(m, x: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """The rows want (R,) of x (T, E), gathered into the workspace's (R, E) buffer."""
+    rows = m.ws.rows[:len(want)]
+    np.take(x, want, axis=0, out=rows)
+    return rows

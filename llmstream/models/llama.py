@@ -4,10 +4,16 @@ Per layer, in paper order:  h = RMSNorm(x);  q, k, v = h Wq, h Wk, h Wv;  RoPE(q
 attention with grouped KV heads (and Mistral's sliding window);  x += attn Wo;
 h = RMSNorm(x);  x += (silu(h Wgate) * h Wup) Wdown.   Then RMSNorm and the output projection
 (tied to the token embedding when the file has no output.weight).
+
+`forward` runs each layer as one _ops.llama_layer call (one parallel region); `forward_ops` is the
+same model one operation at a time, the reference the fused layer is pinned to bit for bit
+(tests/test_llama_fused.py).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import math
 
 from .. import _ops
 from .common import embed, final_rows
@@ -45,9 +51,10 @@ def load(w, cfg):
     return layers, Top(tok_embd=tok, out_norm=w.vector("out_norm"), output=out)
 
 
-def forward(m, ids, pos0: int, out):
-    """Evaluate ids (T,) at positions pos0.. ; logits into out (T or 1, V) when out is given."""
-    c, ws, cache = m.config, m.ws, m.cache
+def forward(m, pool, ids, pos, seq, want, out):
+    """Evaluate ids (T,) at positions pos (T,) of the sequences in pool slots seq (T,); the logits
+    of rows want into out (len(want), V)."""
+    c, ws = m.config, m.ws
     T, hd = len(ids), c.head_dim
     x, h, q, k, v, att, o, f1, f2 = (a[:T] for a in (ws.x, ws.h, ws.q, ws.k, ws.v, ws.att, ws.o,
                                                       ws.f1, ws.f2))
@@ -56,11 +63,45 @@ def forward(m, ids, pos0: int, out):
         _ops.llama_layer(x, L.attn_norm, L.ffn_norm, L.wq.w, L.wq.type, L.wk.w, L.wk.type,
                          L.wv.w, L.wv.type, L.wo.w, L.wo.type, L.w_gate.w, L.w_gate.type,
                          L.w_up.w, L.w_up.type, L.w_down.w, L.w_down.type,
-                         cache.k[i], cache.v[i], pos0, c.n_head, c.n_head_kv, hd, c.n_rot,
-                         c.rope_base, c.rope_neox, c.norm_eps, c.sliding_window,
-                         h, q, k, v, att, o, f1, f2, ws.xq, ws.scratch, ws.q16)
-    if out is not None:
-        rows = final_rows(x, out)
-        hn = h[:rows.shape[0]]
-        _ops.rmsnorm(rows, m.top.out_norm, hn, c.norm_eps)
-        m.top.output(hn, out, ws.xq)
+                         pool.k[i], pool.v[i], pos, seq, pool.tables, pool.block_size,
+                         c.n_head, c.n_head_kv, hd, c.n_rot, c.rope_base, c.rope_neox, c.norm_eps,
+                         c.sliding_window, h, q, k, v, att, o, f1, f2, ws.xq, pool.scratch, pool.q16)
+    _final(m, x, want, out)
+
+
+def forward_ops(m, pool, ids, pos, seq, want, out):
+    """forward() with one _ops call per operation, in paper order."""
+    c, ws = m.config, m.ws
+    T, hd = len(ids), c.head_dim
+    x, h, q, k, v, att, o, f1, f2 = (a[:T] for a in (ws.x, ws.h, ws.q, ws.k, ws.v, ws.att, ws.o,
+                                                      ws.f1, ws.f2))
+    kv = (pos, seq, pool.tables, pool.block_size)
+    embed(m, ids, x)
+    for i, L in enumerate(m.layers):
+        _ops.rmsnorm(x, L.attn_norm, h, c.norm_eps)
+        L.wq(h, q, ws.xq)
+        L.wk(h, k, ws.xq)
+        L.wv(h, v, ws.xq)
+        _ops.rope(q, c.n_head, hd, c.n_rot, pos, c.rope_base, c.rope_neox)
+        _ops.rope(k, c.n_head_kv, hd, c.n_rot, pos, c.rope_base, c.rope_neox)
+        _ops.store_kv(k, v, pool.k[i], pool.v[i], *kv, pool.scratch, hd)
+        _ops.attention(q, pool.k[i], pool.v[i], att, *kv, c.n_head, c.n_head_kv, hd,
+                       1.0 / math.sqrt(hd), c.sliding_window, pool.scratch, pool.q16)
+        L.wo(att, o, ws.xq)
+        x += o
+        _ops.rmsnorm(x, L.ffn_norm, h, c.norm_eps)
+        L.w_gate(h, f1, ws.xq)
+        L.w_up(h, f2, ws.xq)
+        _ops.swiglu(f1, f2)
+        L.w_down(f1, o, ws.xq)
+        x += o
+    _final(m, x, want, out)
+
+
+def _final(m, x, want, out):
+    """Final RMSNorm and the output projection of the rows whose logits are wanted."""
+    if len(want):
+        rows = final_rows(m, x, want)
+        hn = m.ws.h[:len(want)]
+        _ops.rmsnorm(rows, m.top.out_norm, hn, m.config.norm_eps)
+        m.top.output(hn, out, m.ws.xq)

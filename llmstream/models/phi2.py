@@ -56,11 +56,12 @@ def load(w, cfg):
                        out_norm_b=w.vector("out_norm_b"), output=out)
 
 
-def forward(m, ids, pos0: int, out):
-    """Evaluate ids (T,) at positions pos0.. ; logits into out (T or 1, V) when out is given.
+def forward(m, pool, ids, pos, seq, want, out):
+    """Evaluate ids (T,) at positions pos (T,) of the sequences in pool slots seq (T,); the logits
+    of rows want into out (len(want), V).
 
     Each layer is one _ops.phi2_layer call (one parallel region), bit-identical to forward_ops."""
-    c, ws, cache = m.config, m.ws, m.cache
+    c, ws = m.config, m.ws
     T, hd = len(ids), c.head_dim
     x, h, q, k, v, att, o, f1 = (a[:T] for a in (ws.x, ws.h, ws.q, ws.k, ws.v, ws.att, ws.o,
                                                   ws.f1))
@@ -70,46 +71,45 @@ def forward(m, ids, pos0: int, out):
                         L.wk.w, L.wk.type, L.wk.b, L.wv.w, L.wv.type, L.wv.b,
                         L.wo.w, L.wo.type, L.wo.b, L.w_up.w, L.w_up.type, L.w_up.b,
                         L.w_down.w, L.w_down.type, L.w_down.b,
-                        cache.k[i], cache.v[i], pos0, c.n_head, c.n_head_kv, hd, c.n_rot,
-                        c.rope_base, c.norm_eps, c.sliding_window,
-                        h, q, k, v, att, o, f1, ws.xq, ws.scratch, ws.q16)
-    _final(m, x, h, out)
+                        pool.k[i], pool.v[i], pos, seq, pool.tables, pool.block_size,
+                        c.n_head, c.n_head_kv, hd, c.n_rot, c.rope_base, c.norm_eps,
+                        c.sliding_window, h, q, k, v, att, o, f1, ws.xq, pool.scratch, pool.q16)
+    _final(m, x, want, out)
 
 
-def forward_ops(m, ids, pos0: int, out):
+def forward_ops(m, pool, ids, pos, seq, want, out):
     """forward() with one _ops call per operation (the reference the fused layer must match)."""
-    c, ws, cache = m.config, m.ws, m.cache
+    c, ws = m.config, m.ws
     T, hd = len(ids), c.head_dim
     x, h, q, k, v, att, o, f1 = (a[:T] for a in (ws.x, ws.h, ws.q, ws.k, ws.v, ws.att, ws.o,
                                                   ws.f1))
     q_scale = 1.0 / math.sqrt(hd)
+    kv = (pos, seq, pool.tables, pool.block_size)
     embed(m, ids, x)
     for i, L in enumerate(m.layers):
         _ops.layernorm(x, L.attn_norm, L.attn_norm_b, h, c.norm_eps)
         L.wq(h, q, ws.xq)
         L.wk(h, k, ws.xq)
         L.wv(h, v, ws.xq)
-        _ops.rope(q, c.n_head, hd, c.n_rot, pos0, c.rope_base, True)
-        _ops.rope(k, c.n_head_kv, hd, c.n_rot, pos0, c.rope_base, True)
+        _ops.rope(q, c.n_head, hd, c.n_rot, pos, c.rope_base, True)
+        _ops.rope(k, c.n_head_kv, hd, c.n_rot, pos, c.rope_base, True)
         q *= q_scale  # phi-2 scales queries before Q·K (as llama.cpp does), attention scale 1
-        _ops.store_kv(k, cache.k[i], pos0)
-        _ops.store_kv(v, cache.v[i], pos0)
-        _ops.attention(q, cache.k[i], cache.v[i], att, pos0, c.n_head, c.n_head_kv, hd,
-                       1.0, c.sliding_window, ws.scratch, ws.q16)
+        _ops.store_kv(k, v, pool.k[i], pool.v[i], *kv, pool.scratch, hd)
+        _ops.attention(q, pool.k[i], pool.v[i], att, *kv, c.n_head, c.n_head_kv, hd,
+                       1.0, c.sliding_window, pool.scratch, pool.q16)
         L.wo(att, o, ws.xq)
         L.w_up(h, f1, ws.xq)
         _ops.gelu(f1)
         L.w_down(f1, att, ws.xq)
         o += att
         x += o
-    _final(m, x, h, out)
+    _final(m, x, want, out)
 
 
-def _final(m, x, h, out):
-    """Final LayerNorm and the output projection (with bias) of the rows out asks for."""
-    c, ws = m.config, m.ws
-    if out is not None:
-        rows = final_rows(x, out)
-        hn = h[:rows.shape[0]]
-        _ops.layernorm(rows, m.top.out_norm, m.top.out_norm_b, hn, c.norm_eps)
-        m.top.output(hn, out, ws.xq)
+def _final(m, x, want, out):
+    """Final LayerNorm and the output projection (with bias) of the rows whose logits are wanted."""
+    if len(want):
+        rows = final_rows(m, x, want)
+        hn = m.ws.h[:len(want)]
+        _ops.layernorm(rows, m.top.out_norm, m.top.out_norm_b, hn, m.config.norm_eps)
+        m.top.output(hn, out, m.ws.xq)

@@ -8,7 +8,8 @@ import logging
 
 from aiohttp import web
 
-from ..errors import ContextLengthError, LLMStreamError, RequestError
+from ..errors import (Busy, ContextFullError, ContextLengthError, LLMStreamError, NotReady,
+                      RequestError)
 
 log = logging.getLogger("llmstream.server")
 
@@ -23,11 +24,13 @@ def error_response(status: int, message: str, type_: str = "invalid_request_erro
 
 
 def status_of(e: BaseException) -> tuple[int, str, str | None, dict | None]:
-    """(HTTP status, error type, code, extra headers) for an error raised while serving."""
-    from .app import Busy, NotReady
-
+    """(HTTP status, error type, code, extra headers) for an error raised while serving: the one
+    table from llmstream.errors to HTTP. Errors not named here (a broken model file, ...) are the
+    server's fault: 500."""
     if isinstance(e, Busy):
         return 503, "server_busy", "queue_full", {"Retry-After": "2"}
+    if isinstance(e, ContextFullError):  # out of KV capacity for now: another turn will free it
+        return 503, "server_busy", "kv_cache_full", {"Retry-After": "2"}
     if isinstance(e, NotReady):
         return 503, "server_not_ready", "model_not_ready", {"Retry-After": "1"}
     if isinstance(e, ContextLengthError):

@@ -19,9 +19,9 @@ from aiohttp import web
 
 from ..errors import RequestError
 from ..sampling import SamplingParams
-from .app import SETTINGS, STATE
 from .errors import error_body, read_json
-from .routes import collect, context_type_of, pump, sampling_params
+from .state import SETTINGS, STATE
+from .streaming import collect, context_type_of, pump, sampling_params
 
 RENAME = {"max_completion_tokens": "max_tokens"}
 EXTENSIONS = {"top_k", "min_p", "repeat_penalty", "repeat_last_n", "context_type"}
