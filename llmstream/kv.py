@@ -117,9 +117,21 @@ class KVPool:
             c[list(self._nodes)] = 1
         return c
 
-    def _evictable(self) -> int:
-        """Cached blocks no sequence uses and no pin holds: all can be freed (leaves first)."""
-        return sum(1 for n in self._nodes.values() if n.pins == 0 and self.ref[n.block] == 1)
+    def _evictable(self) -> set:
+        """The cached blocks eviction can free (leaves first): no sequence uses them, no pin holds
+        them, and the same holds for every block cached below them. (A running sequence's block
+        may hang below blocks only the cache holds: it cached its prompt under the equal blocks of
+        another sequence that has ended since.)"""
+        order, stack = [], list(self._root.children.values())
+        while stack:
+            n = stack.pop()
+            order.append(n)
+            stack.extend(n.children.values())
+        free = set()
+        for n in reversed(order):                # children before their parents
+            if n.pins == 0 and self.ref[n.block] == 1 and all(c in free for c in n.children.values()):
+                free.add(n)
+        return free
 
     def pinned_blocks(self) -> int:
         return sum(1 for n in self._nodes.values() if n.pins > 0)
@@ -195,7 +207,7 @@ class KVPool:
 
     def available_blocks(self) -> int:
         """Blocks a new allocation can get: free ones and cached ones nothing holds."""
-        return len(self._free) + self._evictable()
+        return len(self._free) + len(self._evictable())
 
     def can_open(self, ids) -> bool:
         """Whether a sequence for prompt ids (and its first answer token) fits now, leaving one
@@ -203,9 +215,10 @@ class KVPool:
         if not self._free_slots:
             return False
         full, _, _ = self._match(ids)
-        shared_evictable = sum(1 for n in full if n.pins == 0 and self.ref[n.block] == 1)
+        evictable = self._evictable()
+        shared = sum(1 for n in full if n in evictable)   # held once it is open: not evictable
         need = self.blocks_for(len(ids) + 1) - len(full)
-        return need <= self.available_blocks() - shared_evictable - len(self.open_seqs)
+        return need <= len(self._free) + len(evictable) - shared - len(self.open_seqs)
 
     def open(self, ids, limit: int) -> Sequence:
         """A new sequence for prompt ids (of at most `limit` tokens in all), on the longest cached
