@@ -455,6 +455,11 @@ class SchedulerMetrics:
         self.finish_reasons: collections.Counter = collections.Counter()
         self.ttft = Histogram(self.TTFT_BUCKETS)
         self.itl = Histogram(self.ITL_BUCKETS)
+        self._t0 = time.perf_counter()
+        self._marks: collections.deque = collections.deque()  # (t, prompt, predicted) after steps
+        self._marks_lock = threading.Lock()
+
+    RATE_WINDOW_S = 10.0      # tokens_per_second() averages over the last 10 s
 
     kv_used_blocks = 0        # held by sequences or the prefix cache
     kv_active_blocks = 0      # held by running sequences
@@ -466,6 +471,38 @@ class SchedulerMetrics:
         self.kv_used_blocks = pool.used_blocks()
         self.kv_active_blocks = pool.active_blocks()
         self.prefix_hits, self.prefix_hit_tokens = pool.hits, pool.hit_tokens
+        self._mark(time.perf_counter())
+
+    def _mark(self, now: float):
+        """Remember the token counts after a step (for the last RATE_WINDOW_S seconds, a mark
+        closer than 0.25 s to the one before the last replaces the last)."""
+        mark = (now, self.prompt_tokens, self.tokens_predicted)
+        with self._marks_lock:
+            marks = self._marks
+            if marks and marks[-1][1:] == mark[1:]:
+                return
+            if len(marks) >= 2 and now - marks[-2][0] < 0.25:
+                marks[-1] = mark
+            else:
+                marks.append(mark)
+            while len(marks) > 1 and marks[1][0] <= now - self.RATE_WINDOW_S:
+                marks.popleft()
+
+    def tokens_per_second(self, now: float | None = None) -> tuple[float, float]:
+        """(prompt, generated) tokens per second over the last RATE_WINDOW_S seconds, every
+        sequence together (any thread; 0 when idle that long)."""
+        now = time.perf_counter() if now is None else now
+        span = min(self.RATE_WINDOW_S, now - self._t0)
+        with self._marks_lock:
+            marks = list(self._marks)
+        base_p = base_g = 0
+        for t, p, g in marks:
+            if t > now - self.RATE_WINDOW_S:
+                break
+            base_p, base_g = p, g
+        if span <= 0:
+            return 0.0, 0.0
+        return (self.prompt_tokens - base_p) / span, (self.tokens_predicted - base_g) / span
 
     def observe_ttft(self, s: float):
         self.ttft.observe(s)

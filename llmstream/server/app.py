@@ -4,7 +4,8 @@ The model loads once, in the background, when the app starts (`GET /health` answ
 "loading" until it is ready); the scheduler thread runs every generation in batched forwards
 (llmstream/scheduler.py; state.py submits and cancels) and each piece is streamed the moment it
 exists (streaming.py). The modules import one way:
-app -> routes, openai -> errors, streaming -> state -> llmstream (errors, generate, ...).
+app -> routes, openai -> errors, streaming -> state -> llmstream (errors, generate, ...);
+app -> metrics -> state.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import time
 from aiohttp import web
 
 from ..errors import LLMStreamError
-from . import errors, openai, routes
+from . import errors, metrics, openai, routes
 from .state import LOAD_FAILED, SETTINGS, STATE, ModelState, Settings
 
 log = logging.getLogger("llmstream.server")
@@ -73,4 +74,5 @@ def create_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(_on_shutdown)
     routes.setup(app)
     openai.setup(app)
+    metrics.setup(app)   # GET /metrics and the middleware counting requests
     return app
