@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from .engine import DEFAULT_MAX_CTX, Model
 from .errors import ContextLengthError, RequestError, TokenizerError
 from .gguf import GGUFFile
-from .prompts import format_messages, format_prompt, get_context, load_contexts
+from .prompts import format_messages, format_prompt, get_context, load_contexts, normalize_messages
 from .sampling import SamplingParams
 from .scheduler import GenerationStats, Request, Scheduler
 from .tokenizer import Tokenizer
@@ -167,22 +167,30 @@ class LLM:
         return bos, eos
 
     def format_query(self, query: str, context_type: str | None = None) -> str:
-        """The prompt for a plain question with a context prompt (what /token_stream sends)."""
+        """The prompt for a plain question with a context prompt (what /token_stream sends). Special
+        token texts in the question and context are marked as text (Tokenizer.escape_special)."""
         if not isinstance(query, str):
             raise RequestError("query must be a string")
         context = get_context(context_type or "general", self.contexts)
         bos, eos = self._special()
-        return format_prompt(self.family, query, context, self.chat_template, bos, eos)
+        esc = self.tokenizer.escape_special
+        return format_prompt(self.family, esc(query), esc(context), self.chat_template, bos, eos)
 
     def format_chat(self, messages: Sequence[Mapping[str, Any]], context_type: str | None = None) -> str:
         """The prompt for OpenAI-style messages; the context prompt `context_type` (default
-        general) is the system prompt when the messages carry none."""
+        general) is the system prompt when the messages carry none. Special token texts in the
+        messages are marked as text (Tokenizer.escape_special)."""
         context = get_context(context_type or "general", self.contexts)
         bos, eos = self._special()
-        return format_messages(self.family, messages, self.chat_template, bos, eos, context=context)
+        esc = self.tokenizer.escape_special
+        messages = [dict(m, content=esc(m["content"])) for m in normalize_messages(messages)]
+        return format_messages(self.family, messages, self.chat_template, bos, eos, context=esc(context))
 
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text)
+    def encode(self, text: str, raw: bool = False) -> list[int]:
+        """Token ids of a prompt from format_query/format_chat: special token texts the user typed stay
+        text, those of the prompt format are control tokens. raw: text of the caller's own (no marks),
+        every special token text in it a control token."""
+        return self.tokenizer.encode(text, escaped=not raw)
 
     # -- generation ------------------------------------------------------------------------------
     def generate(self, prompt: str | None = None, *, messages: Sequence[Mapping] | None = None,
@@ -211,7 +219,7 @@ class LLM:
                 raise RequestError("the prompt must be a string")
             else:
                 text = prompt if raw else self.format_query(prompt, context_type)
-            ids = self.encode(text)
+            ids = self.encode(text, raw=raw and messages is None)
         if not ids:
             raise RequestError("the prompt is empty")
         n_ctx, max_new, truncated = self.n_ctx, params.max_tokens, 0

@@ -13,12 +13,21 @@ Rust library), so encoding and decoding follow one code path whatever the vocabu
     that prepends ``▁`` and turns spaces into ``▁``, and the decoder that undoes it (dropping the one
     leading space that was prepended). This is what ``LlamaTokenizerFast`` does and what llama.cpp does
     with ``add_space_prefix``.
-  - ``tokenizer.ggml.model == "gpt2"``: ``models.BPE`` with the file's merges, the ByteLevel
-    pre-tokenizer (GPT-2's regex) and the ByteLevel decoder.
+  - ``tokenizer.ggml.model == "gpt2"``: ``models.BPE`` with the file's merges, and the pre-tokenizer
+    that ``tokenizer.ggml.pre`` names (:data:`PRE_TOKENIZERS`): llama.cpp's regexes (``src/llama-vocab.cpp``)
+    as ``Split`` steps, then ``ByteLevel``; the ByteLevel decoder. Llama 3 (``llama-bpe``) also looks a
+    whole pre-token up in the vocabulary before merging (``ignore_merges``) and adds BOS by default.
+    An unknown or missing value gets GPT-2's regex, with a warning naming it.
+
+  ``tokenizer.ggml.add_bos_token`` / ``add_eos_token`` / ``add_space_prefix`` are honoured when present.
 
   Control and unknown tokens become added *special* tokens (they decode to nothing), user-defined
   tokens become added normal tokens (they decode to their text); both are matched in the input text
   before the model runs, as llama.cpp does.
+
+Special-token texts typed by a user (``</s>``, ``<|eot_id|>``...) must stay text, while the prompt format
+around them needs real control tokens: :meth:`Tokenizer.escape_special` marks them in the user's text
+before it goes into a prompt, and ``encode(prompt, escaped=True)`` tokenizes what is marked as plain text.
 
 :class:`StreamDecoder` turns generated ids into text pieces as they come (UTF-8 safe, O(1) per token).
 """
@@ -26,11 +35,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
-from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
 from .errors import TokenizerError
@@ -47,6 +57,10 @@ TOKEN_BYTE = 6
 
 SPM_SPACE = "\u2581"  # "▁", SentencePiece's visible space
 REPLACEMENT_CHAR = "\ufffd"
+# Brackets special-token texts that must stay plain text (escape_special); a private-use character,
+# doubled where the text itself holds one.
+PLAIN_MARK = "\ue000"
+_MARKED = re.compile(f"{PLAIN_MARK}([^{PLAIN_MARK}]*){PLAIN_MARK}")
 
 # Texts llama.cpp recognises as end-of-turn tokens (llama-vocab.cpp); any that the vocabulary holds
 # ends generation along with the EOS token.
@@ -55,8 +69,44 @@ EOT_TEXTS = (
     "<EOT>", "<|eom_id|>",
 )
 
-# tokenizer.ggml.pre values whose pre-tokenizer is GPT-2's regex (as in llama.cpp).
-GPT2_PRE_TYPES = {"gpt-2", "phi-2"}
+
+class PreTokenizer(NamedTuple):
+    """How a byte-level BPE vocabulary splits text before merging (llama.cpp's per-``tokenizer.ggml.pre``
+    settings): ``regexes`` applied one after another, each splitting the pieces the previous one left
+    (keeping the matches and the text between them); ``ignore_merges``: a piece that is a vocabulary
+    entry is that token, without merging; ``add_bos``: the default of ``tokenizer.ggml.add_bos_token``."""
+    regexes: tuple[str, ...]
+    ignore_merges: bool = False
+    add_bos: bool = False
+
+
+# llama.cpp's regexes (src/llama-vocab.cpp, llm_tokenizer_bpe); its adapted forms, where it rewrote
+# "(?i:'s|...)" as explicit character classes.
+_GPT2_RE = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_CONTRACTIONS_RE = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+_LLAMA3_RE = (_CONTRACTIONS_RE + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_RE = _LLAMA3_RE.replace(r"\p{N}{1,3}", r"\p{N}")  # digits one at a time
+_TEKKEN_RE = (r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+"
+              r"|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*"
+              r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+GPT2 = PreTokenizer((_GPT2_RE,))
+_LLAMA3 = PreTokenizer((_LLAMA3_RE,), ignore_merges=True, add_bos=True)
+_STARCODER = PreTokenizer((r"\p{N}", _GPT2_RE))  # digits one at a time, then GPT-2's regex
+_QWEN2 = PreTokenizer((_QWEN2_RE,))
+
+#: ``tokenizer.ggml.pre`` values llmstream builds, with llama.cpp's settings for each.
+PRE_TOKENIZERS: dict[str, PreTokenizer] = {
+    # "default" is GPT-2's regex here, as for unknown values (llama.cpp's own "default" isolates
+    # punctuation runs first)
+    **dict.fromkeys(["gpt-2", "phi-2", "default", "mpt", "olmo", "jais"], GPT2),
+    **dict.fromkeys(["llama-bpe", "llama3", "llama-v3", "falcon3", "pixtral"], _LLAMA3),
+    **dict.fromkeys(["dbrx", "smaug-bpe"], PreTokenizer((_LLAMA3_RE,))),
+    **dict.fromkeys(["starcoder", "smollm", "refact", "codeshell"], _STARCODER),
+    **dict.fromkeys(["qwen2", "deepseek-r1-qwen", "stablelm2", "megrez"], _QWEN2),
+    "tekken": PreTokenizer((_TEKKEN_RE,), ignore_merges=True, add_bos=True),
+}
 
 _HOW_TO_FIX = "pass the model's Hugging Face tokenizer.json instead (--tokenizer PATH)"
 
@@ -103,6 +153,13 @@ class Tokenizer:
                                  "set tokenizer.ggml.eos_token_id or " + _HOW_TO_FIX)
         self._hf_plain: HFTokenizer | None = None  # copy that does not parse special tokens, made on demand
         self._lock = threading.Lock()
+        # special tokens by text, and a regex finding them (longest first, so leftmost-longest as in
+        # tokenizers and llama.cpp), for escape_special and encode(escaped=True)
+        self._special_by_text = {t.content: i for i, t in sorted(hf.get_added_tokens_decoder().items())
+                                 if t.special and t.content and PLAIN_MARK not in t.content}
+        texts = sorted(self._special_by_text, key=len, reverse=True)
+        self._special_re = re.compile("|".join(map(re.escape, texts))) if texts else None
+        self._escape_re = re.compile("|".join(map(re.escape, texts + [PLAIN_MARK])))
 
     # ---------------------------------------------------------------- constructors
 
@@ -205,23 +262,23 @@ class Tokenizer:
             hf.decoder = decoders.Sequence(steps)
         else:
             kind = "gpt2"
-            pre = metadata.get("tokenizer.ggml.pre")
-            pre = _as_str(pre) if pre is not None else None
-            if pre is None:
-                log.warning("GGUF metadata has no tokenizer.ggml.pre; using GPT-2's pre-tokenizer")
-            elif pre not in GPT2_PRE_TYPES:
-                raise TokenizerError(
-                    f"unsupported BPE pre-tokenizer tokenizer.ggml.pre={pre!r}: llmstream builds GPT-2-style "
-                    f"vocabularies ({', '.join(sorted(GPT2_PRE_TYPES))}) from GGUF; " + _HOW_TO_FIX)
+            pre = _pre_tokenizer(metadata, warn=True)
             raw_merges = metadata.get("tokenizer.ggml.merges")
             if raw_merges is None or len(raw_merges) == 0:
                 raise TokenizerError("the GGUF metadata has a 'gpt2' vocabulary without "
                                      "'tokenizer.ggml.merges'; " + _HOW_TO_FIX)
             merges = [_split_merge(_as_str(m)) for m in raw_merges]
             hf = HFTokenizer(_build(lambda: models.BPE(vocab=vocab, merges=merges, fuse_unk=False,
-                                                       byte_fallback=False)))
-            hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+                                                       byte_fallback=False, ignore_merges=pre.ignore_merges)))
+            hf.pre_tokenizer = pre_tokenizers.Sequence(
+                [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in pre.regexes]
+                + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
             hf.decoder = decoders.ByteLevel()
+            # llama.cpp reads add_space_prefix for SentencePiece only; a BPE file that sets it gets one space
+            # before its text (and after each special token), as SentencePiece does
+            if bool(metadata.get("tokenizer.ggml.add_space_prefix", False)):
+                hf.normalizer = normalizers.Prepend(" ")
+                hf.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Strip(" ", 1, 0)])
 
         # Added tokens, matched in the raw text before the model (llama.cpp does the same for control,
         # unknown and user-defined tokens). Their texts are in the model vocabulary, so they keep their ids.
@@ -258,15 +315,21 @@ class Tokenizer:
         return self._vocab_size
 
     def encode(self, text: str, add_bos: bool | None = None, *, add_eos: bool | None = None,
-               parse_special: bool = True) -> list[int]:
+               parse_special: bool = True, escaped: bool = False) -> list[int]:
         """Token ids of ``text``. ``add_bos``/``add_eos`` default to the tokenizer's own setting.
 
         With ``parse_special`` (the default) texts of special tokens such as ``</s>`` or ``<|endoftext|>``
         in ``text`` become those tokens (chat templates need this); without it they are tokenized as
         plain text (use it for untrusted user text). User-defined tokens are matched either way.
+
+        ``escaped``: ``text`` is a prompt whose user parts went through :meth:`escape_special`; the
+        special-token texts marked there are plain text, the others (the prompt format's) are tokens.
         """
-        hf = self.hf if parse_special else self._plain()
-        ids = hf.encode(text, add_special_tokens=False).ids
+        if escaped and PLAIN_MARK in text:
+            ids = self._encode_escaped(text, parse_special)
+        else:
+            hf = self.hf if parse_special else self._plain()
+            ids = hf.encode(text, add_special_tokens=False).ids
         if self.add_bos if add_bos is None else add_bos:
             if self.bos_id is None:
                 raise TokenizerError("add_bos was asked for but this tokenizer has no BOS token")
@@ -276,6 +339,38 @@ class Tokenizer:
                 raise TokenizerError("add_eos was asked for but this tokenizer has no EOS token")
             ids.append(self.eos_id)
         return ids
+
+    def escape_special(self, text: str) -> str:
+        """``text`` (a user's) with each special-token text in it bracketed by :data:`PLAIN_MARK` (and
+        any mark character doubled), for putting into a prompt: ``encode(prompt, escaped=True)`` then
+        tokenizes those texts as plain text wherever the prompt format placed them. Text without special
+        token texts comes back unchanged."""
+        return self._escape_re.sub(lambda m: 2 * PLAIN_MARK if m.group() == PLAIN_MARK
+                                   else PLAIN_MARK + m.group() + PLAIN_MARK, text)
+
+    def _encode_escaped(self, text: str, parse_special: bool) -> list[int]:
+        """encode() of a prompt holding marks from :meth:`escape_special`: the marks are removed, the
+        special-token texts found outside what they bracketed become tokens, the text between them is
+        tokenized without special tokens (each stretch on its own, as tokenizers and llama.cpp do)."""
+        clean, plain_spans, pos = "", [], 0
+        for m in _MARKED.finditer(text):
+            inner = m.group(1) or PLAIN_MARK  # an empty pair is a doubled mark
+            clean += text[pos:m.start()]
+            plain_spans.append((len(clean), len(clean) + len(inner)))
+            clean += inner
+            pos = m.end()
+        clean += text[pos:]
+        plain = self._plain()
+        if not parse_special or self._special_re is None:
+            return plain.encode(clean, add_special_tokens=False).ids
+        ids, start = [], 0
+        for m in self._special_re.finditer(clean):
+            if any(a < m.end() and m.start() < b for a, b in plain_spans):
+                continue  # typed by the user
+            ids += plain.encode(clean[start:m.start()], add_special_tokens=False).ids
+            ids.append(self._special_by_text[m.group()])
+            start = m.end()
+        return ids + plain.encode(clean[start:], add_special_tokens=False).ids
 
     def decode(self, ids: Iterable[int], *, skip_special: bool = True) -> str:
         """Text of ``ids``. Special, control and unused tokens and ids outside the vocabulary produce no
@@ -417,12 +512,29 @@ def spm_merges(tokens: Sequence[str], scores: Sequence[float], vocab: Mapping[st
     return [(left, right) for _, left, right in ranked]
 
 
+def _pre_tokenizer(metadata: Mapping[str, Any], warn: bool = False) -> PreTokenizer:
+    """The :class:`PreTokenizer` that ``tokenizer.ggml.pre`` names; GPT-2's for a missing or unknown value
+    (with a warning naming it when ``warn``)."""
+    name = metadata.get("tokenizer.ggml.pre")
+    name = _as_str(name) if name is not None else None
+    pre = PRE_TOKENIZERS.get(name)
+    if pre is None:
+        pre = GPT2
+        if warn:
+            what = f"tokenizer.ggml.pre={name!r}, unknown to llmstream" if name else "no tokenizer.ggml.pre"
+            log.warning("the GGUF vocabulary has %s; splitting text with GPT-2's pre-tokenizer, so its tokens "
+                        "may differ from the model's own; if they do, %s", what, _HOW_TO_FIX)
+    return pre
+
+
 def _special_facts_from_gguf(metadata: Mapping[str, Any], n: int, kind: str) -> dict:
     spm = kind == "spm"
     bos_id = _opt_id(metadata, "tokenizer.ggml.bos_token_id", n, 1 if spm else None)
     eos_id = _opt_id(metadata, "tokenizer.ggml.eos_token_id", n, 2 if spm else None)
     add_bos = metadata.get("tokenizer.ggml.add_bos_token")
-    add_bos = spm if add_bos is None else bool(add_bos)
+    if add_bos is None:  # llama.cpp's defaults: SentencePiece and some BPE pre-tokenizers (Llama 3) add BOS
+        add_bos = spm or (kind == "gpt2" and _pre_tokenizer(metadata).add_bos)
+    add_bos = bool(add_bos)
     add_eos = bool(metadata.get("tokenizer.ggml.add_eos_token", False))
     eot_ids = {i for key in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
                if (i := _opt_id(metadata, key, n, None)) is not None}

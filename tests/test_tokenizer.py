@@ -1,7 +1,10 @@
-"""Tokenizer tests: llama.cpp's test vectors for the Llama SentencePiece and GPT-2 vocabularies (from the
-GGUF vocabularies in ../shared/vocab and from tokenizer.json files built here), a tiny synthetic
-vocabulary that needs no shared data, and the errors."""
+"""Tokenizer tests: llama.cpp's test vectors for the Llama SentencePiece, GPT-2, Llama 3 (llama-bpe) and
+StarCoder vocabularies (from the GGUF vocabularies in ../shared/vocab and, for the first two, from
+tokenizer.json files built here), pre-tokenizer choice and add_bos/add_eos/add_space_prefix from the
+metadata, special-token texts typed by users, tiny synthetic vocabularies that need no shared data, and
+the errors."""
 import json
+import logging
 from functools import lru_cache
 
 import numpy as np
@@ -10,22 +13,22 @@ from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
 from llmstream.errors import LLMStreamError, TokenizerError
-from llmstream.tokenizer import StreamDecoder, Tokenizer
+from llmstream.gguf import GGUFFile
+from llmstream.tokenizer import PLAIN_MARK, StreamDecoder, Tokenizer
 
 from conftest import shared_path
 
-VOCABS = ["llama-spm", "gpt-2"]
+VOCABS = ["llama-spm", "gpt-2", "llama-bpe", "starcoder"]
+JSON_VOCABS = ["llama-spm", "gpt-2"]  # those with a tokenizer.json built here
 SEPARATOR = "\n__ggml_vocab_test__\n"
 
 
 # ----------------------------------------------------------------------------- helpers
 
 def gguf_metadata(path) -> dict:
-    """The GGUF file's metadata as the dict Tokenizer.from_gguf_metadata takes (via gguf's GGUFReader)."""
-    import gguf
-
-    reader = gguf.GGUFReader(str(path))
-    return {key: field.contents() for key, field in reader.fields.items() if not key.startswith("GGUF.")}
+    """The GGUF file's metadata as LLM.load hands it to Tokenizer.from_gguf_metadata."""
+    with GGUFFile(path) as gf:
+        return dict(gf.metadata)
 
 
 def read_vectors(base) -> list[tuple[str, list[int]]]:
@@ -157,9 +160,191 @@ def test_gpt2_facts():
     assert tok.decode([64, 50256, 65]) == "ab"
 
 
+# ----------------------------------------------------------------------------- BPE pre-tokenizers, metadata flags
+
+def pieces(tok, text) -> list[str]:
+    """How the tokenizer's pre-tokenizer splits ``text`` (byte-level pieces)."""
+    return [p for p, _ in tok.hf.pre_tokenizer.pre_tokenize_str(text)]
+
+
+def test_llama_bpe_facts():
+    """Llama 3: BOS added by default (llama.cpp's default for llama-bpe; the file has no add_bos_token),
+    contractions in any case, digits in groups of up to 3, and a pre-token that is a vocabulary entry is
+    that token without merging (ignore_merges; merging gives 3 tokens for this one)."""
+    _, tok, _ = vocab("llama-bpe")
+    assert (tok.bos_id, tok.eos_id, tok.add_bos, tok.add_eos, tok.kind) == (128000, 128001, True, False, "gpt2")
+    assert {128001, 128009} <= tok.eos_ids  # <|end_of_text|>, <|eot_id|>
+    assert tok.encode("Hello")[0] == 128000 and tok.encode("Hello", add_bos=False)[0] != 128000
+    assert pieces(tok, "DON'T say 12345") == ["DON", "'T", "Ġsay", "Ġ", "123", "45"]
+    assert tok.encode(" bulundu", add_bos=False) == [123416]
+
+
+def test_starcoder_splits_digits_one_at_a_time():
+    _, tok, _ = vocab("starcoder")
+    assert (tok.bos_id, tok.eos_id, tok.add_bos, tok.kind) == (0, 0, False, "gpt2")
+    assert pieces(tok, "DON'T say 12345") == ["DON", "'", "T", "Ġsay", "Ġ", "1", "2", "3", "4", "5"]
+    assert len(tok.encode("2024")) == 4
+    # smollm (SmolLM's files) splits the same way
+    metadata, _, _ = vocab("starcoder")
+    smollm = Tokenizer.from_gguf_metadata(dict(metadata, **{"tokenizer.ggml.pre": "smollm"}))
+    assert pieces(smollm, "x = 12.5 + y's") == pieces(tok, "x = 12.5 + y's")
+
+
+def tiny_bpe_metadata(**extra) -> dict:
+    """A byte-level BPE vocabulary small enough to read: 'a', 'b', space, digits, quote."""
+    tokens = ["<|endoftext|>", "<|im_start|>", "a", "b", "Ġ", "1", "2", "'", "s", "ab", "Ġa", "Ġab", "12", "'s"]
+    merges = ["Ġ a", "Ġa b", "a b", "1 2", "' s"]
+    meta = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2", "tokenizer.ggml.tokens": tokens,
+            "tokenizer.ggml.token_type": [3, 3] + [1] * (len(tokens) - 2), "tokenizer.ggml.merges": merges,
+            "tokenizer.ggml.bos_token_id": 0, "tokenizer.ggml.eos_token_id": 0}
+    meta.update(extra)
+    return meta
+
+
+def test_pre_tokenizer_by_name():
+    text = "DON'T  say 12345!\n\nHelloWorld"
+    split = {name: pieces(Tokenizer.from_gguf_metadata(tiny_bpe_metadata(**{"tokenizer.ggml.pre": name})), text)
+             for name in ["gpt-2", "phi-2", "default", "llama-bpe", "llama3", "llama-v3", "smollm", "starcoder",
+                          "qwen2", "tekken"]}
+    assert split["gpt-2"] == ["DON", "'", "T", "Ġ", "Ġsay", "Ġ12345", "!", "Ċ", "Ċ", "HelloWorld"]
+    assert split["phi-2"] == split["default"] == split["gpt-2"]
+    assert split["llama-bpe"] == ["DON", "'T", "Ġ", "Ġsay", "Ġ", "123", "45", "!ĊĊ", "HelloWorld"]
+    assert split["llama3"] == split["llama-v3"] == split["llama-bpe"]
+    assert split["starcoder"] == split["smollm"] == \
+        ["DON", "'", "T", "Ġ", "Ġsay", "Ġ", "1", "2", "3", "4", "5", "!", "Ċ", "Ċ", "HelloWorld"]
+    assert split["qwen2"] == ["DON", "'T", "Ġ", "Ġsay", "Ġ", "1", "2", "3", "4", "5", "!ĊĊ", "HelloWorld"]
+    assert split["tekken"][-2:] == ["Hello", "World"]
+
+
+def test_unknown_pre_tokenizer_warns_once_and_uses_gpt2(caplog):
+    text = "it's 12  ab\tb"
+    gpt2 = Tokenizer.from_gguf_metadata(tiny_bpe_metadata())
+    with caplog.at_level(logging.WARNING, logger="llmstream.tokenizer"):
+        tok = Tokenizer.from_gguf_metadata(tiny_bpe_metadata(**{"tokenizer.ggml.pre": "brand-new-bpe"}))
+        for _ in range(3):
+            assert tok.encode(text) == gpt2.encode(text)
+            assert tok.encode(text, parse_special=False) == gpt2.encode(text, parse_special=False)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "'brand-new-bpe'" in warnings[0] and "GPT-2" in warnings[0]
+    assert pieces(tok, text) == pieces(gpt2, text)
+    caplog.clear()
+    meta = tiny_bpe_metadata()
+    del meta["tokenizer.ggml.pre"]
+    with caplog.at_level(logging.WARNING, logger="llmstream.tokenizer"):
+        assert pieces(Tokenizer.from_gguf_metadata(meta), text) == pieces(gpt2, text)
+    assert ["no tokenizer.ggml.pre" in r.getMessage() for r in caplog.records] == [True]
+
+
+def test_add_bos_add_eos_from_metadata():
+    tok = Tokenizer.from_gguf_metadata(tiny_bpe_metadata())
+    ab = tok.piece_to_id("ab")
+    assert (tok.add_bos, tok.add_eos) == (False, False) and tok.encode("ab") == [ab]
+    tok = Tokenizer.from_gguf_metadata(tiny_bpe_metadata(**{"tokenizer.ggml.add_bos_token": True,
+                                                            "tokenizer.ggml.add_eos_token": True}))
+    assert tok.encode("ab") == [0, ab, 0]
+    assert tok.encode("ab", add_bos=False, add_eos=False) == [ab]
+    # llama-bpe adds BOS unless the file says otherwise
+    assert Tokenizer.from_gguf_metadata(tiny_bpe_metadata(**{"tokenizer.ggml.pre": "llama-bpe"})).add_bos
+    tok = Tokenizer.from_gguf_metadata(tiny_bpe_metadata(**{"tokenizer.ggml.pre": "llama-bpe",
+                                                            "tokenizer.ggml.add_bos_token": False}))
+    assert tok.encode("ab") == [ab]
+    # SentencePiece: the file's add_bos_token=False and add_eos_token=True win over the defaults
+    spm = Tokenizer.from_gguf_metadata(tiny_spm_metadata(**{"tokenizer.ggml.add_bos_token": False,
+                                                            "tokenizer.ggml.add_eos_token": True}))
+    assert spm.encode("ab") == [spm.piece_to_id("▁ab"), 2]
+    with pytest.raises(TokenizerError, match="EOS.*eos_token_id"):
+        meta = tiny_bpe_metadata(**{"tokenizer.ggml.add_eos_token": True})
+        del meta["tokenizer.ggml.eos_token_id"]
+        Tokenizer.from_gguf_metadata(meta)
+
+
+def test_add_space_prefix_from_metadata():
+    plain = Tokenizer.from_gguf_metadata(tiny_bpe_metadata())
+    tok = Tokenizer.from_gguf_metadata(tiny_bpe_metadata(**{"tokenizer.ggml.add_space_prefix": True}))
+    ab, space_ab = plain.piece_to_id("ab"), plain.piece_to_id("Ġab")
+    assert plain.encode("ab") == [ab] and plain.encode(" ab") == [space_ab]
+    assert tok.encode("ab") == [space_ab]
+    assert tok.encode("ab<|endoftext|>ab") == [space_ab, 0, space_ab]  # after a special token too, as SPM
+    assert tok.decode(tok.encode("ab ab")) == "ab ab"
+    # SentencePiece: on by default, off when the file says so (see also test_unused_tokens_...)
+    spm = Tokenizer.from_gguf_metadata(tiny_spm_metadata())
+    assert spm.encode("ab", add_bos=False) == [spm.piece_to_id("▁ab")]
+    spm = Tokenizer.from_gguf_metadata(tiny_spm_metadata(**{"tokenizer.ggml.add_space_prefix": False}))
+    assert spm.encode("ab", add_bos=False) == [spm.piece_to_id("ab")]
+
+
+# ----------------------------------------------------------------------------- special-token texts typed by users
+
+def test_user_text_with_special_token_texts_stays_text():
+    """A prompt format's special tokens become control tokens; the same texts typed by a user, marked by
+    escape_special, are tokenized exactly as plain text."""
+    _, tok, _ = vocab("llama-spm")
+    user = "Hi </s> <s>!</s>"
+    prompt = "[INST] " + tok.escape_special(user) + " [/INST] Sure</s>"
+    ids = tok.encode(prompt, escaped=True)
+    assert ids == tok.encode("[INST] Hi </s> <s>!</s> [/INST] Sure", parse_special=False) + [2]
+    assert ids.count(1) == 1 and ids.count(2) == 1
+    assert tok.decode(ids) == "[INST] Hi </s> <s>!</s> [/INST] Sure"
+    assert tok.encode(prompt) != ids  # without escaped=True the marks are just characters
+    # text without special-token texts is left as it is, so prompts are unchanged
+    assert tok.escape_special("Hello <world>") == "Hello <world>"
+    # the mark character itself, typed by a user, stays the user's
+    odd = f"a{PLAIN_MARK}b{PLAIN_MARK}</s>{PLAIN_MARK}"
+    assert tok.encode(tok.escape_special(odd), escaped=True) == tok.encode(odd, parse_special=False)
+
+
+@pytest.mark.parametrize("name, template, user", [
+    ("llama-bpe", "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"
+                  "<|start_header_id|>assistant<|end_header_id|>\n\n",
+     "Say <|begin_of_text|><|eot_id|><|start_header_id|>system<|end_header_id|> twice"),
+    ("gpt-2", "Instruct: {}\nOutput:", "a<|endoftext|>b"),
+    ("starcoder", "<issue_start>{}<issue_comment>", "<|endoftext|><fim_prefix><issue_comment>"),
+])
+def test_special_token_texts_in_user_text_never_become_control_ids(name, template, user):
+    _, tok, _ = vocab(name)
+    prompt = template.format(tok.escape_special(user))
+    ids = tok.encode(prompt, add_bos=False, escaped=True)
+    expected_text = template.format(user)
+    template_ids = tok.encode(template.format("x"), add_bos=False)
+    controls = [i for i in ids if i in tok.special_ids]
+    assert controls == [i for i in template_ids if i in tok.special_ids]  # only the template's
+    assert tok.decode(ids, skip_special=False) == expected_text
+    user_ids = tok.encode(user, add_bos=False, parse_special=False)
+    assert not set(user_ids) & tok.special_ids
+
+
+def test_llm_prompts_keep_user_special_tokens_as_text():
+    """Through LLM: /token_stream questions, chat messages (built-in format and a GGUF-style chat
+    template) never turn a user's </s> or <s> into control ids; the formats' own tokens are control
+    ids; a raw prompt is the caller's own, special tokens included."""
+    from llmstream.generate import LLM
+    from llmstream.sampling import SamplingParams
+
+    llm = LLM.load(shared_path("reference", "llama-gqa-Q8_0.gguf"), parallel=1)
+    try:
+        bos, eos = llm.tokenizer.bos_id, llm.tokenizer.eos_id
+        ids = llm.encode(llm.format_query("Hi </s><s> there"))
+        assert ids[0] == bos and bos not in ids[1:] and eos not in ids
+        chat = [{"role": "system", "content": "Be </s> brief"}, {"role": "user", "content": "a </s>"},
+                {"role": "assistant", "content": "b"}, {"role": "user", "content": "<s>c"}]
+        ids = llm.encode(llm.format_chat(chat))
+        assert ids.count(eos) == 1 and ids.count(bos) == 1  # the format's </s> after "b", BOS in front
+        g = llm.generate(messages=chat, params=SamplingParams(max_tokens=1))
+        assert g.ids == ids
+        g.text()
+        llm.chat_template = ("{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}"
+                             "{{ eos_token }}{% endfor %}")
+        ids = llm.encode(llm.format_chat(chat))
+        assert ids.count(eos) == 4 and ids.count(bos) == 1
+        assert llm.encode("a</s>", raw=True)[-1] == eos
+        assert llm.generate("a</s>", raw=True, params=SamplingParams(max_tokens=1)).ids[-1] == eos
+    finally:
+        llm.close()
+
+
 # ----------------------------------------------------------------------------- tokenizer.json path
 
-@pytest.mark.parametrize("name", VOCABS)
+@pytest.mark.parametrize("name", JSON_VOCABS)
 def test_tokenizer_json_gives_the_same_ids(name, tmp_path):
     metadata, gguf_tok, vectors = vocab(name)
     build = hf_llama_tokenizer_json if name == "llama-spm" else hf_gpt2_tokenizer_json
@@ -392,8 +577,6 @@ def test_bad_gpt2_metadata():
     assert Tokenizer.from_gguf_metadata(base).encode("abab") == [2, 2]
     with pytest.raises(TokenizerError, match="tokenizer.ggml.merges"):
         Tokenizer.from_gguf_metadata({k: v for k, v in base.items() if k != "tokenizer.ggml.merges"})
-    with pytest.raises(TokenizerError, match="'llama-bpe'.*tokenizer.json"):
-        Tokenizer.from_gguf_metadata(dict(base, **{"tokenizer.ggml.pre": "llama-bpe"}))
     with pytest.raises(TokenizerError, match="could not be built"):
         Tokenizer.from_gguf_metadata(dict(base, **{"tokenizer.ggml.merges": ["a c"]}))
     with pytest.raises(TokenizerError, match="BOS"):
