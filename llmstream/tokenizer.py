@@ -91,7 +91,7 @@ _TEKKEN_RE = (r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+"
               r"|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*"
               r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
-GPT2 = PreTokenizer((_GPT2_RE,))
+_GPT2 = PreTokenizer((_GPT2_RE,))
 _LLAMA3 = PreTokenizer((_LLAMA3_RE,), ignore_merges=True, add_bos=True)
 _STARCODER = PreTokenizer((r"\p{N}", _GPT2_RE))  # digits one at a time, then GPT-2's regex
 _QWEN2 = PreTokenizer((_QWEN2_RE,))
@@ -100,7 +100,7 @@ _QWEN2 = PreTokenizer((_QWEN2_RE,))
 PRE_TOKENIZERS: dict[str, PreTokenizer] = {
     # "default" is GPT-2's regex here, as for unknown values (llama.cpp's own "default" isolates
     # punctuation runs first)
-    **dict.fromkeys(["gpt-2", "phi-2", "default", "mpt", "olmo", "jais"], GPT2),
+    **dict.fromkeys(["gpt-2", "phi-2", "default", "mpt", "olmo", "jais"], _GPT2),
     **dict.fromkeys(["llama-bpe", "llama3", "llama-v3", "falcon3", "pixtral"], _LLAMA3),
     **dict.fromkeys(["dbrx", "smaug-bpe"], PreTokenizer((_LLAMA3_RE,))),
     **dict.fromkeys(["starcoder", "smollm", "refact", "codeshell"], _STARCODER),
@@ -519,7 +519,7 @@ def _pre_tokenizer(metadata: Mapping[str, Any], warn: bool = False) -> PreTokeni
     name = _as_str(name) if name is not None else None
     pre = PRE_TOKENIZERS.get(name)
     if pre is None:
-        pre = GPT2
+        pre = _GPT2
         if warn:
             what = f"tokenizer.ggml.pre={name!r}, unknown to llmstream" if name else "no tokenizer.ggml.pre"
             log.warning("the GGUF vocabulary has %s; splitting text with GPT-2's pre-tokenizer, so its tokens "
