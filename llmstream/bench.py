@@ -8,6 +8,14 @@ speed does not depend on the values, and no float model of 1-3 GB has to be quan
 tensor-type mixes follow llama.cpp's quantizer (Q4_K_M: Q6_K for output, half the attn_v/ffn_down).
 
 Each engine is measured in its own subprocess, so peak RSS is its own.
+
+`--concurrency 1,2,4,8` measures many streams at once instead: for each N, N requests with
+different prompts submitted together to llmstream's scheduler (the server's generation layer: one
+batched forward per step over the paged KV pool; prefix cache off), each generating tg + 1 greedy
+tokens; beside it llama.cpp's own batched decoding of N sequences on the same file and thread count
+(bench_llama_cpp.py: one llama_decode per step). Figures: aggregate generated tok/s, per-stream
+tok/s, median / p95 time to first token and inter-token latency, and the ratios to N = 1 and to
+llama.cpp.
 """
 from __future__ import annotations
 
@@ -207,6 +215,139 @@ def worker_ours(path: str, threads: int, n_pp: int, n_tg: int, runs: int) -> dic
     return dict(pp_tok_s=pp, tg_tok_s=tg, rss_mb=_peak_rss_mb(), load_s=load_s)
 
 
+def worker_concurrency(path: str, threads: int, seqs: list[int], n_prompt: int, n_gen: int,
+                       runs: int) -> list[dict]:
+    """N streams at once through the scheduler, for each N in seqs (see the module doc): N prompts
+    of n_prompt tokens submitted together, n_gen + 1 greedy tokens each (the first from the prompt,
+    then n_gen decode steps, as bench_llama_cpp counts them)."""
+    import threading
+
+    from .bench_llama_cpp import _pct, prompts_for
+    from .engine import Model
+    from .sampling import SamplingParams
+    from .scheduler import Request, Scheduler
+
+    n_max = max(seqs)
+    m = Model(path, ctx_size=n_prompt + n_gen + 16, threads=threads, n_logits=max(16, n_max))
+    sched = Scheduler(m, n_tokens=n_max * (n_prompt + n_gen + 16), parallel=n_max,
+                      prefix_cache=False)
+    params = SamplingParams(temperature=0, repeat_penalty=1.0, max_tokens=n_gen + 1)
+
+    def one_run(n: int, n_tokens: int):
+        done = threading.Semaphore(0)
+        sink = lambda kind, value: done.release() if kind != "piece" else None
+        reqs = [Request(ids=p, params=params, max_new=n_tokens, sink=sink,
+                        cancel=threading.Event(), times=[])
+                for p in prompts_for(n, n_prompt, m.n_vocab)]
+        t0 = time.perf_counter()
+        for r in reqs:
+            sched.submit(r)
+        for _ in reqs:
+            done.acquire()
+        ttft = [r.times[0] - t0 for r in reqs]
+        itl = [b - a for r in reqs for a, b in zip(r.times, r.times[1:])]
+        first, last = min(r.times[0] for r in reqs), max(r.times[-1] for r in reqs)
+        agg = sum(len(r.times) - 1 for r in reqs) / (last - first)
+        per = statistics.median((len(r.times) - 1) / (r.times[-1] - r.times[0]) for r in reqs)
+        return ttft, itl, agg, per
+
+    try:
+        one_run(1, 4)      # warm-up: page the weights in, start the thread pool
+        out = []
+        for n in seqs:
+            ttft_all, itl_all, agg, per = [], [], [], []
+            for _ in range(runs):
+                t, i, a, p = one_run(n, n_gen + 1)
+                ttft_all += t
+                itl_all += i
+                agg.append(a)
+                per.append(p)
+            out.append(dict(n_seqs=n, agg_tok_s=statistics.median(agg),
+                            per_stream_tok_s=statistics.median(per),
+                            ttft_ms_median=_pct(ttft_all, 50) * 1e3,
+                            ttft_ms_p95=_pct(ttft_all, 95) * 1e3,
+                            itl_ms_median=_pct(itl_all, 50) * 1e3,
+                            itl_ms_p95=_pct(itl_all, 95) * 1e3))
+        return out
+    finally:
+        sched.close()
+        m.close()
+
+
+def worker_latency(path: str, threads: int, runs: int) -> dict:
+    """Two latency figures of the server's generation layer (see main's --latency):
+    - TTFT of short questions with the context prompt pre-warmed, and with the prefix cache off;
+    - the inter-token latency of 3 running streams while a 1,000-token prompt is prefilled beside
+      them (p95 during the prefill against the streams' median)."""
+    import threading
+
+    from .bench_llama_cpp import _pct, prompts_for
+    from .generate import LLM
+    from .sampling import SamplingParams
+    from .scheduler import Request
+
+    out = {}
+    ttft = {}
+    for cache in (True, False):
+        llm = LLM.load(path, threads=threads, parallel=4, prefix_cache=cache)
+        try:
+            warm = llm.prewarm(["general"]) if cache else 0
+            llm.generate("Hi", params=SamplingParams(max_tokens=2)).text()   # warm-up
+            times = []
+            for i in range(max(3, runs)):
+                g = llm.generate(f"Question {i}: where is Paris?", context_type="general",
+                                 params=SamplingParams(temperature=0, max_tokens=1))
+                g.text()
+                times.append(g.stats.ttft_s)
+            ttft[cache] = statistics.median(times)
+            if cache:
+                out["prewarmed_tokens"] = warm
+                out["prompt_tokens"] = g.stats.prompt_tokens
+                out["cached_tokens"] = g.stats.cached_tokens
+        finally:
+            llm.close()
+    out.update(ttft_ms_prewarmed=ttft[True] * 1e3, ttft_ms_no_prefix_cache=ttft[False] * 1e3,
+               ttft_ratio=ttft[True] / ttft[False])
+
+    llm = LLM.load(path, threads=threads, parallel=4, prefix_cache=False, ctx_size=4096)
+    try:
+        sched, n_vocab = llm.scheduler, llm.model.n_vocab
+        greedy = SamplingParams(temperature=0, repeat_penalty=1.0, max_tokens=10 ** 6)
+        done = threading.Semaphore(0)
+        sink = lambda kind, value: done.release() if kind != "piece" else None
+        streams = [Request(ids=p, params=greedy, max_new=1000, sink=sink,
+                           cancel=threading.Event(), times=[])
+                   for p in prompts_for(3, 16, n_vocab)]
+        for r in streams:
+            sched.submit(r)
+        while min(len(r.times) for r in streams) < 8:
+            time.sleep(0.01)
+        long_done = threading.Event()
+        long = Request(ids=prompts_for(1, 1000, n_vocab, seed=1)[0], params=greedy, max_new=1,
+                       sink=lambda kind, value: long_done.set() if kind != "piece" else None,
+                       cancel=threading.Event(), times=[])
+        t_submit = time.perf_counter()
+        sched.submit(long)
+        long_done.wait()
+        t_end = long.times[0]
+        target = max(len(r.times) for r in streams) + 8     # a few steps after the prefill
+        while min(len(r.times) for r in streams) < target:
+            time.sleep(0.01)
+        for r in streams:
+            r.cancel.set()
+        for _ in streams:
+            done.acquire()
+        gaps = [(b, b - a) for r in streams for a, b in zip(r.times, r.times[1:])]
+        during = [g for t, g in gaps if t_submit < t <= t_end + 1e-9]
+        every = [g for _, g in gaps]
+        out.update(prefill_s=t_end - t_submit, itl_ms_median=_pct(every, 50) * 1e3,
+                   itl_ms_p95_during_prefill=_pct(during, 95) * 1e3,
+                   itl_p95_during_over_median=_pct(during, 95) / _pct(every, 50))
+    finally:
+        llm.close()
+    return out
+
+
 def worker_llama_cpp(path: str, threads: int, n_pp: int, n_tg: int, runs: int) -> dict:
     import llama_cpp
 
@@ -219,16 +360,23 @@ def worker_llama_cpp(path: str, threads: int, n_pp: int, n_tg: int, runs: int) -
     return dict(pp_tok_s=pp, tg_tok_s=tg, rss_mb=_peak_rss_mb(), load_s=load_s)
 
 
-def _run_worker(engine: str, path: Path, args) -> dict | None:
-    cmd = [sys.executable, "-m", "llmstream.bench", "--worker", engine, "--worker-model", str(path),
-           "--threads", str(args.threads), "--pp", str(args.pp), "--tg", str(args.tg),
-           "--runs", str(args.runs)]
+def _run_worker(engine: str, path: Path, args) -> dict | list | None:
+    if engine == "llama_cpp_batched":
+        cmd = [sys.executable, "-m", "llmstream.bench_llama_cpp", "--model", str(path),
+               "--threads", str(args.threads), "--seqs", args.concurrency,
+               "--n-prompt", str(args.conc_prompt), "--n-gen", str(args.tg), "--runs", str(args.runs)]
+    else:
+        cmd = [sys.executable, "-m", "llmstream.bench", "--worker", engine, "--worker-model",
+               str(path), "--threads", str(args.threads), "--pp", str(args.pp), "--tg", str(args.tg),
+               "--runs", str(args.runs), "--concurrency", args.concurrency or "",
+               "--conc-prompt", str(args.conc_prompt)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         print(f"{engine} failed on {path.name}:\n{r.stderr[-2000:]}", file=sys.stderr)
         return None
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    lines = [json.loads(line) for line in r.stdout.strip().splitlines() if line[:1] in "{["]
+    return lines if engine == "llama_cpp_batched" else lines[-1]
 
 
 def have_llama_cpp() -> bool:
@@ -266,10 +414,35 @@ def main(argv=None) -> int:
     p.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache",
                                                        "llmstream", "bench"))
     p.add_argument("--no-llama-cpp", action="store_true", help="measure llmstream only")
-    p.add_argument("--worker", choices=["ours", "llama_cpp"], help=argparse.SUPPRESS)
+    p.add_argument("--concurrency", metavar="N,N,...",
+                   help="measure N streams at once for each N (e.g. 1,2,4,8) instead of pp/tg; "
+                        "--tg is each stream's answer length")
+    p.add_argument("--conc-prompt", type=int, default=16,
+                   help="prompt tokens of each stream with --concurrency (default 16)")
+    p.add_argument("--latency", action="store_true",
+                   help="measure the time to first token with a pre-warmed context prompt against "
+                        "--no-prefix-cache, and the streams' inter-token latency while a "
+                        "1,000-token prompt is prefilled beside them")
+    p.add_argument("--worker", choices=["ours", "llama_cpp", "ours_concurrency", "ours_latency"],
+                   help=argparse.SUPPRESS)
     p.add_argument("--worker-model", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
+    seqs = None
+    if args.concurrency:
+        try:
+            seqs = [int(x) for x in args.concurrency.split(",") if x.strip()]
+        except ValueError:
+            seqs = []
+        if not seqs or min(seqs) < 1:
+            p.error(f"--concurrency takes positive numbers separated by commas, got {args.concurrency!r}")
+    if args.worker == "ours_latency":
+        print(json.dumps(worker_latency(args.worker_model, args.threads, args.runs)))
+        return 0
+    if args.worker == "ours_concurrency":
+        print(json.dumps(worker_concurrency(args.worker_model, args.threads, seqs, args.conc_prompt,
+                                            args.tg, args.runs)))
+        return 0
     if args.worker:
         fn = worker_ours if args.worker == "ours" else worker_llama_cpp
         print(json.dumps(fn(args.worker_model, args.threads, args.pp, args.tg, args.runs)))
@@ -280,6 +453,16 @@ def main(argv=None) -> int:
         print("llama_cpp is not installed: printing llmstream's figures only. For the side-by-side "
               "comparison: .venv/bin/pip install -e '.[bench]' (builds llama-cpp-python from "
               "source, ~12 minutes on 2 cores)", file=sys.stderr)
+    if args.latency:
+        for ftype in [t.strip() for t in args.types.split(",") if t.strip()]:
+            path = model_path(Path(args.cache_dir), args.shape, ftype)
+            r = _run_worker("ours_latency", path, args)
+            if r is not None:
+                print(json.dumps(dict(shape=args.shape, type=ftype, threads=args.threads,
+                                      **{k: round(v, 3) for k, v in r.items()})), flush=True)
+        return 0
+    if seqs:
+        return _concurrency_main(args, seqs, compare)
     rows = []
     for ftype in [t.strip() for t in args.types.split(",") if t.strip()]:
         path = model_path(Path(args.cache_dir), args.shape, ftype)
@@ -311,6 +494,46 @@ def main(argv=None) -> int:
               f"{r['load_s']:>7.3f}")
     print(f"threads: {args.threads}; pp = {args.pp}-token prompt in one batch, tg = {args.tg} tokens "
           f"one at a time, median of {args.runs} runs")
+    return 0
+
+
+def _concurrency_main(args, seqs: list[int], compare: bool) -> int:
+    """--concurrency: one JSON line per type and N, then a table."""
+    rows = []
+    for ftype in [t.strip() for t in args.types.split(",") if t.strip()]:
+        path = model_path(Path(args.cache_dir), args.shape, ftype)
+        ours = _run_worker("ours_concurrency", path, args)
+        if ours is None:
+            continue
+        ref = {r["n_seqs"]: r for r in (_run_worker("llama_cpp_batched", path, args) or [])} \
+            if compare else {}
+        base = next((o["agg_tok_s"] for o in ours if o["n_seqs"] == 1), None)
+        ref_base = ref.get(1, {}).get("agg_tok_s")
+        for o in ours:
+            n, r = o["n_seqs"], ref.get(o["n_seqs"])
+            row = dict(shape=args.shape, type=ftype, threads=args.threads, n_seqs=n,
+                       **{k: round(v, 3) for k, v in o.items() if k != "n_seqs"},
+                       agg_ratio_vs_1=round(o["agg_tok_s"] / base, 3) if base else None,
+                       llama_cpp_agg_tok_s=round(r["agg_tok_s"], 3) if r else None,
+                       llama_cpp_agg_ratio_vs_1=(round(r["agg_tok_s"] / ref_base, 3)
+                                                 if r and ref_base else None),
+                       llama_cpp_ttft_ms_median=round(r["ttft_ms_median"], 3) if r else None,
+                       llama_cpp_itl_ms_median=round(r["itl_ms_median"], 3) if r else None,
+                       agg_ratio_vs_llama_cpp=round(o["agg_tok_s"] / r["agg_tok_s"], 3) if r else None)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    fmt = lambda v, f="{:.2f}": "-" if v is None else f.format(v)
+    print(f"\n{'model':<18} {'N':>3} {'agg tok/s':>9} {'vs N=1':>6} {'per-stream':>10} "
+          f"{'TTFT ms':>8} {'p95':>7} {'ITL ms':>7} {'p95':>7} {'llama.cpp':>9} {'vs N=1':>6} "
+          f"{'ratio':>6}")
+    for r in rows:
+        print(f"{r['shape'] + '-' + r['type']:<18} {r['n_seqs']:>3} {r['agg_tok_s']:>9.2f} "
+              f"{fmt(r['agg_ratio_vs_1']):>6} {r['per_stream_tok_s']:>10.2f} "
+              f"{r['ttft_ms_median']:>8.1f} {r['ttft_ms_p95']:>7.1f} {r['itl_ms_median']:>7.1f} "
+              f"{r['itl_ms_p95']:>7.1f} {fmt(r['llama_cpp_agg_tok_s']):>9} "
+              f"{fmt(r['llama_cpp_agg_ratio_vs_1']):>6} {fmt(r['agg_ratio_vs_llama_cpp']):>6}")
+    print(f"threads: {args.threads}; N streams at once, each a different {args.conc_prompt}-token "
+          f"prompt and {args.tg} + 1 greedy tokens; median of {args.runs} runs")
     return 0
 
 

@@ -65,6 +65,7 @@ class Request:
     truncated: int = 0
     delay: float = 0.0                # pause after each piece (demos, UI tests)
     warm: bool = False                # a context prompt to evaluate and pin, no answer
+    times: list | None = None         # when a list: each sampled token's time (benchmarks)
     # running state
     seq: Any = None
     feed: list = field(default_factory=list)     # tokens whose keys/values are not stored yet
@@ -350,6 +351,8 @@ class Scheduler:
             self.pool.pin(r.ids)
             return
         token = r.sampler.sample(logits, r.recent)
+        if r.times is not None:
+            r.times.append(now)
         first = not r.t_first
         if first:
             r.t_first = now

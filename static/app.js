@@ -187,6 +187,38 @@
     return parts.length ? parts.join(" · ") : "done";
   }
 
+  // ---- queued: until the first piece, ask /health whether every slot is busy ---------------
+
+  /** Poll /health while a request waits for its first piece; says so when it is queued.
+   *  Returns a function that stops the polling. */
+  function watchQueue(ctl) {
+    let stopped = false;
+    let timer = null;
+    async function check() {
+      if (stopped) return;
+      try {
+        const res = await fetch("health", { cache: "no-store", signal: ctl.signal });
+        const info = await res.json();
+        if (stopped) return;
+        const full = info.slots_total && info.slots_busy >= info.slots_total;
+        if (full && info.waiting > 0) {
+          const n = info.waiting;
+          setStatus(`waiting for a free slot (${n} request${n > 1 ? "s" : ""} queued)…`, "queued");
+        } else {
+          setStatus("generating…");
+        }
+      } catch (e) {
+        /* the request's own error handling reports a lost server */
+      }
+      if (!stopped) timer = setTimeout(check, 400);
+    }
+    timer = setTimeout(check, 250);
+    return () => {
+      stopped = true;
+      clearTimeout(timer);
+    };
+  }
+
   // ---- send / stop -----------------------------------------------------------------------
 
   async function send() {
@@ -208,6 +240,14 @@
     let timings = null;
     let finish = null;
     let done = false;
+    let unwatch = watchQueue(ctl);
+    const started = () => {
+      if (unwatch) {
+        unwatch();
+        unwatch = null;
+        setStatus("generating…");
+      }
+    };
     try {
       const res = await fetch("v1/chat/completions", {
         method: "POST",
@@ -222,6 +262,7 @@
       });
       if (!res.ok) throw new Error(await errorMessage(res));
       if (!res.body) throw new Error("this browser cannot read streamed responses");
+      started();
       await readEvents(res.body, (data) => {
         if (data === "[DONE]") {
           done = true;
@@ -252,6 +293,7 @@
         setStatus(e && e.message ? e.message : String(e), "error");
       }
     } finally {
+      if (unwatch) unwatch();
       if (controller === ctl) controller = null;
       ui.answer.classList.remove("generating");
       updateControls();

@@ -288,3 +288,65 @@ def test_loading_model_then_ready(browser, server):
     finally:
         browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument",
                                 {"identifier": script["identifier"]})
+
+
+def _ask_in_background(server: str, n: int, max_tokens: int = MAX_TOKENS):
+    """n /token_stream requests from threads (other users): returns the threads, already started."""
+    import threading
+
+    def ask(i):
+        req = urllib.request.Request(server + "/token_stream", method="POST",
+                                     data=json.dumps({"query": f"other user {i}",
+                                                      "max_tokens": max_tokens}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            r.read()
+
+    threads = [threading.Thread(target=ask, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def test_two_tabs_stream_at_the_same_time(page, server):
+    from selenium.webdriver.common.by import By
+    first = page.current_window_handle
+    page.find_element(By.ID, "prompt").send_keys("First tab's question")
+    page.find_element(By.ID, "send").click()
+    _wait(page, lambda: _answer_len(page) > 0, 15, "the first tab got no text")
+    page.switch_to.new_window("tab")
+    second = page.current_window_handle
+    try:
+        page.get(server + "/")
+        _wait(page, lambda: not _disabled(page, "send"), 10, "the second tab never became ready")
+        page.find_element(By.ID, "prompt").send_keys("Second tab's question")
+        page.find_element(By.ID, "send").click()
+        _wait(page, lambda: _answer_len(page) > 0, 15, "the second tab got no text")
+        # both generate at once on the server: two slots busy, nobody waiting
+        _, health = _get_json(server + "/health")
+        assert health["slots_busy"] == 2 and health["waiting"] == 0, health
+        _wait(page, lambda: "tok/s" in _status(page), 30, "the second tab's answer never completed")
+        page.switch_to.window(first)
+        _wait(page, lambda: "tok/s" in _status(page), 30, "the first tab's answer never completed")
+        assert _answer_len(page) > 0
+    finally:
+        page.switch_to.window(second)
+        page.close()
+        page.switch_to.window(first)
+
+
+def test_a_queued_request_says_it_waits_then_streams(page, server):
+    from selenium.webdriver.common.by import By
+    _, health = _get_json(server + "/health")
+    others = _ask_in_background(server, health["slots_total"])   # every slot taken
+    _wait(page, lambda: _get_json(server + "/health")[1]["slots_busy"] == health["slots_total"],
+          15, "the other users' requests never filled the slots")
+    page.find_element(By.ID, "prompt").send_keys("Am I queued?")
+    page.find_element(By.ID, "send").click()
+    _wait(page, lambda: "waiting for a free slot" in _status(page), 10,
+          "the page never said it was waiting for a slot")
+    assert _answer_len(page) == 0 and not _disabled(page, "stop")
+    _wait(page, lambda: _answer_len(page) > 0, 30, "the queued request never streamed")
+    _wait(page, lambda: "tok/s" in _status(page), 30, "the queued answer never completed")
+    for t in others:
+        t.join(30)
