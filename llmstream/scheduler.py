@@ -230,7 +230,6 @@ class Scheduler:
     # -- admission -------------------------------------------------------------------------------
     def _drop_cancelled(self):
         for r in [r for r in self._waiting if r.cancel.is_set()]:
-            self._waiting.remove(r)
             self._finish(r, "cancelled")
         for r in [r for r in self._running if r.cancel.is_set()]:
             self._finish(r, "cancelled")
@@ -393,7 +392,9 @@ class Scheduler:
             r.seq = None
         if r in self._running:
             self._running.remove(r)
-        elif r.t_admit == 0 or r in self._waiting:
+        else:                    # waiting: queued (new or preempted), or still in the inbox
+            if r in self._waiting:
+                self._waiting.remove(r)
             self.metrics.waiting -= 1
         self.metrics.running = len(self._running)
         r.done = True
