@@ -209,6 +209,13 @@ class KVPool:
         """Blocks a new allocation can get: free ones and cached ones nothing holds."""
         return len(self._free) + len(self._evictable())
 
+    def can_ever_open(self, ids) -> bool:
+        """Whether a sequence for prompt ids (and its first answer token) fits the pool at all,
+        beside the pinned prefixes (it shares the pinned blocks its prompt starts with)."""
+        full, _, _ = self._match(ids)
+        shared_pinned = sum(1 for n in full if n.pins)
+        return self.blocks_for(len(ids) + 1) - shared_pinned <= self.n_blocks - self.pinned_blocks()
+
     def can_open(self, ids) -> bool:
         """Whether a sequence for prompt ids (and its first answer token) fits now, leaving one
         block of room for every open sequence's next step."""

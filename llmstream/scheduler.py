@@ -239,7 +239,7 @@ class Scheduler:
         while self._waiting and pool.free_slots:
             r = self._waiting[0]
             ids = r.ids + r.tokens if r.tokens else r.ids    # a preempted request resumes
-            if pool.blocks_for(len(ids) + 1) > pool.n_blocks - pool.pinned_blocks():
+            if not pool.can_ever_open(ids):
                 self._waiting.popleft()
                 self._fail(r, ContextLengthError(
                     f"the prompt is {len(ids)} tokens, more than the KV pool can ever hold "
