@@ -1,8 +1,9 @@
 """Batch invariance: a token's logits do not depend on how the tokens were batched. Every row of
 every kernel is computed on its own, so evaluating a sequence in one prefill, in chunks, or one
-token at a time gives bit-identical logits. Generation relies on it: it reuses the KV cache of the
-previous request's shared prefix, and "the same seed and request give the same text" must hold
-whatever ran before."""
+token at a time gives bit-identical logits — and so does evaluating it in batches shared with
+other sequences at other positions. Generation relies on it: it reuses the KV cache of a previous
+request's shared prefix and batches every running sequence together, and "the same seed and request
+give the same text" must hold whatever ran before or beside it."""
 import json
 import sys
 from pathlib import Path
@@ -41,3 +42,69 @@ def test_logits_do_not_depend_on_batching(name):
         split = s.prefill(tokens[13:], all_logits=True)     # a cached prefix, then a batch of 8
     np.testing.assert_array_equal(whole, one_by_one)
     np.testing.assert_array_equal(whole[13:], split)
+
+
+# Mixed batches, as the scheduler makes them: tokens of several sequences at different positions in
+# one forward (prefill chunks beside single decode tokens), each sequence's own tokens in order.
+# Each step: (sequence, how many of its next tokens); the rows of a step are interleaved.
+MIXED_STEPS = [[(0, 5), (1, 3)],
+               [(2, 4), (0, 1), (1, 5)],
+               [(1, 1), (2, 1), (0, 6)],
+               [(2, 3), (0, 1)],
+               [(0, 1), (2, 1)]]
+SLOTS = [2, 0, 1]          # the pool slot of each sequence
+
+
+def _interleave(step, rng):
+    """The rows of one step, (sequence, k-th of its tokens in this step), the sequences' rows
+    merged in a random order that keeps each sequence's own tokens in order."""
+    order = [s for s, n in step for _ in range(n)]
+    rng.shuffle(order)
+    seen = {}
+    rows = []
+    for s in order:
+        rows.append((s, seen.get(s, 0)))
+        seen[s] = seen.get(s, 0) + 1
+    return rows
+
+
+@pytest.mark.parametrize("name", _files())
+def test_logits_do_not_depend_on_the_other_sequences_in_the_batch(name):
+    """Model.forward with tokens of three sequences in one batch gives, for every row, bit for bit
+    the logits of that sequence evaluated alone."""
+    if name is None:
+        shared_path("reference", "MANIFEST.json")
+    path = shared_path("reference", name)
+    rng = np.random.default_rng(13)
+    lengths = [sum(n for step in MIXED_STEPS for s, n in step if s == i) for i in range(3)]
+    with Model(path, n_batch=16) as m:
+        seqs = [rng.integers(0, m.n_vocab, size=n).astype(np.int32) for n in lengths]
+        alone = []
+        for toks in seqs:
+            s = Session(m)
+            alone.append(s.prefill(toks, all_logits=True))
+        pool = m.new_pool(64, 3, prefix_cache=False)
+        opened = {}
+        for i in sorted(range(3), key=lambda i: SLOTS[i]):   # slot SLOTS[i] for sequence i
+            opened[i] = pool.open([], 64)
+            assert opened[i].slot == SLOTS[i]
+        n_rows = 0
+        for step in MIXED_STEPS:
+            rows = _interleave(step, rng)
+            ids, pos, slot, where = [], [], [], []
+            for s, k in rows:
+                p = opened[s].n_past + k
+                ids.append(seqs[s][p])
+                pos.append(p)
+                slot.append(SLOTS[s])
+                where.append((s, p))
+            for s, n in step:
+                pool.reserve(opened[s], n)
+            logits = m.forward(pool, ids, pos, slot, np.arange(len(ids))).copy()
+            for s, n in step:
+                pool.commit(opened[s], seqs[s][opened[s].n_past:opened[s].n_past + n])
+            assert len(set(slot)) > 1
+            for row, (s, p) in enumerate(where):
+                np.testing.assert_array_equal(logits[row], alone[s][p], err_msg=f"sequence {s} position {p}")
+            n_rows += len(rows)
+    assert n_rows == sum(lengths)
