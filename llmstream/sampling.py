@@ -48,6 +48,18 @@ __all__ = ["SamplingParams", "Sampler", "MAX_STOP_STRINGS", "MAX_SEED"]
 MAX_STOP_STRINGS = 8
 #: seeds must lie in ``[0, MAX_SEED]``
 MAX_SEED = 2**64 - 1
+#: the other integer parameters must fit in int64
+MAX_INT = 2**63 - 1
+#: the float parameters are used in float32: a non-zero magnitude must lie in [F32_TINY, F32_MAX]
+F32_TINY = float(np.finfo(np.float32).tiny)   # smallest normal float32, ~1.18e-38
+F32_MAX = float(np.finfo(np.float32).max)     # ~3.40e38
+
+
+def _show(v: int) -> str:
+    """An integer for a message: in full unless it is huge (str() of a huge int is slow or refused)."""
+    if abs(v) < 10**30:
+        return str(v)
+    return f"an integer of about {int(abs(v).bit_length() * 0.30103) + 1} digits"
 
 
 def _is_number(v: Any) -> bool:
@@ -82,7 +94,10 @@ class SamplingParams:
         for name in ("temperature", "top_p", "min_p", "repeat_penalty"):
             v = getattr(self, name)
             if _is_number(v):
-                object.__setattr__(self, name, float(v))
+                try:
+                    object.__setattr__(self, name, float(v))
+                except OverflowError:
+                    raise RequestError(f"{name} is too large: {_show(int(v))}") from None
         for name in ("top_k", "repeat_last_n", "seed", "max_tokens"):
             v = getattr(self, name)
             if _is_int(v):
@@ -102,26 +117,35 @@ class SamplingParams:
                 raise RequestError(f"{name} must be a number, got {type(v).__name__}")
             if not math.isfinite(v):
                 raise RequestError(f"{name} must be a finite number, got {v}")
+            if v != 0 and abs(v) < F32_TINY:
+                raise RequestError(f"{name} = {v:g} is too close to 0: it would be 0 in float32, "
+                                   f"the precision it is used in (a non-zero value needs a "
+                                   f"magnitude of at least {F32_TINY:.3g})")
+            if abs(v) > F32_MAX:
+                raise RequestError(f"{name} = {v:g} is too large: it would overflow float32, the "
+                                   f"precision it is used in (at most {F32_MAX:.3g})")
         for name in ("top_k", "repeat_last_n", "seed", "max_tokens"):
             v = getattr(self, name)
             if not _is_int(v):
                 raise RequestError(f"{name} must be an integer, got {type(v).__name__}")
+            if name != "seed" and v > MAX_INT:
+                raise RequestError(f"{name} must be at most 2**63 - 1, got {_show(v)}")
         if self.temperature < 0:
             raise RequestError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise RequestError(f"top_p must be in (0, 1] (1 disables it), got {self.top_p}")
         if self.top_k < 0:
-            raise RequestError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+            raise RequestError(f"top_k must be >= 0 (0 disables it), got {_show(self.top_k)}")
         if not 0 <= self.min_p <= 1:
             raise RequestError(f"min_p must be in [0, 1] (0 disables it), got {self.min_p}")
         if self.repeat_penalty <= 0:
             raise RequestError(f"repeat_penalty must be > 0 (1 disables it), got {self.repeat_penalty}")
         if self.repeat_last_n < 0:
-            raise RequestError(f"repeat_last_n must be >= 0 (0 disables the penalty), got {self.repeat_last_n}")
+            raise RequestError(f"repeat_last_n must be >= 0 (0 disables the penalty), got {_show(self.repeat_last_n)}")
         if not 0 <= self.seed <= MAX_SEED:
-            raise RequestError(f"seed must be in [0, 2**64), got {self.seed}")
+            raise RequestError(f"seed must be in [0, 2**64), got {_show(self.seed)}")
         if self.max_tokens < 1:
-            raise RequestError(f"max_tokens must be >= 1, got {self.max_tokens}")
+            raise RequestError(f"max_tokens must be >= 1, got {_show(self.max_tokens)}")
         if not isinstance(self.stop, tuple):
             raise RequestError(f"stop must be a string or a list of strings, got {type(self.stop).__name__}")
         if len(self.stop) > MAX_STOP_STRINGS:
@@ -263,7 +287,10 @@ class Sampler:
         x = x.copy()
         vals = x[ids]
         pen = np.float32(p.repeat_penalty)
-        x[ids] = np.where(vals > 0, vals / pen, vals * pen)
+        with np.errstate(over="ignore", under="ignore"):
+            new = np.where(vals > 0, vals / pen, vals * pen)
+        # an extreme penalty must not turn a finite logit into +-inf (NaN/inf from the model stay)
+        x[ids] = np.where(np.isfinite(vals), np.clip(new, -_F32, _F32), vals)
         return x
 
     def _top_k(self, x: np.ndarray) -> np.ndarray | None:
@@ -282,6 +309,8 @@ class Sampler:
         target = p.top_p * float(w.sum(dtype=np.float64))
         return _nucleus(w, target, p.min_p)
 
+
+_F32 = np.float32(F32_MAX)
 
 # Thresholds (relative to the most probable token, whose weight is 1) tried in turn to find a small
 # candidate set {w >= t} that already holds the top_p mass and therefore contains the whole nucleus.

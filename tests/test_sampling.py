@@ -77,6 +77,17 @@ def test_defaults_match_original_service():
     (dict(stop=("a", 3)), "stop must contain only strings"),
     (dict(stop=tuple("abcdefghi")), f"at most {MAX_STOP_STRINGS}"),
     (dict(stop=42), "stop must be a string or a list of strings"),
+    # float32 is what they are used in: no silent underflow to 0 or overflow to inf
+    (dict(repeat_penalty=1e-45), "repeat_penalty = 1e-45 is too close to 0: it would be 0 in float32"),
+    (dict(repeat_penalty=1e39), "repeat_penalty = 1e+39 is too large: it would overflow float32"),
+    (dict(temperature=1e-39), "temperature = 1e-39 is too close to 0"),
+    (dict(temperature=3.5e38), "temperature = 3.5e+38 is too large"),
+    (dict(top_p=1e-40), "top_p = 1e-40 is too close to 0"),
+    (dict(min_p=1e-40), "min_p = 1e-40 is too close to 0"),
+    (dict(temperature=10**400), "temperature is too large"),
+    (dict(top_k=2**63), "top_k must be at most 2**63 - 1"),
+    (dict(max_tokens=10**5000), "max_tokens must be at most 2**63 - 1, got an integer of about 5001 digits"),
+    (dict(repeat_last_n=-10**5000), "repeat_last_n must be >= 0 (0 disables the penalty), got an integer"),
 ])
 def test_validation_errors(kwargs, fragment):
     with pytest.raises(RequestError) as exc:
@@ -393,3 +404,14 @@ def test_distribution_matches_reference_with_forced_bisection(kw, monkeypatch):
         got = as_dict(ids, probs)
         assert got.keys() == ref.keys()
         np.testing.assert_allclose([got[k] for k in ref], list(ref.values()), rtol=1e-4, atol=1e-9)
+
+
+def test_an_extreme_but_valid_repeat_penalty_keeps_logits_finite():
+    """The smallest and largest penalties float32 holds: a penalised logit saturates at the float32
+    range instead of becoming inf (which the sampler would refuse as a broken model)."""
+    logits = np.array([100.0, -100.0, 1.0, 0.5], dtype=np.float32)
+    for pen in (1.2e-38, 3.4e38):
+        s = Sampler(SamplingParams(repeat_penalty=pen, temperature=1.0, top_p=1.0), 4)
+        ids, probs = s.distribution(logits, recent=[0, 1])
+        assert np.isfinite(probs).all() and abs(probs.sum() - 1) < 1e-9
+        s.sample(logits, recent=[0, 1])

@@ -1,0 +1,147 @@
+"""Hostile requests (issue 11): every malformed or abusive input gets one clear error with the status
+it deserves (never a 500, a hang or unbounded memory), and the server answers a normal request
+afterwards. Driven through aiohttp's test server with the tiny reference models, and through raw
+sockets where a client library would not send what an attacker can."""
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import shared_path  # noqa: E402
+
+from llmstream.server.app import create_app  # noqa: E402
+from llmstream.server.state import Settings  # noqa: E402
+
+PHI2 = "phi2-Q8_0.gguf"
+LLAMA = "llama-gqa-Q4_K_M.gguf"
+
+
+async def ready(client, timeout=30.0):
+    for _ in range(int(timeout / 0.02)):
+        r = await client.get("/health")
+        if r.status == 200:
+            return await r.json()
+        await asyncio.sleep(0.02)
+    raise AssertionError("the model never became ready")
+
+
+@pytest.fixture
+def make_client(aiohttp_client):
+    async def make(model=PHI2, **kw):
+        settings = Settings(model_path=str(shared_path("reference", model)), **kw)
+        client = await aiohttp_client(create_app(settings))
+        await ready(client)
+        return client
+    return make
+
+
+async def still_serves(client):
+    """A normal request right after: the server is intact."""
+    r = await client.post("/v1/completions", json={"prompt": "Hello", "max_tokens": 3})
+    body = await r.json()
+    assert r.status == 200, body
+    assert body["usage"]["completion_tokens"] == 3
+    r = await client.post("/token_stream", json={"query": "Hello", "max_tokens": 3})
+    assert r.status == 200
+    await r.read()
+
+
+async def assert_refused(r, status, *fragments):
+    assert r.status == status, await r.text()
+    body = await r.json()
+    assert set(body) == {"error"}, body
+    message = body["error"]["message"]
+    for f in fragments:
+        assert f in message, message
+    return message
+
+
+async def raw_exchange(client, data: bytes, timeout: float = 20.0) -> bytes:
+    """Send bytes on a fresh TCP connection and read until the server closes it."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+
+
+def split_response(raw: bytes) -> tuple[str, dict, bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return lines[0], headers, body
+
+
+# ------------------------------------------------------------------------------------ requests
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+MALFORMED = [
+    # (path, raw body, what the message must say)
+    ("/token_stream", DEEP, "nests arrays or objects too deeply (at most 32 levels)"),
+    ("/v1/chat/completions", '{"messages": ' + "[" * 2000 + "]" * 2000 + "}",
+     "nests arrays or objects too deeply (at most 32 levels)"),
+    ("/token_stream", '{"query": "hi", "seed": ' + "[" * 40 + "]" * 40 + "}",
+     "nests arrays or objects too deeply (at most 32 levels)"),
+    ("/token_stream", '{"query": "hi", "seed": ' + "9" * 5000 + "}",
+     "integer of 5000 digits"),
+    ("/v1/completions", '{"prompt": "hi", "max_tokens": -' + "1" * 100_000 + "}",
+     "integer of 100000 digits"),
+    ("/token_stream", '{"query": "hi", "temperature": 1e400}', "too large for a double"),
+    ("/token_stream", '{"query": "hi", "top_p": NaN}', "NaN is not a JSON value"),
+    ("/token_stream", '{"query": "hi \\ud800 there"}',
+     "the field query holds a lone UTF-16 surrogate (\\ud800 at character 3)"),
+    ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "\\udfff"}]}',
+     "the field messages[0].content holds a lone UTF-16 surrogate (\\udfff"),
+    ("/token_stream", '{"query": "hi", "stop": ["ok", "\\udc00"]}',
+     "the field stop[1] holds a lone UTF-16 surrogate"),
+    ("/token_stream", '{"query": "hi", "\\ud801": 1}', "holds a lone UTF-16 surrogate"),
+    ("/token_stream", '{"query": "hi", "repeat_penalty": 1e-45}',
+     "repeat_penalty = 1e-45 is too close to 0: it would be 0 in float32"),
+    ("/token_stream", '{"query": "hi", "repeat_penalty": 1e300}',
+     "repeat_penalty = 1e+300 is too large: it would overflow float32"),
+    ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "hi"}], "temperature": 1e-40}',
+     "temperature = 1e-40 is too close to 0"),
+    ("/v1/completions", '{"prompt": "hi", "top_p": 5e-39}', "top_p = 5e-39 is too close to 0"),
+    ("/token_stream", '{"query": "hi", "min_p": 1e-300}', "min_p = 1e-300 is too close to 0"),
+    ("/token_stream", '{"query": "hi", "top_k": 99999999999999999999}',
+     "top_k must be at most 2**63 - 1"),
+]
+
+
+async def test_malformed_requests_get_400_saying_what_is_wrong(make_client):
+    """Deep nesting, huge integers and floats, NaN, lone surrogates, float32 under/overflow of the
+    sampling parameters, invalid Content-Encoding: each a 400 naming the problem (they were 500s)."""
+    client = await make_client()
+    for path, body, fragment in MALFORMED:
+        r = await client.post(path, data=body.encode(), headers={"Content-Type": "application/json"})
+        await assert_refused(r, 400, fragment)
+
+    ok = b'{"query": "hi", "max_tokens": 2}'
+    for encoding, data, fragment in [
+        ("bogus", ok, "Content-Encoding 'bogus' is not supported"),
+        ("gzip, gzip", ok, "Content-Encoding 'gzip, gzip' is not supported"),
+        ("gzip", b"this is not gzip", "the request body is not valid gzip data"),
+        ("deflate", b"nor is this deflate", "the request body is not valid deflate data"),
+    ]:
+        r = await client.post("/token_stream", data=data, headers={
+            "Content-Type": "application/json", "Content-Encoding": encoding})
+        await assert_refused(r, 400, fragment)
+        if encoding in ("gzip", "deflate"):   # the connection cannot carry another request
+            assert r.headers.get("Connection", "").lower() == "close"
+    # well-formed compressed bodies are accepted
+    import gzip
+    import zlib
+    for encoding, data in [("gzip", gzip.compress(ok)), ("deflate", zlib.compress(ok))]:
+        r = await client.post("/token_stream", data=data, headers={"Content-Encoding": encoding})
+        assert r.status == 200, await r.text()
+        await r.read()
+    await still_serves(client)
