@@ -146,42 +146,42 @@ def llama_layer(float[:, ::1] x, const float[::1] attn_norm, const float[::1] ff
     cdef int tid
     with nogil, parallel(num_threads=nt):
         # attention block
-        for t in prange(T, schedule="static"):
+        for t in prange(T, schedule="dynamic"):
             ls_rmsnorm(&x[t, 0], &attn_norm[0], &h[t, 0], <int>E, eps)
             _quantize_for(&Lq, &h[t, 0], t)
             if k_own:
                 _quantize_for(&Lk, &h[t, 0], t)
             if v_own:
                 _quantize_for(&Lv, &h[t, 0], t)
-        for c in prange(nc_qkv, schedule="static"):
+        for c in prange(nc_qkv, schedule="dynamic"):
             _lin3_chunk(&Lq, &Lk, &Lv, c, T)
-        for t in prange(T, schedule="static"):
+        for t in prange(T, schedule="dynamic"):
             ls_rope(&q[t, 0], n_head, head_dim, n_rot, pos[t], rope_base, neox)
             ls_rope(&k[t, 0], n_head_kv, head_dim, n_rot, pos[t], rope_base, neox)
             _kv_store(&kv, t, &k[t, 0], &v[t, 0])
-        for i in prange(T * n_head, schedule="static"):
+        for i in prange(T * n_head, schedule="dynamic"):
             tid = threadid()
             _attn_item(&kv, i, n_head, group, head_dim, scale, window, &q[0, 0], <size_t>E,
                        &att[0, 0], <size_t>E, &scratch[tid, 0], &q16[tid, 0])
-        for t in prange(T, schedule="static"):
+        for t in prange(T, schedule="dynamic"):
             _quantize_for(&Lo, &att[t, 0], t)
-        for c in prange(nc_o, schedule="static"):
+        for c in prange(nc_o, schedule="dynamic"):
             _lin_chunk(&Lo, c, T)
         # feed-forward block
-        for t in prange(T, schedule="static"):
+        for t in prange(T, schedule="dynamic"):
             for j in range(E):
                 x[t, j] = x[t, j] + o[t, j]
             ls_rmsnorm(&x[t, 0], &ffn_norm[0], &h[t, 0], <int>E, eps)
             _quantize_for(&Lg, &h[t, 0], t)
             if u_own:
                 _quantize_for(&Lu, &h[t, 0], t)
-        for c in prange(nc_gu, schedule="static"):
+        for c in prange(nc_gu, schedule="dynamic"):
             _lin3_chunk(&Lg, &Lu, NULL, c, T)
-        for t in prange(T, schedule="static"):
+        for t in prange(T, schedule="dynamic"):
             ls_swiglu(&f1[t, 0], &f2[t, 0], <int>F)
             _quantize_for(&Ld, &f1[t, 0], t)
-        for c in prange(nc_d, schedule="static"):
+        for c in prange(nc_d, schedule="dynamic"):
             _lin_chunk(&Ld, c, T)
-        for t in prange(T, schedule="static"):
+        for t in prange(T, schedule="dynamic"):
             for j in range(E):
                 x[t, j] = x[t, j] + o[t, j]

@@ -140,8 +140,10 @@ def matmul(const uint8_t[:, ::1] w, int wtype, const float[:, ::1] x, float[:, :
 
     w: raw rows of the weight tensor in wtype (n_out, row_bytes); x is converted once to the
     type's vec_dot format in xq (scratch, >= T * vec_dot_row_bytes(wtype, n_in) bytes). Threads
-    split the output rows statically in work items of matmul_chunk(T, row bytes) rows, each done
-    by ls_matmul_rows (batch kernels for 4+ tokens, see csrc/quants.h)."""
+    pull work items of matmul_chunk(T, row bytes) output rows in turn (dynamic schedule: a thread
+    another process keeps off its core delays one item, not a static share), each done by
+    ls_matmul_rows (batch kernels for 4+ tokens, see csrc/quants.h). Each row is computed alone,
+    so the result does not depend on which thread computes it."""
     cdef int64_t T = x.shape[0], n_in = x.shape[1], n_out = w.shape[0]
     cdef int vdt = ls_vec_dot_type(wtype)
     _check(vdt >= 0, f"unknown tensor type {wtype}")
@@ -157,9 +159,9 @@ def matmul(const uint8_t[:, ::1] w, int wtype, const float[:, ::1] x, float[:, :
     if T == 0 or n_out == 0:
         return
     with nogil, parallel(num_threads=nt):
-        for t in prange(T, schedule="static"):
+        for t in prange(T, schedule="dynamic"):
             ls_quantize_row(vdt, &x[t, 0], &xq[t * rs], n_in)
-        for c in prange(n_chunks, schedule="static"):
+        for c in prange(n_chunks, schedule="dynamic"):
             r0 = c * chunk
             r1 = min(r0 + chunk, n_out)
             ls_matmul_rows(wtype, n_in, &w[0, 0], <size_t>w.shape[1], r0, r1, &xq[0], rs, T,
@@ -185,7 +187,7 @@ def rmsnorm(const float[:, ::1] x, const float[::1] w, float[:, ::1] y, float ep
     cdef int n = <int>x.shape[1]
     _check(w.shape[0] == n and y.shape[1] == n and y.shape[0] >= T, "rmsnorm shape mismatch")
     cdef int nt = team_size(<double>T * x.shape[1] * 4, T)
-    for t in prange(T, nogil=True, schedule="static", num_threads=nt):
+    for t in prange(T, nogil=True, schedule="dynamic", num_threads=nt):
         ls_rmsnorm(&x[t, 0], &w[0], &y[t, 0], n, eps)
 
 
@@ -197,7 +199,7 @@ def layernorm(const float[:, ::1] x, const float[::1] w, const float[::1] b, flo
     _check(w.shape[0] == n and b.shape[0] == n and y.shape[1] == n and y.shape[0] >= T,
            "layernorm shape mismatch")
     cdef int nt = team_size(<double>T * x.shape[1] * 4, T)
-    for t in prange(T, nogil=True, schedule="static", num_threads=nt):
+    for t in prange(T, nogil=True, schedule="dynamic", num_threads=nt):
         ls_layernorm(&x[t, 0], &w[0], &b[0], &y[t, 0], n, eps)
 
 
@@ -209,7 +211,7 @@ def rope(float[:, ::1] x, int n_head, int head_dim, int n_rot, const int32_t[::1
            "rope shape mismatch")
     _check(pos.shape[0] == T, "rope needs one position per token")
     cdef int nt = team_size(<double>T * x.shape[1] * 4, T)
-    for t in prange(T, nogil=True, schedule="static", num_threads=nt):
+    for t in prange(T, nogil=True, schedule="dynamic", num_threads=nt):
         ls_rope(&x[t, 0], n_head, head_dim, n_rot, pos[t], freq_base, neox)
 
 
@@ -219,7 +221,7 @@ def swiglu(float[:, ::1] gate, const float[:, ::1] up):
     cdef int n = <int>gate.shape[1]
     _check(up.shape[0] == T and up.shape[1] == n, "swiglu shape mismatch")
     cdef int nt = team_size(<double>T * gate.shape[1] * 8, T)
-    for t in prange(T, nogil=True, schedule="static", num_threads=nt):
+    for t in prange(T, nogil=True, schedule="dynamic", num_threads=nt):
         ls_swiglu(&gate[t, 0], &up[t, 0], n)
 
 
@@ -228,7 +230,7 @@ def gelu(float[:, ::1] x):
     cdef int64_t T = x.shape[0], t
     cdef int n = <int>x.shape[1]
     cdef int nt = team_size(<double>T * x.shape[1] * 4, T)
-    for t in prange(T, nogil=True, schedule="static", num_threads=nt):
+    for t in prange(T, nogil=True, schedule="dynamic", num_threads=nt):
         ls_gelu(&x[t, 0], n)
 
 
@@ -359,7 +361,7 @@ def attention(const float[:, ::1] q, uint16_t[:, ::1] kc, uint16_t[:, ::1] vc,
     cdef int nt = min(team_size(<double>T * n_head * (_max_pos(pos) + 1) * head_dim * 4, T * n_head),
                      <int>scratch.shape[0])
     cdef int tid
-    for i in prange(T * n_head, nogil=True, schedule="static", num_threads=nt):
+    for i in prange(T * n_head, nogil=True, schedule="dynamic", num_threads=nt):
         tid = threadid()
         _attn_item(&kv, i, n_head, group, head_dim, scale, window, &q[0, 0], q.shape[1],
                    &out[0, 0], out.shape[1], &scratch[tid, 0], &q16[tid, 0])

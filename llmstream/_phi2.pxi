@@ -31,28 +31,19 @@ cdef inline int64_t _lin_list_items(const _Lin **Ls, int n, int64_t T) noexcept 
     return total
 
 
-cdef inline void _lin_list_part(const _Lin **Ls, const float **bs, int n, int part, int n_parts,
+cdef inline void _lin_list_item(const _Lin **Ls, const float **bs, int n, int64_t item,
                                 int64_t T) noexcept nogil:
-    """Part `part` of n_parts of the concatenated work lists of Ls[0..n-1] (biases bs): the work
-    items whose middle byte of weights falls in that part's equal share. Items of the tensors differ
-    in bytes (a Q4_K fc2 row is 4x a Q4_K output-projection row, a Q6_K row 1.5x a Q4_K one), so a
-    split by item count would leave one thread up to ~15 % more weights to read."""
-    cdef double total = 0, off = 0, nb
+    """Work item `item` of the concatenated work lists of Ls[0..n-1] (biases bs): the threads pull
+    items in turn (dynamic schedule), so a thread that is descheduled holds up one item, not a
+    share of the whole list."""
     cdef int j
-    cdef int64_t c, nc, ch, rows
-    for j in range(n):
-        total += _bytes(Ls[j])
-    if total <= 0:
-        return
+    cdef int64_t nc
     for j in range(n):
         nc = _n_chunks(Ls[j], T)
-        ch = matmul_chunk(T, Ls[j].wstride)
-        for c in range(nc):
-            rows = min(ch, Ls[j].n_out - c * ch)
-            nb = <double>rows * Ls[j].wstride
-            if min(<int>((off + 0.5 * nb) * n_parts / total), n_parts - 1) == part:
-                _lin_bias_chunk(Ls[j], bs[j], c, T)
-            off += nb
+        if item < nc:
+            _lin_bias_chunk(Ls[j], bs[j], item, T)
+            return
+        item -= nc
 
 
 cdef inline const float *_bias_ptr(const float[::1] b, int64_t n, str name) except? NULL:
@@ -153,10 +144,10 @@ def phi2_layer(float[:, ::1] x, const float[::1] norm_w, const float[::1] norm_b
     cdef double weight_bytes = (_bytes(&Lq) + _bytes(&Lk) + _bytes(&Lv) + _bytes(&Lo) + _bytes(&Lu)
                                 + _bytes(&Ld))
     cdef int nt = min(team_size(weight_bytes * T, max(nc1, nc2, T)), <int>scratch.shape[0])
-    cdef int64_t t, i, jj, part
+    cdef int64_t t, i, jj
     cdef int tid
     with nogil, parallel(num_threads=nt):
-        for t in prange(T, schedule="static"):
+        for t in prange(T, schedule="dynamic"):
             ls_layernorm(&x[t, 0], &norm_w[0], &norm_b[0], &h[t, 0], <int>E, eps)
             _quantize_for(&Lq, &h[t, 0], t)
             if conv_k:
@@ -165,9 +156,9 @@ def phi2_layer(float[:, ::1] x, const float[::1] norm_w, const float[::1] norm_b
                 _quantize_for(&Lv, &h[t, 0], t)
             if conv_u:
                 _quantize_for(&Lu, &h[t, 0], t)
-        for part in prange(nt, schedule="static"):
-            _lin_list_part(L1, b1, 4, <int>part, nt, T)
-        for t in prange(T, schedule="static"):
+        for i in prange(nc1, schedule="dynamic"):
+            _lin_list_item(L1, b1, 4, i, T)
+        for t in prange(T, schedule="dynamic"):
             ls_rope(&q[t, 0], n_head, head_dim, n_rot, pos[t], rope_base, 1)
             ls_rope(&k[t, 0], n_head_kv, head_dim, n_rot, pos[t], rope_base, 1)
             for jj in range(E):
@@ -175,14 +166,14 @@ def phi2_layer(float[:, ::1] x, const float[::1] norm_w, const float[::1] norm_b
             _kv_store(&kv, t, &k[t, 0], &v[t, 0])
             ls_gelu(&f1[t, 0], <int>F)
             _quantize_for(&Ld, &f1[t, 0], t)
-        for i in prange(T * n_head, schedule="static"):
+        for i in prange(T * n_head, schedule="dynamic"):
             tid = threadid()
             _attn_item(&kv, i, n_head, group, head_dim, 1.0, window, &q[0, 0], <size_t>E,
                        &att[0, 0], <size_t>E, &scratch[tid, 0], &q16[tid, 0])
-        for t in prange(T, schedule="static"):
+        for t in prange(T, schedule="dynamic"):
             _quantize_for(&Lo, &att[t, 0], t)
-        for part in prange(nt, schedule="static"):
-            _lin_list_part(L2, b2, 2, <int>part, nt, T)
-        for t in prange(T, schedule="static"):
+        for i in prange(nc2, schedule="dynamic"):
+            _lin_list_item(L2, b2, 2, i, T)
+        for t in prange(T, schedule="dynamic"):
             for jj in range(E):
                 x[t, jj] = x[t, jj] + (o[t, jj] + att[t, jj])

@@ -37,6 +37,11 @@ SHAPES = {
     # a small shape for smoke tests of the tool itself
     "tiny": dict(arch="llama", n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=512,
                  n_vocab=1000, n_ctx=256),
+    # big enough that every matmul, decode included, runs on several threads (tests/test_threads.py)
+    "small": dict(arch="llama", n_embd=1024, n_layer=2, n_head=8, n_head_kv=2, n_ff=2816,
+                  n_vocab=2000, n_ctx=512),
+    "small-phi2": dict(arch="phi2", n_embd=1024, n_layer=2, n_head=8, n_head_kv=8, n_ff=4096,
+                       n_vocab=2000, n_ctx=512, n_rot=32),
     "tiny-phi2": dict(arch="phi2", n_embd=256, n_layer=2, n_head=4, n_head_kv=4, n_ff=512,
                       n_vocab=1000, n_ctx=256, n_rot=32),
     "phi2": dict(arch="phi2", n_embd=2560, n_layer=32, n_head=32, n_head_kv=32, n_ff=10240,
@@ -371,12 +376,47 @@ def _run_worker(engine: str, path: Path, args) -> dict | list | None:
                "--runs", str(args.runs), "--concurrency", args.concurrency or "",
                "--conc-prompt", str(args.conc_prompt)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    with busy_loops(args.contention):
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         print(f"{engine} failed on {path.name}:\n{r.stderr[-2000:]}", file=sys.stderr)
         return None
     lines = [json.loads(line) for line in r.stdout.strip().splitlines() if line[:1] in "{["]
     return lines if engine == "llama_cpp_batched" else lines[-1]
+
+
+class busy_loops:
+    """Context manager: k processes that each keep a core busy (a pure-Python loop), started and
+    stopped by the bench, to measure both engines on a machine that is not theirs alone."""
+
+    def __init__(self, k: int):
+        self.k, self.procs = max(0, int(k or 0)), []
+
+    def __enter__(self):
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                      for _ in range(self.k)]
+        if self.procs:
+            time.sleep(0.2)          # let them start spinning
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.procs:
+            p.kill()
+        for p in self.procs:
+            p.wait()
+
+
+def simd_report() -> str:
+    """The CPU's SIMD level and the kernels llmstream chose for it."""
+    from . import _ops
+    if not _ops.cpu_has_avx2():
+        return "SIMD: scalar kernels (the CPU lacks AVX2/FMA/F16C)"
+    if _ops.get_avx512():
+        return ("SIMD: AVX2/FMA + AVX-512 VNNI (batch and decode matmuls on the AVX-512 kernels; "
+                "LLMSTREAM_AVX512=0 for AVX2 only)")
+    why = ("LLMSTREAM_AVX512=0" if _ops.cpu_has_avx512() else
+           "the CPU has no AVX-512 VNNI")
+    return f"SIMD: AVX2/FMA kernels ({why})"
 
 
 def have_llama_cpp() -> bool:
@@ -414,6 +454,8 @@ def main(argv=None) -> int:
     p.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache",
                                                        "llmstream", "bench"))
     p.add_argument("--no-llama-cpp", action="store_true", help="measure llmstream only")
+    p.add_argument("--contention", type=int, default=0, metavar="K",
+                   help="run K busy-loop processes beside each engine while it is measured")
     p.add_argument("--concurrency", metavar="N,N,...",
                    help="measure N streams at once for each N (e.g. 1,2,4,8) instead of pp/tg; "
                         "--tg is each stream's answer length")
@@ -448,6 +490,8 @@ def main(argv=None) -> int:
         print(json.dumps(fn(args.worker_model, args.threads, args.pp, args.tg, args.runs)))
         return 0
 
+    print(simd_report() + (f"; {args.contention} busy-loop process(es) beside each engine"
+                           if args.contention else ""), file=sys.stderr, flush=True)
     compare = not args.no_llama_cpp and have_llama_cpp()
     if not compare and not args.no_llama_cpp:
         print("llama_cpp is not installed: printing llmstream's figures only. For the side-by-side "

@@ -1,0 +1,47 @@
+"""Thread-count invariance: every row of every kernel is computed alone and the threads only decide
+who computes which work item (pulled dynamically), so logits are bit-identical with 1, 2 or 3
+threads, for a prompt and for single-token decode steps. The models are random-weight files of a
+shape big enough that every matmul, decode included, really runs on several threads."""
+import numpy as np
+import pytest
+
+from llmstream import _ops
+from llmstream.bench import build_model
+from llmstream.engine import Model, Session
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("threads")
+    out = {}
+    for shape, ftype in [("small", "Q4_0"), ("small", "Q4_K_M"), ("small", "Q8_0"),
+                         ("small-phi2", "Q4_K_M")]:
+        path = d / f"{shape}-{ftype}.gguf"
+        build_model(path, shape, ftype)
+        out[f"{shape}-{ftype}"] = path
+    return out
+
+
+def _logits(path, threads: int) -> np.ndarray:
+    _ops.set_threads(threads)
+    try:
+        with Model(path, ctx_size=64) as m:
+            tokens = np.random.default_rng(3).integers(3, m.n_vocab, 24).astype(np.int32)
+            s = Session(m)
+            rows = list(s.prefill(tokens[:20], all_logits=True))
+            rows += [s.decode_step(int(t)).copy() for t in tokens[20:]]
+            return np.stack(rows)
+    finally:
+        _ops.set_threads(0)
+
+
+@pytest.mark.parametrize("name", ["small-Q4_0", "small-Q4_K_M", "small-Q8_0", "small-phi2-Q4_K_M"])
+def test_logits_do_not_depend_on_the_thread_count(models, name):
+    with Model(models[name]) as m:      # the premise: a decode step's layer is worth several threads
+        layer_bytes = sum(l.w.size for l in vars(m.layers[0]).values() if hasattr(l, "w"))
+        assert _ops.team_size(float(layer_bytes), 8) > 1 or _ops.effective_threads() == 1
+    one = _logits(models[name], 1)
+    assert np.isfinite(one).all()
+    for threads in (2, 3):
+        np.testing.assert_array_equal(_logits(models[name], threads), one,
+                                      err_msg=f"{threads} threads differ from 1")
