@@ -42,10 +42,12 @@ import numpy as np
 
 from .errors import RequestError
 
-__all__ = ["SamplingParams", "Sampler", "MAX_STOP_STRINGS", "MAX_SEED"]
+__all__ = ["SamplingParams", "Sampler", "MAX_STOP_STRINGS", "MAX_STOP_LENGTH", "MAX_SEED"]
 
 #: most stop strings one request may carry
 MAX_STOP_STRINGS = 8
+#: most characters (code points) in one stop string
+MAX_STOP_LENGTH = 256
 #: seeds must lie in ``[0, MAX_SEED]``
 MAX_SEED = 2**64 - 1
 #: the other integer parameters must fit in int64
@@ -87,7 +89,7 @@ class SamplingParams:
     repeat_last_n: int = 64       # >= 0; 0 = off
     seed: int = 299792458         # in [0, 2**64)
     max_tokens: int = 2000        # >= 1
-    stop: tuple[str, ...] = ()    # at most MAX_STOP_STRINGS non-empty strings
+    stop: tuple[str, ...] = ()    # at most MAX_STOP_STRINGS non-empty strings of <= MAX_STOP_LENGTH
 
     def __post_init__(self) -> None:
         # Normalise representation first (frozen: go through object.__setattr__), then validate.
@@ -149,12 +151,17 @@ class SamplingParams:
         if not isinstance(self.stop, tuple):
             raise RequestError(f"stop must be a string or a list of strings, got {type(self.stop).__name__}")
         if len(self.stop) > MAX_STOP_STRINGS:
-            raise RequestError(f"stop accepts at most {MAX_STOP_STRINGS} strings, got {len(self.stop)}")
-        for s in self.stop:
+            raise RequestError(f"stop accepts at most {MAX_STOP_STRINGS} strings of at most "
+                               f"{MAX_STOP_LENGTH} characters, got {len(self.stop)} strings")
+        for i, s in enumerate(self.stop):
             if not isinstance(s, str):
                 raise RequestError(f"stop must contain only strings, got {type(s).__name__}")
             if not s:
                 raise RequestError("stop strings must not be empty")
+            if len(s) > MAX_STOP_LENGTH:
+                raise RequestError(f"stop accepts at most {MAX_STOP_STRINGS} strings of at most "
+                                   f"{MAX_STOP_LENGTH} characters, but stop[{i}] has {len(s)} "
+                                   "characters")
 
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod

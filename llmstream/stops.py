@@ -19,14 +19,19 @@ Guarantees:
   on how the text is split into pieces;
 * text is held back only while it could still be the beginning of a stop string (with no stop
   strings every piece passes straight through);
-* each ``push`` costs O(len(piece) + longest stop string) per stop string: only the held-back tail
-  (shorter than the longest stop string) is rescanned, never the whole history.
+* time and memory are linear: each stop string keeps a Knuth-Morris-Pratt automaton (its failure
+  table, one integer per character) and its current state (how many of its first characters the
+  text ends with), so a ``push`` costs O(len(piece)) amortized per stop string plus one copy of the
+  held text (shorter than the longest stop string), and the matcher holds O(total length of the
+  stop strings), whatever the text. (Requests cap stop strings at
+  ``sampling.MAX_STOP_STRINGS`` of ``sampling.MAX_STOP_LENGTH`` characters.)
 
 Matching is on Python ``str`` (code points), so multi-byte characters need no special care here;
 the detokenizer must hand over whole characters.
 """
 from __future__ import annotations
 
+from array import array
 from typing import Iterable
 
 __all__ = ["StopMatcher"]
@@ -45,9 +50,9 @@ class StopMatcher:
             if not s:
                 raise ValueError("stop strings must not be empty")
         self.stop_strings: tuple[str, ...] = stops
-        self._max_len = max((len(s) for s in stops), default=0)
-        # Every proper prefix of every stop string: the text worth holding back.
-        self._prefixes = frozenset(s[:i] for s in stops for i in range(1, len(s)))
+        self._fail = [_failure(s) for s in stops]
+        # per stop string: the length of the longest prefix of it that the text received ends with
+        self._state = [0] * len(stops)
         self._held = ""
         self._stopped = False
         self.matched: str | None = None   # the stop string that ended the stream, if any
@@ -69,32 +74,64 @@ class StopMatcher:
             return text_piece, False
         if not text_piece:
             return "", False
+        # Advance every automaton over the piece. The stop string that completes first wins
+        # (earliest end; on a tie the longest, i.e. the one starting first), so the result does not
+        # depend on how the text is split into pieces; once one completes at index `last`, the
+        # others need only be run up to there.
+        last, which = len(text_piece) - 1, None
+        new_states = []
+        for s, fail, k in zip(self.stop_strings, self._fail, self._state):
+            if k == 0 and s[0] not in text_piece:   # from the start state only s[0] moves
+                new_states.append(0)
+                continue
+            n = len(s)
+            for i, c in enumerate(text_piece):
+                if i > last:
+                    break
+                while k and s[k] != c:
+                    k = fail[k - 1]
+                if s[k] == c:
+                    k += 1
+                    if k == n:
+                        if which is None or i < last or len(s) > len(which):
+                            last, which = i, s
+                        break
+            new_states.append(k)
         buf = self._held + text_piece
-        # The stop string that completes first (earliest end; on a tie the longest, i.e. the one
-        # starting first). No stop string lies entirely inside the held text (it would have matched
-        # on an earlier push), so searching this buffer is enough. Using the earliest *end* makes
-        # the result independent of how the text is split into pieces.
-        first = end = -1
-        which = None
-        for s in self.stop_strings:
-            i = buf.find(s)
-            if i != -1 and (which is None or i + len(s) < end or (i + len(s) == end and i < first)):
-                first, end, which = i, i + len(s), s
         if which is not None:
+            # it ends at buf[len(held) + last]; it starts inside the held text at the earliest
+            end = len(self._held) + last + 1
             self._held = ""
             self._stopped = True
             self.matched = which
-            return buf[:first], True
-        # Hold back the longest suffix that is a proper prefix of some stop string; everything
-        # before it can never become part of a match.
-        for k in range(min(len(buf), self._max_len - 1), 0, -1):
-            if buf[-k:] in self._prefixes:
-                self._held = buf[-k:]
-                return buf[:-k], False
+            return buf[:end - len(which)], True
+        self._state = new_states
+        # Hold back the longest suffix that is a proper prefix of some stop string (the largest
+        # state); everything before it can never become part of a match.
+        keep = max(new_states)
+        if keep:
+            self._held = buf[-keep:]
+            return buf[:-keep], False
         self._held = ""
         return buf, False
 
     def flush(self) -> str:
         """End of stream: return (and forget) the held-back text; "" once stopped."""
         held, self._held = self._held, ""
+        self._state = [0] * len(self.stop_strings)
         return "" if self._stopped else held
+
+
+def _failure(s: str) -> array:
+    """Knuth-Morris-Pratt failure table: f[i] = the length of the longest proper prefix of s[:i+1]
+    that is also its suffix. O(len(s)) time and memory."""
+    f = array("l", [0]) * len(s)
+    k = 0
+    for i in range(1, len(s)):
+        c = s[i]
+        while k and s[k] != c:
+            k = f[k - 1]
+        if s[k] == c:
+            k += 1
+        f[i] = k
+    return f

@@ -145,3 +145,33 @@ async def test_malformed_requests_get_400_saying_what_is_wrong(make_client):
         assert r.status == 200, await r.text()
         await r.read()
     await still_serves(client)
+
+
+# ------------------------------------------------------------------------------- stop strings
+
+async def test_stop_strings_are_capped_in_count_and_length(make_client):
+    """A 100 KB stop string (it took 3 GB, kept after the request) and too many stop strings are
+    refused with a 400 stating the bounds; one at the bound works."""
+    from llmstream.sampling import MAX_STOP_LENGTH, MAX_STOP_STRINGS
+    client = await make_client()
+    bounds = f"at most {MAX_STOP_STRINGS} strings of at most {MAX_STOP_LENGTH} characters"
+    huge = "x" * 100_000
+    for path, body in [
+        ("/token_stream", {"query": "hi", "stop": huge}),
+        ("/token_stream", {"query": "hi", "stop": ["a", huge]}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "stop": [huge]}),
+        ("/v1/completions", {"prompt": "hi", "stop": "é" * (MAX_STOP_LENGTH + 1)}),
+    ]:
+        r = await client.post(path, json=body)
+        message = await assert_refused(r, 400, bounds, "characters, but stop[")
+        assert len(message) < 300
+    r = await client.post("/token_stream", json={"query": "hi", "stop": [f"s{i}" for i in range(
+        MAX_STOP_STRINGS + 1)]})
+    await assert_refused(r, 400, bounds, f"got {MAX_STOP_STRINGS + 1} strings")
+    # at the bounds: accepted, and generation runs through the matcher
+    stops = ["é" * MAX_STOP_LENGTH] + [f"{i}" * MAX_STOP_LENGTH for i in range(MAX_STOP_STRINGS - 1)]
+    r = await client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 8, "stop": stops})
+    body = await r.json()
+    assert r.status == 200, body
+    assert body["choices"][0]["finish_reason"] == "length"
+    await still_serves(client)

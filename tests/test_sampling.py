@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from llmstream.errors import LLMStreamError, RequestError
-from llmstream.sampling import MAX_STOP_STRINGS, Sampler, SamplingParams
+from llmstream.sampling import MAX_STOP_LENGTH, MAX_STOP_STRINGS, Sampler, SamplingParams
 
 N = 32000
 
@@ -77,6 +77,8 @@ def test_defaults_match_original_service():
     (dict(stop=("a", 3)), "stop must contain only strings"),
     (dict(stop=tuple("abcdefghi")), f"at most {MAX_STOP_STRINGS}"),
     (dict(stop=42), "stop must be a string or a list of strings"),
+    (dict(stop=("ok", "x" * 257)), "at most 256 characters, but stop[1] has 257 characters"),
+    (dict(stop="x" * 100_000), "at most 256 characters, but stop[0] has 100000 characters"),
     # float32 is what they are used in: no silent underflow to 0 or overflow to inf
     (dict(repeat_penalty=1e-45), "repeat_penalty = 1e-45 is too close to 0: it would be 0 in float32"),
     (dict(repeat_penalty=1e39), "repeat_penalty = 1e+39 is too large: it would overflow float32"),
@@ -102,6 +104,7 @@ def test_normalisation():
     assert p.stop == ("a", "b") and type(p.seed) is int
     assert SamplingParams(stop="###").stop == ("###",)
     assert len(SamplingParams(stop=tuple("abcdefgh")).stop) == MAX_STOP_STRINGS
+    assert SamplingParams(stop="é" * MAX_STOP_LENGTH).stop == ("é" * MAX_STOP_LENGTH,)   # characters, not bytes
     hash(p)  # frozen and hashable
 
 

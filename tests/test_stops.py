@@ -155,3 +155,98 @@ def test_random_against_reference():
         if not stopped:
             out += m.flush()
         assert (out, stopped) == reference(stops, text), (stops, pieces)
+
+
+# ----------------------------------------------------------------------------- linear cost
+
+def count_lines(fn) -> int:
+    """Python lines executed inside llmstream/stops.py while fn() runs: a deterministic measure of
+    the matcher's work (no timing)."""
+    import sys
+
+    from llmstream import stops
+    n = 0
+
+    def local(frame, event, arg):
+        nonlocal n
+        if event == "line":
+            n += 1
+        return local
+
+    def tracer(frame, event, arg):
+        return local if frame.f_code.co_filename == stops.__file__ else None
+
+    sys.settrace(tracer)
+    try:
+        fn()
+    finally:
+        sys.settrace(None)
+    return n
+
+
+def adversarial(length: int) -> list[str]:
+    """Stop strings that keep a naive matcher busy on text of a's and b's: long near-matches that
+    never complete (each ends in a "c")."""
+    return [(unit * length)[:length - 1] + "c" for unit in ("a", "ab", "aab", "aaaab", "ba")]
+
+
+def feed(stops, text, size=3):
+    m = StopMatcher(stops)
+    for i in range(0, len(text), size):
+        m.push(text[i:i + size])
+    m.flush()
+    return m
+
+
+TEXTS = ["a" * 6000, "ab" * 3000, "aab" * 2000, "b" * 6000, ("a" * 254 + "b") * 24]
+
+
+@pytest.mark.parametrize("text", TEXTS, ids=lambda t: t[:6])
+def test_matching_work_does_not_grow_with_the_stop_length(text):
+    """The work per character is the same for stop strings of 16 and of 256 characters (the cap),
+    and doubles with the text: each character advances each automaton in amortized O(1)."""
+    from llmstream.sampling import MAX_STOP_LENGTH
+    stops = adversarial(MAX_STOP_LENGTH)
+    short = count_lines(lambda: feed(adversarial(16), text))
+    long = count_lines(lambda: feed(stops, text))
+    tables = 10 * MAX_STOP_LENGTH * len(stops)      # building the failure tables, once
+    assert long < 1.1 * short + tables, (short, long)
+    double = count_lines(lambda: feed(stops, text * 2))
+    assert 1.8 < (double - tables) / (long - tables) < 2.2, (long, double)
+
+
+def test_memory_at_the_cap_stays_small():
+    """8 stop strings of 256 characters, fed near-matches for 6,000 characters: a few kilobytes
+    (the old matcher kept every prefix of every stop string: ~0.5 MB here, 3 GB for 100 KB)."""
+    import tracemalloc
+
+    from llmstream.sampling import MAX_STOP_LENGTH, MAX_STOP_STRINGS
+    stops = [(u * MAX_STOP_LENGTH)[:MAX_STOP_LENGTH - 1] + "c"
+             for u in ("a", "ab", "aab", "aaaab", "ba", "abb", "aba", "b")][:MAX_STOP_STRINGS]
+    text = ("a" * 254 + "b") * 24
+    tracemalloc.start()
+    try:
+        feed(stops, text)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64_000, peak
+
+
+def test_memory_is_linear_in_the_stop_length():
+    """A 20,000-character stop string (far beyond the request cap) costs kilobytes, not the
+    hundreds of megabytes its set of prefixes took (100 KB took 3 GB)."""
+    import tracemalloc
+    stop = "a" * 19_999 + "b"
+    tracemalloc.start()
+    try:
+        m = StopMatcher([stop])
+        out = ""
+        for piece in ["a" * 500] * 60 + ["b", "tail"]:     # 30,000 a's, then the stop completes
+            e, stopped = m.push(piece)
+            out += e
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert stopped and out == "a" * 10_001
+    assert peak < 1_000_000, peak
