@@ -215,3 +215,53 @@ async def test_control_token_texts_typed_by_users_stay_text(make_client):
         # the characters are all there, as text (this tiny vocabulary decodes spaces as "▁")
         assert INJECTION[2:] in tok.decode(ids).replace("\u2581", " "), path
     await still_serves(client)
+
+
+# -------------------------------------------------------------------------------- HTTP/1.0
+
+def http10(path: str, body: dict, extra: str = "") -> bytes:
+    data = json.dumps(body).encode()
+    return (f"POST {path} HTTP/1.0\r\nHost: test\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n{extra}\r\n").encode() + data
+
+
+async def test_http10_clients_get_the_stream_close_delimited(make_client):
+    """HTTP/1.0 has no chunked encoding: the streaming endpoints answered nothing at all (or a
+    bare error record). Now they stream the same bytes unchunked and close the connection."""
+    client = await make_client()
+    query = {"query": "Hello", "max_tokens": 6, "temperature": 0}
+    chat = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 6, "temperature": 0}
+    r = await client.post("/token_stream", json=query)
+    expected = await r.read()
+    r = await client.post("/v1/chat/completions", json=chat)
+    expected_chat = (await r.json())["choices"][0]["message"]["content"]
+    assert expected and expected_chat
+
+    for extra in ("", "Connection: keep-alive\r\n"):
+        status, headers, body = split_response(await raw_exchange(client, http10(
+            "/token_stream", query, extra)))
+        assert status == "HTTP/1.0 200 OK", (status, body)
+        assert "transfer-encoding" not in headers and "content-length" not in headers
+        assert headers.get("connection", "close").lower() == "close"
+        assert body == expected
+
+        status, headers, body = split_response(await raw_exchange(client, http10(
+            "/v1/chat/completions", {**chat, "stream": True}, extra)))
+        assert status == "HTTP/1.0 200 OK", (status, body)
+        assert headers["content-type"].startswith("text/event-stream")
+        assert "transfer-encoding" not in headers
+        events = [e for e in body.decode().split("\n\n") if e]
+        assert events[-1] == "data: [DONE]"
+        chunks = [json.loads(e[len("data: "):]) for e in events[:-1]]
+        assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+        assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+        text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+        assert text == expected_chat
+
+    status, _, body = split_response(await raw_exchange(client, http10(
+        "/v1/completions", {"prompt": "Hello", "max_tokens": 3, "stream": True})))
+    assert status == "HTTP/1.0 200 OK" and body.endswith(b"data: [DONE]\n\n")
+    # errors and non-streamed answers were fine already, and stay so
+    status, _, body = split_response(await raw_exchange(client, http10("/token_stream", {})))
+    assert status == "HTTP/1.0 400 Bad Request" and b'needs a \\"query\\" field' in body
+    await still_serves(client)

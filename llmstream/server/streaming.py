@@ -8,7 +8,7 @@ import logging
 from contextlib import aclosing
 from typing import Any, Mapping
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from ..errors import RequestError
 from ..sampling import SamplingParams
@@ -45,9 +45,16 @@ async def pump(request: web.Request, resp: web.StreamResponse, gen, cancel, enco
     moment it exists, then `tail(gen)` (after which `gen.stats` is set). The response is prepared
     at the first piece, so an error before it (queue full) still becomes a JSON error response;
     an error after it is logged and `on_error(e)` is written. A client that goes away cancels
-    the generation; the model is free again when this returns."""
+    the generation; the model is free again when this returns.
+
+    HTTP/1.1 gets a chunked body; HTTP/1.0 has no chunked encoding, so there the body is streamed
+    as is and ends when the server closes the connection (RFC 1945 7.2.2; aiohttp does so for a
+    body without a length)."""
     state = request.app[STATE]
-    resp.enable_chunked_encoding()
+    if request.version >= HttpVersion11:
+        resp.enable_chunked_encoding()
+    else:
+        resp.force_close()
 
     async def start():
         if not resp.prepared:
