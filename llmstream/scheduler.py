@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import ContextFullError, ContextLengthError
+from .errors import ContextFullError, ContextLengthError, NotReady
 from .sampling import Sampler, SamplingParams
 from .stops import StopMatcher
 from .tokenizer import StreamDecoder
@@ -83,10 +83,6 @@ class Request:
     t_prompt: float = 0.0             # prompt evaluation time (admission to first logits)
     done: bool = False
 
-    @property
-    def prefilling(self) -> bool:
-        return len(self.feed) > 1 or not self.tokens and not self.t_first
-
 
 class Scheduler:
     """Owns `model` and a KV pool of `n_tokens` over `parallel` sequences; `submit` requests."""
@@ -110,7 +106,8 @@ class Scheduler:
         self._wake = threading.Event()
         self._stop = False
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()        # guards start/stop only
+        self._lock = threading.Lock()        # guards start/stop against submit
+        self._count_lock = threading.Lock()
         # step-cost estimates for the prefill chunk (EMA, seconds)
         self._t_decode = None
         self._t_token = None
@@ -118,11 +115,24 @@ class Scheduler:
 
     # -- public (any thread) ---------------------------------------------------------------------
     def submit(self, req: Request):
+        """Queue req; its sink hears from the scheduler thread (NotReady at once after close())."""
         req.t_submit = time.perf_counter()
-        self.metrics.waiting += 1
-        self._inbox.put(req)
-        self._wake.set()
-        self._ensure_thread()
+        with self._lock:           # against close(): a request is either drained or refused
+            if self._stop:
+                req.done = True
+                req.sink("error", NotReady("the model is shutting down"))
+                return
+            self._count_waiting(+1)
+            self._inbox.put(req)
+            self._wake.set()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="llmstream-scheduler",
+                                                daemon=True)
+                self._thread.start()
+
+    def _count_waiting(self, d: int):
+        with self._count_lock:     # submit() counts on the caller's thread
+            self.metrics.waiting += d
 
     @property
     def n_waiting(self) -> int:
@@ -149,13 +159,6 @@ class Scheduler:
             t = self._thread
         if t is not None:
             t.join(timeout)
-
-    def _ensure_thread(self):
-        with self._lock:
-            if self._thread is None and not self._stop:
-                self._thread = threading.Thread(target=self._loop, name="llmstream-scheduler",
-                                                daemon=True)
-                self._thread.start()
 
     # -- the loop (scheduler thread) -------------------------------------------------------------
     def _loop(self):
@@ -261,25 +264,26 @@ class Scheduler:
                     r.decoder = StreamDecoder(r.tokenizer, r.ids)
                 n = r.params.repeat_last_n
                 r.recent = list(r.ids[-n:]) if n else []
-            self.metrics.waiting -= 1
+            self._count_waiting(-1)
             self._running.append(r)
             self.metrics.running = len(self._running)
 
-    def _preempt(self, keep: Request) -> bool:
-        """Free the blocks of the most recently admitted running request other than `keep`."""
-        for r in reversed(self._running):
-            if r is keep:
-                continue
-            self.pool.close(r.seq, keep=True)
-            r.seq, r.feed = None, []
-            # what it has fed and the token it still has to feed come back at the next admission
-            self._running.remove(r)
-            self._waiting.appendleft(r)
-            self.metrics.waiting += 1
-            self.metrics.running = len(self._running)
-            self.metrics.preemptions += 1
-            return True
-        return False
+    def _preempt(self) -> Request | None:
+        """Free the blocks of the most recently admitted running request (vLLM's order: the
+        newest yields, so older streams are not stalled for a newcomer's prompt); it waits at the
+        head of the queue and is recomputed later, bit for bit the same. Returns it."""
+        if not self._running:
+            return None
+        r = self._running[-1]
+        self.pool.close(r.seq, keep=True)
+        r.seq, r.feed = None, []
+        # what it has fed and the token it still has to feed come back at the next admission
+        self._running.remove(r)
+        self._waiting.appendleft(r)
+        self._count_waiting(+1)
+        self.metrics.running = len(self._running)
+        self.metrics.preemptions += 1
+        return r
 
     # -- the batch -------------------------------------------------------------------------------
     def _chunk(self, decoding: bool) -> int:
@@ -309,20 +313,19 @@ class Scheduler:
         # blocks for every token of the batch; preempt (latest admitted first) when the pool is dry
         out = []
         for r, n in batch:
-            if r.seq is None:            # preempted for an earlier member of this batch
-                continue
-            while True:
+            while r.seq is not None:     # None: preempted (for itself or an earlier member)
                 try:
                     self.pool.reserve(r.seq, n)
                     out.append((r, n))
                     break
                 except ContextFullError:
-                    if not self._preempt(keep=r):
+                    if len(self._running) == 1:
                         # alone and still out of blocks: the pool cannot hold this sequence longer
                         log.warning("the KV pool is full: a sequence ends at %d tokens",
                                     r.seq.n_past)
                         self._finish(r, "length")
                         break
+                    self._preempt()
         return [(r, n) for r, n in out if r.seq is not None]
 
     def _learn_costs(self, dt: float, batch):
@@ -395,7 +398,7 @@ class Scheduler:
         else:                    # waiting: queued (new or preempted), or still in the inbox
             if r in self._waiting:
                 self._waiting.remove(r)
-            self.metrics.waiting -= 1
+            self._count_waiting(-1)
         self.metrics.running = len(self._running)
         r.done = True
         try:
@@ -434,7 +437,7 @@ class Scheduler:
         if r in self._running:
             self._running.remove(r)
         else:
-            self.metrics.waiting -= 1
+            self._count_waiting(-1)
         self.metrics.running = len(self._running)
         r.done = True
         try:

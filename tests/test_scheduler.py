@@ -556,3 +556,16 @@ def test_a_shared_context_prompt_is_reused_and_gives_the_uncached_answer(llm):
         assert stats.cached_tokens >= n_prefix
     sched.close()
     pool_consistent(sched.pool)
+
+
+def test_a_request_submitted_after_close_is_refused_not_left_hanging(llm):
+    """After the scheduler stopped (server shutdown), a new request hears NotReady at once: an
+    iterating Generation raises instead of waiting forever; the counts stay at zero."""
+    from llmstream.errors import NotReady
+    sched = fresh(llm)
+    sched.close()
+    g = llm.generate("hello", params=sampled(1, max_tokens=3))
+    with pytest.raises(NotReady, match="shutting down"):
+        g.text()
+    assert sched.n_waiting == 0 and sched.n_running == 0
+    fresh(llm)          # the module's other tests get a running scheduler back
