@@ -22,8 +22,10 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from .engine import DEFAULT_MAX_CTX, Model
-from .errors import ContextLengthError, RequestError, TokenizerError
+import numpy as np
+
+from .engine import DEFAULT_MAX_CTX, Model, Session
+from .errors import ContextLengthError, ModelError, RequestError, TokenizerError
 from .gguf import GGUFFile
 from .prompts import format_messages, format_prompt, get_context, load_contexts, normalize_messages
 from .sampling import SamplingParams
@@ -138,6 +140,7 @@ class LLM:
         model = Model(model_path, config_path=config_path, ctx_size=ctx_size, threads=threads,
                       n_logits=max(16, parallel))
         try:
+            check_numbers(model)
             return cls(model, load_tokenizer(model.gguf, tokenizer_path), contexts,
                        parallel=parallel, kv_tokens=ctx_size, prefix_cache=prefix_cache)
         except BaseException:
@@ -281,6 +284,19 @@ class LLM:
         for ev in done:
             ev.wait()
         return total
+
+
+def check_numbers(model: Model) -> None:
+    """One forward pass of one token at load time: a model whose numbers are broken (NaN or
+    infinite weights, a NaN RoPE base...) is refused now, with the reason, instead of answering
+    every request with an error later."""
+    logits = Session(model, n_ctx=16).prefill([min(1, model.n_vocab - 1)])
+    if not np.isfinite(logits).all():
+        bad = int((~np.isfinite(logits)).sum())
+        raise ModelError(f"{model.gguf.path}: the model's first forward pass gives {bad} of "
+                         f"{logits.size} logits that are NaN or infinite: its weights or "
+                         "hyper-parameters are broken (a damaged or wrongly converted file); "
+                         "use another copy of the model")
 
 
 def load_tokenizer(gf: GGUFFile, tokenizer_path: str | os.PathLike | None = None) -> Tokenizer:

@@ -226,7 +226,11 @@ class Scheduler:
         now = time.perf_counter()
         self._learn_costs(now - t0, batch)
         for i, r in enumerate(wanted):
-            self._after_logits(r, logits[i], now)
+            try:
+                self._after_logits(r, logits[i], now)
+            except Exception as e:   # one request's sampling / decoding fails: only it ends
+                log.exception("a generation failed after its forward pass")
+                self._fail(r, e)
         self.metrics.steps += 1
         return True
 
