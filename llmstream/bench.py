@@ -279,10 +279,10 @@ def worker_concurrency(path: str, threads: int, seqs: list[int], n_prompt: int, 
         m.close()
 
 
-def worker_latency(path: str, threads: int, runs: int) -> dict:
+def worker_latency(path: str, threads: int, runs: int, n_long: int = 1000) -> dict:
     """Two latency figures of the server's generation layer (see main's --latency):
     - TTFT of short questions with the context prompt pre-warmed, and with the prefix cache off;
-    - the inter-token latency of 3 running streams while a 1,000-token prompt is prefilled beside
+    - the inter-token latency of 3 running streams while an n_long-token prompt is prefilled beside
       them: p95 during the prefill against the streams' median without it (16 tokens before and
       16 after)."""
     import threading
@@ -321,7 +321,7 @@ def worker_latency(path: str, threads: int, runs: int) -> dict:
         greedy = SamplingParams(temperature=0, repeat_penalty=1.0, max_tokens=10 ** 6)
         done = threading.Semaphore(0)
         sink = lambda kind, value: done.release() if kind != "piece" else None
-        streams = [Request(ids=p, params=greedy, max_new=1000, sink=sink,
+        streams = [Request(ids=p, params=greedy, max_new=llm.n_ctx - 16, sink=sink,
                            cancel=threading.Event(), times=[])
                    for p in prompts_for(3, 16, n_vocab)]
         for r in streams:
@@ -329,7 +329,7 @@ def worker_latency(path: str, threads: int, runs: int) -> dict:
         while min(len(r.times) for r in streams) < 17:
             time.sleep(0.01)
         long_done = threading.Event()
-        long = Request(ids=prompts_for(1, 1000, n_vocab, seed=1)[0], params=greedy, max_new=1,
+        long = Request(ids=prompts_for(1, n_long, n_vocab, seed=1)[0], params=greedy, max_new=1,
                        sink=lambda kind, value: long_done.set() if kind != "piece" else None,
                        cancel=threading.Event(), times=[])
         t_submit = time.perf_counter()
@@ -376,7 +376,7 @@ def _run_worker(engine: str, path: Path, args) -> dict | list | None:
         cmd = [sys.executable, "-m", "llmstream.bench", "--worker", engine, "--worker-model",
                str(path), "--threads", str(args.threads), "--pp", str(args.pp), "--tg", str(args.tg),
                "--runs", str(args.runs), "--concurrency", args.concurrency or "",
-               "--conc-prompt", str(args.conc_prompt)]
+               "--conc-prompt", str(args.conc_prompt), "--long-prompt", str(args.long_prompt)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     with busy_loops(args.contention):
         r = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -466,7 +466,9 @@ def main(argv=None) -> int:
     p.add_argument("--latency", action="store_true",
                    help="measure the time to first token with a pre-warmed context prompt against "
                         "--no-prefix-cache, and the streams' inter-token latency while a "
-                        "1,000-token prompt is prefilled beside them")
+                        "long prompt (--long-prompt tokens) is prefilled beside them")
+    p.add_argument("--long-prompt", type=int, default=1000,
+                   help="tokens of the long prompt with --latency (default 1000)")
     p.add_argument("--worker", choices=["ours", "llama_cpp", "ours_concurrency", "ours_latency"],
                    help=argparse.SUPPRESS)
     p.add_argument("--worker-model", help=argparse.SUPPRESS)
@@ -481,7 +483,8 @@ def main(argv=None) -> int:
         if not seqs or min(seqs) < 1:
             p.error(f"--concurrency takes positive numbers separated by commas, got {args.concurrency!r}")
     if args.worker == "ours_latency":
-        print(json.dumps(worker_latency(args.worker_model, args.threads, args.runs)))
+        print(json.dumps(worker_latency(args.worker_model, args.threads, args.runs,
+                                        args.long_prompt)))
         return 0
     if args.worker == "ours_concurrency":
         print(json.dumps(worker_concurrency(args.worker_model, args.threads, seqs, args.conc_prompt,
@@ -500,8 +503,7 @@ def main(argv=None) -> int:
               "comparison: .venv/bin/pip install -e '.[bench]' (builds llama-cpp-python from "
               "source, ~12 minutes on 2 cores)", file=sys.stderr)
     if args.latency:
-        for ftype in [t.strip() for t in args.types.split(",") if t.strip()]:
-            path = model_path(Path(args.cache_dir), args.shape, ftype)
+        for ftype, path in _model_files(args):
             r = _run_worker("ours_latency", path, args)
             if r is not None:
                 print(json.dumps(dict(shape=args.shape, type=ftype, threads=args.threads,
@@ -510,8 +512,7 @@ def main(argv=None) -> int:
     if seqs:
         return _concurrency_main(args, seqs, compare)
     rows = []
-    for ftype in [t.strip() for t in args.types.split(",") if t.strip()]:
-        path = model_path(Path(args.cache_dir), args.shape, ftype)
+    for ftype, path in _model_files(args):
         ours = _run_worker("ours", path, args)
         if ours is None:
             continue
@@ -543,11 +544,16 @@ def main(argv=None) -> int:
     return 0
 
 
+def _model_files(args):
+    """(type, path) of the bench model of each of --types (generated once, then cached)."""
+    for ftype in [t.strip() for t in args.types.split(",") if t.strip()]:
+        yield ftype, model_path(Path(args.cache_dir), args.shape, ftype)
+
+
 def _concurrency_main(args, seqs: list[int], compare: bool) -> int:
     """--concurrency: one JSON line per type and N, then a table."""
     rows = []
-    for ftype in [t.strip() for t in args.types.split(",") if t.strip()]:
-        path = model_path(Path(args.cache_dir), args.shape, ftype)
+    for ftype, path in _model_files(args):
         ours = _run_worker("ours_concurrency", path, args)
         if ours is None:
             continue

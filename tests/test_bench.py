@@ -47,3 +47,33 @@ def test_bench_command_prints_a_json_row_per_type(tmp_path):
         assert row["pp_tok_s"] > 0 and row["tg_tok_s"] > 0 and row["rss_mb"] > 0
         assert row["pp_ratio"] is None  # no llama.cpp measured
     assert "tiny-Q4_0" in r.stdout and "ratio" in r.stdout
+
+
+def _bench(tmp_path, *args):
+    r = subprocess.run([sys.executable, "-m", "llmstream.cli", "bench", "--shape", "tiny",
+                        "--types", "Q4_0", "--runs", "1", "--threads", "1", "--no-llama-cpp",
+                        "--cache-dir", str(tmp_path), *args],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return r, [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")]
+
+
+def test_bench_concurrency_prints_a_row_per_stream_count(tmp_path):
+    r, rows = _bench(tmp_path, "--concurrency", "1,3", "--tg", "6", "--contention", "1")
+    assert [row["n_seqs"] for row in rows] == [1, 3]
+    assert rows[0]["agg_ratio_vs_1"] == 1.0
+    for row in rows:
+        assert row["agg_tok_s"] > 0 and row["per_stream_tok_s"] > 0
+        assert 0 < row["ttft_ms_median"] <= row["ttft_ms_p95"]
+        assert 0 < row["itl_ms_median"] <= row["itl_ms_p95"]
+        assert row["llama_cpp_agg_tok_s"] is None       # not measured here
+    assert "SIMD:" in r.stderr and "1 busy-loop" in r.stderr
+
+
+def test_bench_latency_measures_prewarmed_ttft_and_itl_beside_a_long_prefill(tmp_path):
+    _, rows = _bench(tmp_path, "--latency", "--long-prompt", "120")
+    (row,) = rows
+    assert row["prewarmed_tokens"] > 0 and row["cached_tokens"] > 0
+    assert row["cached_tokens"] < row["prompt_tokens"]
+    assert row["ttft_ms_prewarmed"] > 0 and row["ttft_ms_no_prefix_cache"] > 0
+    assert row["prefill_s"] > 0 and row["itl_p95_during_over_median"] > 0
