@@ -67,6 +67,26 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def _non_negative_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}")
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}")
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {s}")
+    return v
+
+
 def _params_from_args(args):
     from .sampling import SamplingParams
     return SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
@@ -135,6 +155,7 @@ def cmd_serve(args) -> int:
         context_type=args.context_type, prompt_config=args.prompt_config,
         defaults=_params_from_args(args), max_body_bytes=args.max_body_bytes,
         max_queue=args.max_queue, token_delay_ms=args.token_delay_ms,
+        body_timeout=args.body_timeout, max_client_connections=args.max_client_connections,
         parallel=args.parallel, prefix_cache=not args.no_prefix_cache)
     return _run_server(settings, args.host, args.port)
 
@@ -237,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-queue", type=int, default=16,
                     help="requests that may wait for a free slot; more get 503 (default 16)")
     sv.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger bodies get 413")
+    sv.add_argument("--body-timeout", type=_positive_float, default=30.0, metavar="SECONDS",
+                    help="seconds a request body may take to arrive; slower ones get 408 (default 30)")
+    sv.add_argument("--max-client-connections", type=_non_negative_int, default=16, metavar="N",
+                    help="open connections per client address; a request on one more gets 429 "
+                         "(default 16; 0 = no limit, e.g. behind a proxy that is the only client)")
     sv.add_argument("--token-delay-ms", type=float, default=0.0,
                     help="pause after each streamed piece (demos, UI tests)")
     _sampling_args(sv)

@@ -31,6 +31,14 @@ class ContextLengthError(RequestError):
     """The prompt (plus the tokens asked for) does not fit the model's context."""
 
 
+class RequestTimeout(RequestError):
+    """The request body did not arrive in time (a slow or stalled client)."""
+
+
+class TooManyConnections(LLMStreamError):
+    """One client address holds more open connections than the server allows."""
+
+
 class ContextFullError(LLMStreamError):
     """The KV cache cannot hold more tokens."""
 

@@ -21,6 +21,8 @@ EXPECTED = {
     errors.ConfigError: (500, "server_error", None, None),
     errors.RequestError: (400, "invalid_request_error", None, None),
     errors.ContextLengthError: (400, "invalid_request_error", "context_length_exceeded", None),
+    errors.RequestTimeout: (408, "invalid_request_error", "request_timeout", None),
+    errors.TooManyConnections: (429, "rate_limit_error", "too_many_connections", {"Retry-After": "1"}),
     errors.ContextFullError: (503, "server_busy", "kv_cache_full", RETRY),
     errors.Busy: (503, "server_busy", "queue_full", RETRY),
     errors.NotReady: (503, "server_not_ready", "model_not_ready", {"Retry-After": "1"}),
@@ -50,7 +52,8 @@ def test_a_gone_client_is_a_connection_reset_not_an_llmstream_error():
 
 
 @pytest.mark.parametrize("cls", [errors.ContextFullError, errors.Busy, errors.NotReady,
-                                 errors.ContextLengthError, errors.ModelError],
+                                 errors.ContextLengthError, errors.ModelError,
+                                 errors.RequestTimeout, errors.TooManyConnections],
                          ids=lambda c: c.__name__)
 async def test_the_middleware_answers_with_status_of(aiohttp_client, cls):
     async def handler(request):

@@ -5,6 +5,7 @@ sockets where a client library would not send what an attacker can."""
 import asyncio
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,8 @@ async def assert_refused(r, status, *fragments):
 
 async def raw_exchange(client, data: bytes, timeout: float = 20.0) -> bytes:
     """Send bytes on a fresh TCP connection and read until the server closes it."""
-    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    server = getattr(client, "server", client)
+    reader, writer = await asyncio.open_connection(server.host, server.port)
     try:
         writer.write(data)
         await writer.drain()
@@ -264,4 +266,135 @@ async def test_http10_clients_get_the_stream_close_delimited(make_client):
     # errors and non-streamed answers were fine already, and stay so
     status, _, body = split_response(await raw_exchange(client, http10("/token_stream", {})))
     assert status == "HTTP/1.0 400 Bad Request" and b'needs a \\"query\\" field' in body
+    await still_serves(client)
+
+
+# ------------------------------------------------------------------------------ slow clients
+
+async def read_response(reader) -> tuple[str, dict, bytes]:
+    """One HTTP/1.1 response with a Content-Length from a connection that may stay open."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status, headers, _ = split_response(head)
+    body = await reader.readexactly(int(headers["content-length"]))
+    return status, headers, body
+
+
+async def open_request(server, data: bytes):
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(data)
+    await writer.drain()
+    return reader, writer
+
+
+def health(keep_alive=True) -> bytes:
+    return (b"GET /health HTTP/1.1\r\nHost: test\r\n"
+            + (b"" if keep_alive else b"Connection: close\r\n") + b"\r\n")
+
+
+async def serve(aiohttp_server, **kw):
+    """A server whose readiness is polled on connections that close, so no client library holds
+    a pooled connection to it."""
+    server = await aiohttp_server(create_app(Settings(
+        model_path=str(shared_path("reference", PHI2)), **kw)))
+    for _ in range(1500):
+        status, _, _ = split_response(await raw_exchange(server, health(keep_alive=False)))
+        if status.endswith("200 OK"):
+            return server
+        await asyncio.sleep(0.02)
+    raise AssertionError("the model never became ready")
+
+
+def post_head(length: int) -> bytes:
+    return (f"POST /token_stream HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode()
+
+
+async def test_a_body_that_stalls_or_trickles_times_out_with_408(aiohttp_server, aiohttp_client):
+    """A client that stops sending its body, or sends it a byte at a time, held its connection (and
+    a handler) for ever; now it gets a 408 after the body timeout and the connection is closed,
+    while other clients are served meanwhile."""
+    server = await serve(aiohttp_server, body_timeout=0.5)
+    body = b'{"query": "Hello", "max_tokens": 2}'
+
+    stalled = await open_request(server, post_head(len(body)) + body[:10])   # then nothing
+    trickle_reader, trickle_writer = await open_request(server, post_head(len(body)))
+
+    async def trickle():
+        try:
+            for b in body:
+                trickle_writer.write(bytes([b]))
+                await trickle_writer.drain()
+                await asyncio.sleep(0.1)          # the whole body would take 3.5 s
+        except ConnectionError:
+            pass
+    dripping = asyncio.ensure_future(trickle())
+
+    # meanwhile a normal client is served at once
+    client = await aiohttp_client(server)
+    r = await client.post("/token_stream", data=body)
+    assert r.status == 200
+    await r.read()
+
+    t0 = time.monotonic()
+    for reader, _ in (stalled, (trickle_reader, trickle_writer)):
+        status, headers, raw = await asyncio.wait_for(read_response(reader), 10)
+        assert status == "HTTP/1.1 408 Request Timeout", (status, raw)
+        assert headers["connection"].lower() == "close"
+        message = json.loads(raw)["error"]["message"]
+        assert message.startswith("the request body did not arrive within 0.5 s"), message
+    assert time.monotonic() - t0 < 3.0       # well before the trickled body could have finished
+    dripping.cancel()
+    for w in (stalled[1], trickle_writer):
+        w.close()
+    await still_serves(client)
+
+
+async def test_open_connections_per_client_are_limited(aiohttp_server, aiohttp_client):
+    """A client address may hold --max-client-connections open connections (counted from their
+    first request, idle keep-alive ones included); a request on one more gets a 429 and that
+    connection is closed. Closing one frees its place."""
+    server = await serve(aiohttp_server, max_client_connections=4)
+    conns = []
+    for _ in range(4):
+        reader, writer = await open_request(server, health())
+        status, _, _ = await asyncio.wait_for(read_response(reader), 10)
+        assert status == "HTTP/1.1 200 OK"
+        conns.append((reader, writer))
+
+    reader, writer = await open_request(server, health())
+    status, headers, raw = await asyncio.wait_for(read_response(reader), 10)
+    assert status == "HTTP/1.1 429 Too Many Requests", (status, raw)
+    assert headers["connection"].lower() == "close" and headers["retry-after"] == "1"
+    message = json.loads(raw)["error"]["message"]
+    assert message.startswith("too many open connections from 127.0.0.1: 4 are open and the "
+                              "limit is 4 per client address"), message
+    assert await asyncio.wait_for(reader.read(), 10) == b""      # and it is closed
+    writer.close()
+
+    # the connections that count keep working
+    reader0, writer0 = conns[0]
+    writer0.write(health())
+    status, _, _ = await asyncio.wait_for(read_response(reader0), 10)
+    assert status == "HTTP/1.1 200 OK"
+
+    # closing one frees its place (the server notices the close asynchronously)
+    conns.pop()[1].close()
+    for _ in range(200):
+        reader, writer = await open_request(server, health())
+        status, _, _ = await asyncio.wait_for(read_response(reader), 10)
+        if status == "HTTP/1.1 200 OK":
+            break
+        writer.close()
+        await asyncio.sleep(0.01)
+    assert status == "HTTP/1.1 200 OK"
+    conns.append((reader, writer))
+
+    for _, w in conns:
+        w.close()
+    for _ in range(200):      # until the server has noticed the closes
+        status, _, _ = split_response(await raw_exchange(server, health(keep_alive=False)))
+        if status == "HTTP/1.1 200 OK":
+            break
+        await asyncio.sleep(0.01)
+    client = await aiohttp_client(server)
     await still_serves(client)

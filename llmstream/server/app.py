@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 
 from aiohttp import web
 
-from ..errors import LLMStreamError
+from ..errors import LLMStreamError, TooManyConnections
 from . import errors, metrics, openai, routes
 from .state import LOAD_FAILED, SETTINGS, STATE, ModelState, Settings
 
@@ -65,9 +66,40 @@ async def _on_shutdown(app: web.Application):
     app[STATE].shut_down()
 
 
+def limit_client_connections(limit: int):
+    """Middleware: at most `limit` open connections per client address (0: no limit). A connection
+    counts from its first request until it closes (idle keep-alive ones too); a request on one more
+    gets 429 and that connection is closed. (Connections that never finish sending a request are
+    closed by the keep-alive timeout; bodies that do not arrive, by Settings.body_timeout.)"""
+    by_peer: dict[str, weakref.WeakSet] = {}
+
+    @web.middleware
+    async def client_connections(request: web.Request, handler):
+        transport, peer = request.transport, request.remote
+        if limit <= 0 or transport is None or not peer:
+            return await handler(request)
+        conns = by_peer.get(peer)
+        if conns is None:
+            if len(by_peer) >= 1024:       # forget addresses whose connections have all gone
+                for k in [k for k, v in by_peer.items() if not any(not t.is_closing() for t in v)]:
+                    del by_peer[k]
+            conns = by_peer[peer] = weakref.WeakSet()
+        if transport not in conns:
+            n = sum(1 for t in conns if not t.is_closing())
+            if n >= limit:
+                raise TooManyConnections(
+                    f"too many open connections from {peer}: {n} are open and the limit is {limit} "
+                    "per client address (--max-client-connections); reuse a connection or close "
+                    "idle ones")
+            conns.add(transport)
+        return await handler(request)
+    return client_connections
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes,
-                          middlewares=[errors.error_middleware])
+                          middlewares=[errors.error_middleware,
+                                       limit_client_connections(settings.max_client_connections)])
     app[SETTINGS] = settings
     app[STATE] = ModelState(settings)
     app.cleanup_ctx.append(_model_ctx)

@@ -3,6 +3,7 @@ status the error deserves. No traceback ever reaches a client, and no request ca
 down: anything unexpected is logged and answered with a 500."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -12,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import (Busy, ContextFullError, ContextLengthError, LLMStreamError, NotReady,
-                      RequestError)
+                      RequestError, RequestTimeout, TooManyConnections)
 
 log = logging.getLogger("llmstream.server")
 
@@ -36,6 +37,10 @@ def status_of(e: BaseException) -> tuple[int, str, str | None, dict | None]:
         return 503, "server_busy", "kv_cache_full", {"Retry-After": "2"}
     if isinstance(e, NotReady):
         return 503, "server_not_ready", "model_not_ready", {"Retry-After": "1"}
+    if isinstance(e, TooManyConnections):
+        return 429, "rate_limit_error", "too_many_connections", {"Retry-After": "1"}
+    if isinstance(e, RequestTimeout):
+        return 408, "invalid_request_error", "request_timeout", None
     if isinstance(e, ContextLengthError):
         return 400, "invalid_request_error", "context_length_exceeded", None
     if isinstance(e, RequestError):
@@ -68,6 +73,8 @@ async def error_middleware(request: web.Request, handler):
                               headers={k: v for k, v in e.headers.items() if k == "Allow"})
     except LLMStreamError as e:
         resp = response_for(e)
+        if isinstance(e, (RequestTimeout, TooManyConnections)):
+            resp.force_close()     # a slow or excess connection is not kept for another request
         if request.content.exception() is not None:
             # the body could not be read (bad gzip, ...): the connection cannot carry another
             # request; say so, and stop aiohttp from draining a stream that only raises
@@ -98,11 +105,12 @@ MAX_INT_DIGITS = 20
 BODY_ENCODINGS = ("identity", "gzip", "deflate")
 
 
-async def read_json(request: web.Request) -> dict:
+async def read_json(request: web.Request, timeout: float | None = None) -> dict:
     """The request body as a JSON object, or RequestError saying what is wrong with it: every body
     goes through here, so every check of its bytes and its JSON is made once, here (size,
     Content-Encoding, UTF-8, JSON syntax, nesting depth, integer size, number range, lone
-    surrogates)."""
+    surrogates). `timeout`: seconds the whole body may take to arrive (then RequestTimeout: a
+    client that trickles its body, or stops sending it, does not hold a connection for ever)."""
     limit = request.client_max_size
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
@@ -111,7 +119,10 @@ async def read_json(request: web.Request) -> dict:
         raise RequestError(f"Content-Encoding {_clip(encoding)!r} is not supported; send the body "
                            f"as is or with one of {', '.join(BODY_ENCODINGS[1:])}")
     try:
-        raw = await request.read()
+        raw = await asyncio.wait_for(request.read(), timeout)
+    except asyncio.TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {timeout:g} s; send the "
+                             "whole body at once") from None
     except web.RequestPayloadError as e:
         cause = e.__cause__ if isinstance(e.__cause__, Exception) else e
         if encoding != "identity":

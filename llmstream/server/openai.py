@@ -97,7 +97,7 @@ def _sse(obj: Any) -> bytes:
 
 async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
     state, settings = request.app[STATE], request.app[SETTINGS]
-    body = await read_json(request)
+    body = await read_json(request, settings.body_timeout)
     _check_supported(body, CHAT_KEYS if chat else COMPLETION_KEYS)
     params, explicit_max = sampling_params(body, settings.defaults, RENAME)
     context_type = context_type_of(body, settings.context_type)

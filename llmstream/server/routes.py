@@ -19,7 +19,7 @@ async def token_stream(request: web.Request) -> web.StreamResponse:
     """POST /token_stream {"query": "...", optional context_type and sampling fields}
     -> 200 chunked text/plain: the answer's text pieces, each written as soon as it exists."""
     state, settings = request.app[STATE], request.app[SETTINGS]
-    body = await read_json(request)
+    body = await read_json(request, settings.body_timeout)
     unknown = sorted(set(body) - TOKEN_STREAM_KEYS)
     if unknown:
         raise RequestError(f"unknown field{'s' if len(unknown) > 1 else ''} "

@@ -38,6 +38,8 @@ class Settings:
     prompt_config: str | None = None       # config/prompt_config.toml override
     defaults: SamplingParams = field(default_factory=SamplingParams)  # per-request defaults
     max_body_bytes: int = 1 << 20          # larger request bodies -> 413
+    body_timeout: float = 30.0             # seconds a request body may take to arrive -> 408
+    max_client_connections: int = 16       # open connections per client address (0: no limit) -> 429
     max_queue: int = 16                    # requests allowed to wait for a free slot
     parallel: int = 4                      # sequences decoded together
     prefix_cache: bool = True              # reuse cached prompt prefixes (--no-prefix-cache: off)
