@@ -87,6 +87,16 @@ def _positive_float(s: str) -> float:
     return v
 
 
+def _non_negative_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}")
+    if not 0 <= v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {s}")
+    return v
+
+
 def _params_from_args(args):
     from .sampling import SamplingParams
     return SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
@@ -156,7 +166,8 @@ def cmd_serve(args) -> int:
         defaults=_params_from_args(args), max_body_bytes=args.max_body_bytes,
         max_queue=args.max_queue, token_delay_ms=args.token_delay_ms,
         body_timeout=args.body_timeout, max_client_connections=args.max_client_connections,
-        parallel=args.parallel, prefix_cache=not args.no_prefix_cache)
+        parallel=args.parallel, prefix_cache=not args.no_prefix_cache,
+        shutdown_timeout=args.shutdown_timeout)
     return _run_server(settings, args.host, args.port)
 
 
@@ -263,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-client-connections", type=_non_negative_int, default=16, metavar="N",
                     help="open connections per client address; a request on one more gets 429 "
                          "(default 16; 0 = no limit, e.g. behind a proxy that is the only client)")
+    sv.add_argument("--shutdown-timeout", type=_non_negative_float, default=10.0,
+                    metavar="SECONDS",
+                    help="on SIGTERM / Ctrl+C, running answers may finish for this long, then are "
+                         "cancelled (default 10); a second signal exits at once")
     sv.add_argument("--token-delay-ms", type=float, default=0.0,
                     help="pause after each streamed piece (demos, UI tests)")
     _sampling_args(sv)

@@ -274,7 +274,7 @@
         } catch (e) {
           throw new Error("the server sent something that is not JSON: " + data.slice(0, 80));
         }
-        if (chunk.error) throw new Error(chunk.error.message || "generation failed");
+        if (chunk.error) throw new Error("interrupted — " + (chunk.error.message || "generation failed"));
         for (const choice of chunk.choices || []) {
           const content = choice.delta && choice.delta.content;
           if (content) appendAnswer(content);
@@ -284,7 +284,12 @@
         if (chunk.timings) timings = chunk.timings;
         return false;
       });
-      if (!done && !finish) throw new Error("the connection closed before the answer was complete");
+      if (!done && !finish) {
+        throw new Error("interrupted — the connection closed before the answer was complete");
+      }
+      if (finish === "cancelled" || finish === "error") {
+        throw new Error("interrupted — the server stopped this answer before it was complete");
+      }
       setStatus(summary(usage, timings, finish));
     } catch (e) {
       if (ctl.signal.aborted) {

@@ -370,17 +370,51 @@ async def test_a_full_queue_answers_503_with_retry_after(make_client):
         assert resp.status == 200 and await resp.text()
 
 
-async def test_app_shutdown_cancels_a_running_generation(aiohttp_server):
-    app = create_app(settings_for(token_delay_ms=50))
+async def _shutdown_during_an_answer(aiohttp_server, path: str, body: dict, timeout: float):
+    """Start an answer, shut the server down (as SIGTERM does) after its first bytes: -> (app,
+    the bytes the client read, the error reading the rest raised or None)."""
+    from aiohttp import ClientPayloadError, ClientSession
+    app = create_app(settings_for(token_delay_ms=50, shutdown_timeout=timeout))
     server = await aiohttp_server(app)
-    from aiohttp import ClientSession
     async with ClientSession() as s:
         while (await s.get(server.make_url("/health"))).status != 200:
             await asyncio.sleep(0.02)
-        r = await s.post(server.make_url("/token_stream"), json={"query": "x", "max_tokens": 400})
-        await r.content.readany()
-        await asyncio.wait_for(server.close(), 5)   # does not wait for 400 tokens
-        assert app[STATE].finished[-1].finish_reason == "cancelled"
+        r = await s.post(server.make_url(path), json=body)
+        data = await r.content.readany()
+        closing = asyncio.ensure_future(server.close())
+        err = None
+        try:
+            data += await asyncio.wait_for(r.content.read(), 10)
+        except ClientPayloadError as e:
+            err = e
+        await asyncio.wait_for(closing, 10)
+    return app, data, err
+
+
+async def test_shutdown_lets_a_running_answer_finish_within_the_timeout(aiohttp_server):
+    app, data, err = await _shutdown_during_an_answer(
+        aiohttp_server, "/token_stream", {"query": "x", "max_tokens": 12}, timeout=10)
+    assert err is None and data
+    assert app[STATE].finished[-1].finish_reason == "length"
+
+
+async def test_shutdown_cancels_what_outlasts_the_timeout_and_says_so(aiohttp_server):
+    # /token_stream: the chunked body ends without its last chunk (an incomplete transfer)
+    app, data, err = await _shutdown_during_an_answer(
+        aiohttp_server, "/token_stream", {"query": "x", "max_tokens": 400}, timeout=0)
+    assert app[STATE].finished[-1].finish_reason == "cancelled"
+    assert err is not None, "the cut-short answer looked complete"
+    # SSE: the last choice says "cancelled" and an error event tells why, then [DONE]
+    app, data, err = await _shutdown_during_an_answer(
+        aiohttp_server, "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "x"}], "max_tokens": 400, "stream": True},
+        timeout=0)
+    assert err is None
+    events = [json.loads(line[6:]) for line in data.decode().splitlines()
+              if line.startswith("data: {")]
+    assert events[-2]["choices"][0]["finish_reason"] == "cancelled"
+    assert "shutting down" in events[-1]["error"]["message"]
+    assert data.decode().rstrip().endswith("data: [DONE]")
 
 
 def test_settings_with_an_unknown_default_context_type_fail_at_start():

@@ -350,3 +350,37 @@ def test_a_queued_request_says_it_waits_then_streams(page, server):
     _wait(page, lambda: "tok/s" in _status(page), 30, "the queued answer never completed")
     for t in others:
         t.join(30)
+
+
+def test_an_answer_cut_short_by_the_server_shows_interrupted(browser, server):
+    """The server cancels an answer (shutdown): its SSE stream ends with finish_reason "cancelled"
+    and an error event; the page keeps the text and says the answer was interrupted."""
+    from selenium.webdriver.common.by import By
+    script = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": r"""
+        (() => {
+            const realFetch = window.fetch.bind(window);
+            window.fetch = (url, opts) => {
+                if (!/chat\/completions$/.test(String(url))) return realFetch(url, opts);
+                const ev = (o) => "data: " + JSON.stringify(o) + "\n\n";
+                const body = ev({choices: [{index: 0, delta: {role: "assistant", content: ""}}]}) +
+                    ev({choices: [{index: 0, delta: {content: "Half an ans"}}]}) +
+                    ev({choices: [{index: 0, delta: {}, finish_reason: "cancelled"}]}) +
+                    ev({error: {message: "the server stopped this answer (it is shutting down)",
+                                type: "server_error"}}) + "data: [DONE]\n\n";
+                return Promise.resolve(new Response(body, {
+                    status: 200, headers: {"Content-Type": "text/event-stream"}}));
+            };
+        })();
+    """})
+    try:
+        browser.get(server + "/")
+        _wait(browser, lambda: not _disabled(browser, "send"), 10, "never became ready")
+        browser.find_element(By.ID, "prompt").send_keys("hello")
+        browser.find_element(By.ID, "send").click()
+        _wait(browser, lambda: "interrupted" in _status(browser), 10, "never said interrupted")
+        assert "shutting down" in _status(browser)
+        assert _js(browser, "document.getElementById('answer').textContent") == "Half an ans"
+        assert not _disabled(browser, "send")
+    finally:
+        browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument",
+                                {"identifier": script["identifier"]})

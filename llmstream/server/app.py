@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import sys
 import time
 import weakref
 
@@ -62,8 +65,29 @@ async def _model_ctx(app: web.Application):
 
 
 async def _on_shutdown(app: web.Application):
-    # before aiohttp waits for running handlers: a streaming answer must not hold shutdown up
-    app[STATE].shut_down()
+    """Graceful stop (SIGTERM, Ctrl+C): aiohttp has stopped listening; new requests on open
+    connections get 503; running answers may finish for up to --shutdown-timeout seconds, then
+    the rest are cancelled (and say so: see streaming.pump). A second SIGTERM / Ctrl+C exits at
+    once."""
+    state = app[STATE]
+    state.closing = True
+    loop = asyncio.get_running_loop()
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, _exit_now, sig)
+    except (NotImplementedError, RuntimeError):   # not the main thread / platform
+        pass
+    deadline = loop.time() + max(0.0, app[SETTINGS].shutdown_timeout)
+    while state.active and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    if state.active:
+        log.warning("shutting down: cancelling %d unfinished answer(s)", len(state.active))
+    state.shut_down()
+
+
+def _exit_now(sig):
+    print("llmstream: stopped at once (second signal)", file=sys.stderr, flush=True)
+    os._exit(128 + sig)
 
 
 def limit_client_connections(limit: int):

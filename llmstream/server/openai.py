@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from aiohttp import web
 
-from ..errors import RequestError
+from ..errors import NotReady, RequestError
 from ..sampling import SamplingParams
 from .errors import error_body, read_json
 from .state import SETTINGS, STATE
@@ -88,7 +88,8 @@ def _timings(gen) -> dict:
 
 
 def _finish(gen) -> str:
-    return "length" if gen.stats.finish_reason == "length" else "stop"
+    r = gen.stats.finish_reason
+    return r if r in ("length", "cancelled") else "stop"
 
 
 def _sse(obj: Any) -> bytes:
@@ -146,15 +147,21 @@ async def _complete(request: web.Request, chat: bool) -> web.StreamResponse:
 
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                        "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    def cut(reason: str, message: str) -> bytes:    # an interrupted answer says so
+        return (chunk(None, reason) + _sse(error_body(message, "server_error"))
+                + b"data: [DONE]\n\n")
+
     await pump(request, resp, gen, cancel, lambda p: chunk(p, None),
-               head=chunk(None, None, role=True) if chat else b"", tail=tail,
-               on_error=lambda e: _sse(error_body(f"generation failed: {e}", "server_error")))
+               head=chunk(None, None, role=True) if chat else b"", tail=tail, cut=cut)
     return resp
 
 
 def _whole(rid, created, model, obj, chat, text, gen) -> web.StreamResponse:
     if gen.stats is None:  # the client went away: nobody is listening
         return web.Response(status=499)
+    if gen.stats.finish_reason == "cancelled":   # the server stopped it: not an answer
+        raise NotReady("the server stopped this answer before it was complete (it is shutting "
+                       "down); ask again")
     if chat:
         choice = {"index": 0, "message": {"role": "assistant", "content": text},
                   "logprobs": None, "finish_reason": _finish(gen)}

@@ -40,12 +40,17 @@ def context_type_of(body: Mapping[str, Any], default: str) -> str:
 
 
 async def pump(request: web.Request, resp: web.StreamResponse, gen, cancel, encode,
-               head: bytes = b"", tail=lambda gen: b"", on_error=lambda e: b"") -> None:
+               head: bytes = b"", tail=lambda gen: b"", cut=None) -> None:
     """Run a prepared generation and write `head`, then `encode(piece)` for each text piece the
     moment it exists, then `tail(gen)` (after which `gen.stats` is set). The response is prepared
-    at the first piece, so an error before it (queue full) still becomes a JSON error response;
-    an error after it is logged and `on_error(e)` is written. A client that goes away cancels
-    the generation; the model is free again when this returns.
+    at the first piece, so an error before it (queue full) still becomes a JSON error response.
+    A client that goes away cancels the generation.
+
+    An answer cut short after it started — the generation failed, or the server cancelled it
+    (shutdown) — must not look complete: `cut(reason, message)` ("error" or "cancelled") writes
+    the endpoint's own end of an interrupted answer (SSE: a finish_reason and an error event); with
+    no `cut`, the connection is dropped without the chunked body's last chunk, so a client sees an
+    incomplete transfer (curl exits 18), and the log says why.
 
     HTTP/1.1 gets a chunked body; HTTP/1.0 has no chunked encoding, so there the body is streamed
     as is and ends when the server closes the connection (RFC 1945 7.2.2; aiohttp does so for a
@@ -63,27 +68,44 @@ async def pump(request: web.Request, resp: web.StreamResponse, gen, cancel, enco
                 await resp.write(head)
 
     try:
-        async with aclosing(state.stream(request, gen, cancel)) as pieces:
-            async for piece in pieces:
-                await start()
-                await resp.write(encode(piece))
+        try:
+            async with aclosing(state.stream(request, gen, cancel)) as pieces:
+                async for piece in pieces:
+                    await start()
+                    await resp.write(encode(piece))
+        except ConnectionResetError:
+            raise
+        except Exception as e:
+            if not resp.prepared:
+                raise
+            log.exception("generation failed mid-stream")
+            cancel.set()
+            return await _cut_short(request, resp, cut, "error", f"generation failed: {e}")
         await start()
+        if gen.stats is not None and gen.stats.finish_reason == "cancelled":
+            log.warning("an answer was cut short: the server cancelled it (shutting down)")
+            return await _cut_short(request, resp, cut, "cancelled",
+                                    "the server stopped this answer before it was complete "
+                                    "(it is shutting down); ask again")
         if end := tail(gen):
             await resp.write(end)
         await resp.write_eof()
     except ConnectionResetError:
         cancel.set()
-    except Exception as e:
-        if not resp.prepared:
-            raise
-        log.exception("generation failed mid-stream")
-        cancel.set()
-        try:
-            if msg := on_error(e):
-                await resp.write(msg)
+
+
+async def _cut_short(request: web.Request, resp: web.StreamResponse, cut, reason: str,
+                     message: str) -> None:
+    try:
+        if cut is not None:
+            await resp.write(cut(reason, message))
             await resp.write_eof()
-        except ConnectionResetError:
-            pass
+            return
+        resp.force_close()
+        if request.transport is not None:
+            request.transport.abort()       # no last chunk: the transfer is visibly incomplete
+    except ConnectionResetError:
+        pass
 
 
 async def collect(request: web.Request, gen, cancel) -> str:
