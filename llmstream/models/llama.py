@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import math
 
 from .. import _ops
-from .common import embed, final_rows
+from .common import embed, final_logits
 
 
 @dataclass(frozen=True)
@@ -100,8 +100,5 @@ def forward_ops(m, pool, ids, pos, seq, want, out):
 
 def _final(m, x, want, out):
     """Final RMSNorm and the output projection of the rows whose logits are wanted."""
-    if len(want):
-        rows = final_rows(m, x, want)
-        hn = m.ws.h[:len(want)]
-        _ops.rmsnorm(rows, m.top.out_norm, hn, m.config.norm_eps)
-        m.top.output(hn, out, m.ws.xq)
+    final_logits(m, x, want, out,
+                 lambda rows, hn: _ops.rmsnorm(rows, m.top.out_norm, hn, m.config.norm_eps))

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 from .. import _ops
-from .common import embed, final_rows
+from .common import embed, final_logits
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,5 @@ def forward_ops(m, pool, ids, pos, seq, want, out):
 
 def _final(m, x, want, out):
     """Final LayerNorm and the output projection (with bias) of the rows whose logits are wanted."""
-    if len(want):
-        rows = final_rows(m, x, want)
-        hn = m.ws.h[:len(want)]
-        _ops.layernorm(rows, m.top.out_norm, m.top.out_norm_b, hn, m.config.norm_eps)
-        m.top.output(hn, out, m.ws.xq)
+    final_logits(m, x, want, out, lambda rows, hn: _ops.layernorm(
+        rows, m.top.out_norm, m.top.out_norm_b, hn, m.config.norm_eps))
