@@ -359,6 +359,43 @@ async def test_concurrent_requests_each_get_their_own_text(make_client):
     assert together == alone and len(set(alone)) == 3
 
 
+async def test_eight_concurrent_streams_each_equal_their_solo_answer(make_client):
+    """--parallel 8: eight streamed answers (both APIs, seeded and greedy, different prompts) are
+    generated together — the server had eight running at once — and each equals its answer alone."""
+    client = await make_client(parallel=8, token_delay_ms=5)
+    state = client.app[STATE]
+    reqs = [("/token_stream", {"query": f"Question number {i}", "temperature": 0.9, "seed": i,
+                               "max_tokens": 20}) for i in range(5)]
+    reqs += [("/v1/chat/completions", {"messages": [{"role": "user", "content": f"Chat {i}"}],
+                                       "stream": True, "temperature": 0.7 * i, "seed": 40 + i,
+                                       "max_tokens": 20}) for i in range(3)]
+    peak = 0
+
+    async def watch():
+        nonlocal peak
+        while True:
+            peak = max(peak, state.running)
+            await asyncio.sleep(0.002)
+
+    async def ask(path, body):
+        r = await client.post(path, json=body)
+        assert r.status == 200
+        return await r.text()
+
+    watcher = asyncio.ensure_future(watch())
+    together = await asyncio.gather(*(ask(p, b) for p, b in reqs))
+    watcher.cancel()
+    alone = [await ask(p, b) for p, b in reqs]
+    assert peak == 8, f"at most {peak} ran at once"
+    strip = lambda sse: [l for l in sse.splitlines() if l.startswith("data: {")]
+    for (path, _), a, b in zip(reqs, together, alone):
+        if path == "/token_stream":
+            assert a == b
+        else:   # SSE: the same chunks but for the id and timestamp of each response
+            norm = lambda t: [json.loads(l[6:])["choices"] for l in strip(t)]
+            assert norm(a) == norm(b)
+
+
 async def test_a_full_queue_answers_503_with_retry_after(make_client):
     client = await make_client(token_delay_ms=30, max_queue=1, parallel=1)
     first, second = await one_generating_one_waiting(client, 15, 2)
