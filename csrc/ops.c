@@ -113,10 +113,15 @@ void ls_attn_head(const float *q, const uint16_t *k, const uint16_t *v, size_t k
     }
     ls_quantize_row(LS_TYPE_F16, q, q16, head_dim);
     float mx = -INFINITY;
-    for (int j = first_key; j < n_keys; j++) {
-        const float s = scale * ls_vec_dot(LS_TYPE_F16, head_dim, k + ls_kv_row(blocks, block_size, j) * kv_stride, q16);
-        scores[j] = s;
-        if (s > mx) mx = s;
+    for (int j = first_key; j < n_keys;) {           /* block by block: one table lookup each */
+        const int b = j / block_size, end = ls_min_int((b + 1) * block_size, n_keys);
+        const uint16_t *kb = k + ls_kv_row(blocks, block_size, b * block_size) * kv_stride;
+        for (; j < end; j++) {
+            const float s = scale * ls_vec_dot(LS_TYPE_F16, head_dim,
+                                               kb + (size_t)(j - b * block_size) * kv_stride, q16);
+            scores[j] = s;
+            if (s > mx) mx = s;
+        }
     }
     double sum = 0.0;
     for (int j = first_key; j < n_keys; j++) {
@@ -129,9 +134,14 @@ void ls_attn_head(const float *q, const uint16_t *k, const uint16_t *v, size_t k
     }
     const float inv = (float)(1.0 / sum);
     memset(out, 0, sizeof(float) * head_dim);
-    for (int j = first_key; j < n_keys; j++) {
-        const float p = scores[j] * inv;
-        ls_dequantize_row(LS_TYPE_F16, v + ls_kv_row(blocks, block_size, j) * kv_stride, vrow, head_dim);
-        for (int d = 0; d < head_dim; d++) out[d] += p * vrow[d];
+    for (int j = first_key; j < n_keys;) {
+        const int b = j / block_size, end = ls_min_int((b + 1) * block_size, n_keys);
+        const uint16_t *vb = v + ls_kv_row(blocks, block_size, b * block_size) * kv_stride;
+        for (; j < end; j++) {
+            const float p = scores[j] * inv;
+            ls_dequantize_row(LS_TYPE_F16, vb + (size_t)(j - b * block_size) * kv_stride, vrow,
+                              head_dim);
+            for (int d = 0; d < head_dim; d++) out[d] += p * vrow[d];
+        }
     }
 }

@@ -21,19 +21,23 @@ void ls_attn_head_avx2(const float *q, const uint16_t *k, const uint16_t *v, siz
     for (int d = 0; d < nv; d++)
         qr[d] = _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(q + 8 * d), _MM_FROUND_TO_NEAREST_INT));
     float mx = -INFINITY;
-    for (int j = first_key; j < n_keys; j++) {
-        const uint16_t *kj = k + ls_kv_row(blocks, block_size, j) * kv_stride;
-        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-        int d = 0;
-        for (; d + 2 <= nv; d += 2) {
-            a0 = _mm256_fmadd_ps(qr[d], _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kj + 8 * d))), a0);
-            a1 = _mm256_fmadd_ps(qr[d + 1], _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kj + 8 * d + 8))), a1);
+    for (int j = first_key; j < n_keys;) {           /* block by block: one table lookup each */
+        const int b = j / block_size, end = ls_min_int((b + 1) * block_size, n_keys);
+        const uint16_t *kb = k + ls_kv_row(blocks, block_size, b * block_size) * kv_stride;
+        for (; j < end; j++) {
+            const uint16_t *kj = kb + (size_t)(j - b * block_size) * kv_stride;
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+            int d = 0;
+            for (; d + 2 <= nv; d += 2) {
+                a0 = _mm256_fmadd_ps(qr[d], _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kj + 8 * d))), a0);
+                a1 = _mm256_fmadd_ps(qr[d + 1], _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kj + 8 * d + 8))), a1);
+            }
+            for (; d < nv; d++)
+                a0 = _mm256_fmadd_ps(qr[d], _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kj + 8 * d))), a0);
+            const float s = scale * ls_hsum_ps(_mm256_add_ps(a0, a1));
+            scores[j] = s;
+            if (s > mx) mx = s;
         }
-        for (; d < nv; d++)
-            a0 = _mm256_fmadd_ps(qr[d], _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kj + 8 * d))), a0);
-        const float s = scale * ls_hsum_ps(_mm256_add_ps(a0, a1));
-        scores[j] = s;
-        if (s > mx) mx = s;
     }
     double sum = 0.0;
     for (int j = first_key; j < n_keys; j++) {
@@ -45,11 +49,15 @@ void ls_attn_head_avx2(const float *q, const uint16_t *k, const uint16_t *v, siz
     const float inv = (float)(1.0 / sum);
     __m256 acc[32];                      /* head_dim <= 256 */
     for (int d = 0; d < nv; d++) acc[d] = _mm256_setzero_ps();
-    for (int j = first_key; j < n_keys; j++) {
-        const __m256 p = _mm256_set1_ps(scores[j] * inv);
-        const uint16_t *vj = v + ls_kv_row(blocks, block_size, j) * kv_stride;
-        for (int d = 0; d < nv; d++)
-            acc[d] = _mm256_fmadd_ps(p, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vj + 8 * d))), acc[d]);
+    for (int j = first_key; j < n_keys;) {
+        const int b = j / block_size, end = ls_min_int((b + 1) * block_size, n_keys);
+        const uint16_t *vb = v + ls_kv_row(blocks, block_size, b * block_size) * kv_stride;
+        for (; j < end; j++) {
+            const __m256 p = _mm256_set1_ps(scores[j] * inv);
+            const uint16_t *vj = vb + (size_t)(j - b * block_size) * kv_stride;
+            for (int d = 0; d < nv; d++)
+                acc[d] = _mm256_fmadd_ps(p, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vj + 8 * d))), acc[d]);
+        }
     }
     for (int d = 0; d < nv; d++) _mm256_storeu_ps(out + 8 * d, acc[d]);
 }
