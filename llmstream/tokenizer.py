@@ -235,6 +235,12 @@ class Tokenizer:
                                  "'tokenizer.ggml.tokens' list, so there is no vocabulary; " + _HOW_TO_FIX)
         tokens = [_as_str(t) for t in raw_tokens]
         n = len(tokens)
+        longest = max(range(n), key=lambda i: len(tokens[i]))
+        if len(tokens[longest]) > MAX_TOKEN_CHARS:
+            raise TokenizerError(
+                f"token {longest} of the GGUF vocabulary is {len(tokens[longest])} characters long; "
+                f"llmstream accepts tokens of at most {MAX_TOKEN_CHARS} (real vocabularies stay "
+                "under a few hundred): the file is damaged or hostile; " + _HOW_TO_FIX)
         types = _numbers(metadata, "tokenizer.ggml.token_type", n, TOKEN_NORMAL, int)
 
         # text -> id; on duplicate texts the last id wins, as in llama.cpp
@@ -491,16 +497,24 @@ class StreamDecoder:
 
 # -------------------------------------------------------------------- helpers
 
+# The longest token text a vocabulary may hold (characters). Real ones stay under 256 (StarCoder);
+# the bound keeps loading linear in the file size whatever a file claims.
+MAX_TOKEN_CHARS = 1024
+
+
 def spm_merges(tokens: Sequence[str], scores: Sequence[float], vocab: Mapping[str, int]) -> list[tuple[str, str]]:
     """BPE merges equivalent to SentencePiece's score-driven merging (as Hugging Face's converter derives
     them): every split of a piece into two pieces that are both in the vocabulary, ranked by the merged
     piece's score, highest first; ties keep vocabulary order, then the ids of the halves."""
     ranked = []
+    lengths = sorted({len(t) for t in vocab})     # a half must have the length of some piece
     for piece_id, piece in enumerate(tokens):
         if len(piece) < 2 or vocab.get(piece) != piece_id:
             continue
         local = []
-        for k in range(1, len(piece)):
+        for k in lengths:
+            if k >= len(piece):
+                break
             left, right = piece[:k], piece[k:]
             li, ri = vocab.get(left), vocab.get(right)
             if li is not None and ri is not None:
