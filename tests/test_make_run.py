@@ -1,5 +1,5 @@
 """End to end as a user does it: `make run MODEL_PATH=<fixture> PORT=...`, then the README's own
-curl commands, copied out of README.md, stream text."""
+curl commands, copied out of README.md, stream text; `make demo` answers the README's Paris question."""
 import json
 import os
 import re
@@ -43,27 +43,33 @@ def readme_curl_commands() -> list[str]:
             if line.strip().startswith("curl ") and "127.0.0.1:3030/token_stream" in line]
 
 
+def serve(cmd: list[str], env: dict) -> subprocess.Popen:
+    """Start a server command in its own process group (stop() ends the group)."""
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen):
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @pytest.fixture
 def make_run():
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
     model = shared_path("reference", "phi2-Q4_0.gguf")
     port = free_port()
-    proc = subprocess.Popen(["make", "-s", "run", f"MODEL_PATH={model}", f"PORT={port}",
-                             "CONTEXT_TYPE=classifier", "THREADS=2"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = serve(["make", "-s", "run", f"MODEL_PATH={model}", f"PORT={port}",
+                  "CONTEXT_TYPE=classifier", "THREADS=2"], dict(os.environ))
     try:
-        url = f"http://127.0.0.1:{port}"
-        info = wait_healthy(url, proc)
-        yield port, info
+        yield port, wait_healthy(f"http://127.0.0.1:{port}", proc)
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop(proc)
 
 
 def test_the_readmes_curl_commands_stream_text_from_make_run(make_run):
@@ -103,21 +109,6 @@ def test_make_run_offline_without_a_cached_model_says_what_to_do(tmp_path):
     assert out.returncode != 0
     assert "lmz/candle-mistral" in out.stderr and "MODEL_PATH=" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
-
-
-def serve(cmd: list[str], env: dict) -> subprocess.Popen:
-    """Start a server command in its own process group (stop() ends the group)."""
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-
-
-def stop(proc: subprocess.Popen):
-    os.killpg(proc.pid, signal.SIGINT)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 @pytest.mark.real_model
