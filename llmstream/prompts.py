@@ -48,6 +48,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -57,6 +58,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import jinja2
+from jinja2.compiler import CodeGenerator
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from .errors import ConfigError, RequestError
@@ -335,14 +337,63 @@ def _strftime_now(fmt: str) -> str:
     return _dt.datetime.now().strftime(fmt)
 
 
+#: no value a template computes (a string, a list, a number's digits) may exceed this size
+_MAX_VALUE_SIZE = 1_000_000
+
+
+def _size(v: Any) -> int:
+    if isinstance(v, (str, list, tuple, dict)):
+        return len(v)
+    if isinstance(v, int):
+        return v.bit_length() // 3        # ~ decimal digits
+    return 1
+
+
+class _BoundedCodeGenerator(CodeGenerator):
+    """Compiles `a ~ b` into a size-checked join (jinja2's own is a plain str join)."""
+
+    def visit_Concat(self, node: Any, frame: Any) -> None:
+        self.write("environment.bounded_concat((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
 class _SandboxEnvironment(ImmutableSandboxedEnvironment):
+    """jinja2's immutable sandbox, bounded: no constant folding at compile time (`'x' * 10**9`
+    would be computed by the compiler), and `*`, `**`, `+` and `~` refuse results larger than
+    _MAX_VALUE_SIZE before computing them. Time is bounded while rendering (_render)."""
+    code_generator_class = _BoundedCodeGenerator
+    intercepted_binops = frozenset(["*", "**", "+"])
+
     def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
         # The stock sandbox returns an Undefined that prints as "" -- fail loudly instead, so a
         # template probing Python internals is rejected rather than half-rendered.
         raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
 
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(left, (int, float)) and isinstance(right, (int, float)):
+            if abs(left) > 1 and right * max(math.log2(abs(left)), 1) > 4 * _MAX_VALUE_SIZE:
+                raise _RenderLimit(f"{left} ** {right} is too large")
+        elif operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) \
+                        and _size(seq) * n > _MAX_VALUE_SIZE:
+                    raise _RenderLimit(f"a value of {_size(seq)} x {n} items is too large")
+        elif operator == "+" and _size(left) + _size(right) > _MAX_VALUE_SIZE:
+            raise _RenderLimit("a sum of values is too large")
+        return super().call_binop(context, operator, left, right)
 
-_ENV = _SandboxEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    def bounded_concat(self, parts: Any) -> str:
+        strs = [str(p) for p in parts]
+        if sum(map(len, strs)) > _MAX_VALUE_SIZE:
+            raise _RenderLimit(f"a joined string exceeds {_MAX_VALUE_SIZE} characters")
+        return "".join(strs)
+
+
+_ENV = _SandboxEnvironment(trim_blocks=True, lstrip_blocks=True, optimized=False,
+                           extensions=["jinja2.ext.loopcontrols"])
 _ENV.filters["tojson"] = _tojson
 _ENV.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now)
 
@@ -378,16 +429,38 @@ def _warn_once(source: str, reason: str, family: str) -> None:
 
 
 def _render(tmpl: jinja2.Template, messages: list[dict[str, str]], bos: str, eos: str) -> str:
+    """Render, bounded in output size and in time. The time is checked inside the template's own
+    code (a trace function on this thread, every 256 lines it runs), so loops that output nothing
+    are bounded too; values are bounded in size by the environment."""
     limit = 2 * sum(len(m["content"]) for m in messages) + _MAX_EXTRA_CHARS
     deadline = time.monotonic() + _MAX_RENDER_SECONDS
+    lines = 0
+
+    def local(frame, event, arg):
+        nonlocal lines
+        if event == "line":
+            lines += 1
+            if not lines & 255 and time.monotonic() > deadline:
+                raise _RenderLimit(f"rendering takes longer than {_MAX_RENDER_SECONDS} s")
+        return local
+
+    def tracer(frame, event, arg):    # trace only the template's compiled code
+        return local if frame.f_code.co_filename == "<template>" else None
+
     chunks, size = [], 0
-    for chunk in tmpl.generate(messages=messages, add_generation_prompt=True, bos_token=bos, eos_token=eos):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            raise _RenderLimit(f"output exceeds {limit} characters")
-        if time.monotonic() > deadline:
-            raise _RenderLimit(f"rendering takes longer than {_MAX_RENDER_SECONDS} s")
+    previous = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        for chunk in tmpl.generate(messages=messages, add_generation_prompt=True, bos_token=bos,
+                                   eos_token=eos):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise _RenderLimit(f"output exceeds {limit} characters")
+            if time.monotonic() > deadline:
+                raise _RenderLimit(f"rendering takes longer than {_MAX_RENDER_SECONDS} s")
+    finally:
+        sys.settrace(previous)
     return "".join(chunks)
 
 

@@ -28,3 +28,50 @@ def test_long_tokens_within_the_bound_load_and_work():
     tok = Tokenizer.from_gguf_metadata(_spm_metadata(longs))
     ids = tok.encode("a" * 150, add_bos=False)
     assert len(ids) <= 2 and tok.decode(ids).strip() == "a" * 150
+
+
+# ---------------------------------------------------------------------- chat templates from the file
+
+MSGS = [{"role": "user", "content": "Hi"}]
+HOSTILE_TEMPLATES = {
+    "nested loops that output nothing":
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x",
+    "loops over a prepared list":
+        "{% set r = range(99999)|list %}{% for i in r %}{% for j in r %}{% endfor %}{% endfor %}x",
+    "a huge constant repetition": "{{ 'x' * 10**9 }}",
+    "a huge power": "{{ 7 ** 100000000 }}",
+    "a string doubled by ~": "{% set ns = namespace(s='x') %}{% for i in range(40) %}"
+                             "{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}",
+    "a list grown by +": "{% set ns = namespace(l=[1]) %}{% for i in range(40) %}"
+                         "{% set ns.l = ns.l + ns.l %}{% endfor %}{{ ns.l|length }}",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_TEMPLATES))
+def test_templates_that_break_a_bound_fall_back_to_the_builtin_format(name, caplog):
+    """Bounded by time (checked inside loops), by value size (before a value is built) and by
+    output: each falls back to the built-in format with a warning, within seconds and without
+    allocating the huge value."""
+    import time
+    import tracemalloc
+
+    from llmstream.prompts import format_messages
+    expected = format_messages("llama", MSGS, None, "<s>", "</s>")
+    tracemalloc.start()
+    t0 = time.monotonic()
+    try:
+        got = format_messages("llama", MSGS, HOSTILE_TEMPLATES[name], "<s>", "</s>")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert got == expected
+    assert peak < 100 << 20, f"{peak >> 20} MB allocated"
+    assert time.monotonic() - t0 < 60            # a bound for a hang, not a speed claim
+    assert "falling back" in caplog.text
+
+
+def test_a_normal_template_still_renders_under_the_bounds():
+    from llmstream.prompts import format_messages
+    tmpl = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content ~ '!' }}{{ '-' * 3 }}{% endfor %}"
+            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    assert format_messages("llama", MSGS, tmpl, "<s>", "</s>") == "<|user|>Hi!---<|assistant|>"
