@@ -148,12 +148,34 @@ def cmd_tokenize(args) -> int:
     return 0
 
 
+def _port_busy(host: str, port: int) -> str | None:
+    """Why the server could not listen on host:port, checked before any download or model load
+    (None when it can)."""
+    import socket
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        return f"cannot listen on {host}:{port}: {e.strerror or e}; check --host (HOST= for make run)"
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as aiohttp binds
+        try:
+            s.bind(addr)
+        except OSError as e:
+            return (f"cannot listen on {host}:{port}: {e.strerror or e}; choose another port "
+                    "with --port (PORT= for make run)")
+    return None
+
+
 def cmd_serve(args) -> int:
     """Resolve the model (a local file, or the hub with its cache), then serve it."""
     from .hub import resolve_model
     from .server.state import Settings
 
     _log_to_stderr()   # the hub's download and fallback messages, then the server's
+    if (busy := _port_busy(args.host, args.port)) is not None:
+        print(f"llmstream: error: {busy}", file=sys.stderr)
+        return 1
     r = resolve_model(args.feature, model_repo=args.model_repo, model_file=args.model_file,
                       tokenizer_repo=args.tokenizer_repo, model_path=args.model,
                       tokenizer_path=args.tokenizer, config_path=args.config)
@@ -197,9 +219,10 @@ def _run_server(settings, host: str, port: int) -> int:
         web.run_app(app, host=host, port=port, access_log=None,
                     print=lambda _: print(f"llmstream: serving on {url} (web UI at {url}/), "
                                           "loading the model...", file=sys.stderr))
-    except OSError as e:
-        raise LLMStreamError(f"cannot listen on {host}:{port}: {e.strerror or e}; "
-                             "choose another port with --port (PORT= for make run)") from None
+    except OSError as e:      # taken between the early check and now
+        print(f"llmstream: error: cannot listen on {host}:{port}: {e.strerror or e}; choose "
+              "another port with --port (PORT= for make run)", file=sys.stderr)
+        return 1
     if failed:
         print(f"llmstream: error: {failed[0]}", file=sys.stderr)
         return 1
@@ -211,6 +234,10 @@ def cmd_demo(args) -> int:
     with --random-weights a small random-weight model built locally."""
     from . import demo
     from .server.state import Settings
+
+    if (busy := _port_busy(args.host, args.port)) is not None:
+        print(f"llmstream: error: {busy}", file=sys.stderr)
+        return 1
 
     _log_to_stderr()
     if args.random_weights:

@@ -74,3 +74,23 @@ def test_a_second_sigterm_exits_at_once():
         assert "stopped at once" in proc.stderr.read()
     finally:
         proc.kill()
+
+
+def test_a_port_in_use_is_one_clear_line_and_exit_1_before_any_download(tmp_path):
+    """Checked before the hub is asked: the model named here does not exist anywhere, and the
+    offline hub would fail slowly with retries — the port is refused first."""
+    import os
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        env = dict(os.environ, HF_HOME=str(tmp_path), HF_HUB_OFFLINE="1")
+        for cmd in (["serve", "--model-repo", "nobody/nothing", "--model-file", "x.gguf"],
+                    ["demo", "--random-weights"]):
+            r = subprocess.run([sys.executable, "-m", "llmstream.cli", *cmd, "--port", str(port)],
+                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+            assert r.returncode == 1, r.stderr
+            lines = [l for l in r.stderr.splitlines() if l.strip()]
+            assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{port}" in lines[0], r.stderr
+            assert "--port" in lines[0]
