@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -189,7 +190,13 @@ def cmd_serve(args) -> int:
         max_queue=args.max_queue, token_delay_ms=args.token_delay_ms,
         body_timeout=args.body_timeout, max_client_connections=args.max_client_connections,
         parallel=args.parallel, prefix_cache=not args.no_prefix_cache,
-        shutdown_timeout=args.shutdown_timeout)
+        shutdown_timeout=args.shutdown_timeout,
+        api_key=args.api_key or os.environ.get("LLMSTREAM_API_KEY") or None,
+        cors_origins=tuple(args.cors_origin))
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
+        print(f"llmstream: warning: listening on {args.host} without an API key: anyone who can "
+              "reach this machine can use the model; set --api-key (or LLMSTREAM_API_KEY)",
+              file=sys.stderr)
     return _run_server(settings, args.host, args.port)
 
 
@@ -311,6 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-client-connections", type=_non_negative_int, default=16, metavar="N",
                     help="open connections per client address; a request on one more gets 429 "
                          "(default 16; 0 = no limit, e.g. behind a proxy that is the only client)")
+    sv.add_argument("--api-key", metavar="KEY",
+                    help="require 'Authorization: Bearer KEY' on the API (/health and the page stay "
+                         "public; default: $LLMSTREAM_API_KEY, else no key)")
+    sv.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                    help="let web pages from ORIGIN (e.g. https://example.org, or '*') call the API; "
+                         "repeat for several (default: none, only the server's own page)")
     sv.add_argument("--shutdown-timeout", type=_non_negative_float, default=10.0,
                     metavar="SECONDS",
                     help="on SIGTERM / Ctrl+C, running answers may finish for this long, then are "

@@ -39,6 +39,10 @@ class TooManyConnections(LLMStreamError):
     """One client address holds more open connections than the server allows."""
 
 
+class Unauthorized(LLMStreamError):
+    """The request carries no API key, or a wrong one (the server was started with --api-key)."""
+
+
 class ContextFullError(LLMStreamError):
     """The KV cache cannot hold more tokens."""
 

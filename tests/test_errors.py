@@ -25,6 +25,7 @@ EXPECTED = {
     errors.TooManyConnections: (429, "rate_limit_error", "too_many_connections", {"Retry-After": "1"}),
     errors.ContextFullError: (503, "server_busy", "kv_cache_full", RETRY),
     errors.Busy: (503, "server_busy", "queue_full", RETRY),
+    errors.Unauthorized: (401, "authentication_error", "invalid_api_key", {"WWW-Authenticate": "Bearer"}),
     errors.NotReady: (503, "server_not_ready", "model_not_ready", {"Retry-After": "1"}),
     # defined beside their code, outside llmstream.errors
     UnknownContextError: (400, "invalid_request_error", None, None),

@@ -20,7 +20,7 @@ import weakref
 from aiohttp import web
 
 from ..errors import LLMStreamError, TooManyConnections
-from . import errors, metrics, openai, routes
+from . import access, errors, metrics, openai, routes
 from .state import LOAD_FAILED, SETTINGS, STATE, ModelState, Settings
 
 log = logging.getLogger("llmstream.server")
@@ -131,4 +131,5 @@ def create_app(settings: Settings) -> web.Application:
     routes.setup(app)
     openai.setup(app)
     metrics.setup(app)   # GET /metrics and the middleware counting requests
+    access.setup(app)    # --api-key, --cors-origin
     return app

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import (Busy, ContextFullError, ContextLengthError, LLMStreamError, NotReady,
-                      RequestError, RequestTimeout, TooManyConnections)
+                      RequestError, RequestTimeout, TooManyConnections, Unauthorized)
 
 log = logging.getLogger("llmstream.server")
 
@@ -37,6 +37,8 @@ def status_of(e: BaseException) -> tuple[int, str, str | None, dict | None]:
         return 503, "server_busy", "kv_cache_full", {"Retry-After": "2"}
     if isinstance(e, NotReady):
         return 503, "server_not_ready", "model_not_ready", {"Retry-After": "1"}
+    if isinstance(e, Unauthorized):
+        return 401, "authentication_error", "invalid_api_key", {"WWW-Authenticate": "Bearer"}
     if isinstance(e, TooManyConnections):
         return 429, "rate_limit_error", "too_many_connections", {"Retry-After": "1"}
     if isinstance(e, RequestTimeout):

@@ -40,6 +40,8 @@ class Settings:
     max_body_bytes: int = 1 << 20          # larger request bodies -> 413
     body_timeout: float = 30.0             # seconds a request body may take to arrive -> 408
     shutdown_timeout: float = 10.0         # on SIGTERM: seconds running answers may take to finish
+    api_key: str | None = None             # Bearer key every non-public request must carry
+    cors_origins: tuple = ()               # origins allowed cross-origin ("*": any)
     max_client_connections: int = 16       # open connections per client address (0: no limit) -> 429
     max_queue: int = 16                    # requests allowed to wait for a free slot
     parallel: int = 4                      # sequences decoded together
