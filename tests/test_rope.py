@@ -20,7 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_llama_fused import _check_identical  # noqa: E402
-from test_model_reference import _hp, random_weights, write_llama_cpp  # noqa: E402
+from test_model_reference import _hp, random_weights, write_candle, write_llama_cpp  # noqa: E402
 
 from llmstream import _ops  # noqa: E402
 from llmstream.engine import Model, Session  # noqa: E402
@@ -189,6 +189,27 @@ def test_scaling_keys_read_as_llama_cpp_reads_them(tmp_path, keys, expected):
     with Model(path) as m:
         c = m.config
         assert (c.rope_scaling, c.rope_scaling_factor, c.rope_freq_scale) == expected
+
+
+@pytest.mark.parametrize("rope_scaling, expected", [
+    ({"type": "linear", "factor": 4.0}, ("linear", 4.0)),
+    ({"rope_type": "default"}, ("none", 1.0)),
+    ({"rope_type": "llama3", "factor": 8.0}, "'llama3'"),
+    ({"type": "yarn", "factor": 4.0}, "'yarn'"),
+    ({"type": "linear", "factor": 0}, "factor"),
+])
+def test_candle_config_rope_scaling(tmp_path, rope_scaling, expected):
+    """A candle file's config.json `rope_scaling`: linear is used, any other type refused."""
+    hp = _hp("llama-mqa-tied")
+    write_candle(tmp_path / "model.gguf", random_weights(hp, np.random.default_rng(1)), hp)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(dict(cfg, rope_scaling=rope_scaling)))
+    if isinstance(expected, str):
+        with pytest.raises(ModelError, match=expected):
+            Model(tmp_path / "model.gguf")
+        return
+    with Model(tmp_path / "model.gguf") as m:
+        assert (m.config.rope_scaling, m.config.rope_scaling_factor) == expected
 
 
 def test_bad_rope_freqs_tensor_is_a_clear_error(tmp_path):
