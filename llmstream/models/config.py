@@ -103,13 +103,14 @@ class ModelConfig:
     rope_scaling_factor: float = 1.0  # linear: positions divided by it (1 = no scaling)
 
     def __post_init__(self):
+        """The RoPE scaling is one llmstream computes, never silently replaced by plain RoPE."""
         if self.rope_scaling not in ROPE_SCALINGS:
-            raise ModelError(f"RoPE scaling '{self.rope_scaling}' is not supported; llmstream "
-                             f"supports {', '.join(ROPE_SCALINGS)} (and Llama 3 frequency "
-                             "factors, the rope_freqs.weight tensor)")
+            raise ModelError(f"RoPE scaling type '{self.rope_scaling}' is not supported; llmstream "
+                             f"supports {', '.join(ROPE_SCALINGS)} and Llama 3 frequency factors "
+                             "(the rope_freqs.weight tensor of llama.cpp GGUF files)")
         f = self.rope_scaling_factor
-        if not (isinstance(f, (int, float)) and math.isfinite(f) and f > 0):
-            raise ModelError(f"RoPE scaling factor must be a finite number > 0, got {f!r}")
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not (math.isfinite(f) and f > 0):
+            raise ModelError(f"RoPE scaling factor {f!r} is invalid; it must be a finite number > 0")
 
     @property
     def rope_freq_scale(self) -> float:
@@ -131,6 +132,14 @@ class ModelConfig:
         return CANDLE_PHI_NAMES if self.arch == "phi2" else CANDLE_MISTRAL_NAMES
 
 
+def _new_config(source: str, **fields) -> ModelConfig:
+    """ModelConfig(**fields); a value it refuses is reported with the file (or config) it came from."""
+    try:
+        return ModelConfig(**fields)
+    except ModelError as e:
+        raise ModelError(f"{source}: {e}") from None
+
+
 def _num(meta: Mapping[str, Any], key: str, path: str, default=None):
     v = meta.get(key, default)
     if v is None:
@@ -139,15 +148,12 @@ def _num(meta: Mapping[str, Any], key: str, path: str, default=None):
     return v
 
 
-def _rope_scaling_from_gguf(meta: Mapping[str, Any], a: str, path: str) -> tuple[str, float]:
+def _rope_scaling_from_gguf(meta: Mapping[str, Any], a: str, path: str) -> tuple[Any, float]:
     """(type, factor) from `{a}.rope.scaling.*`, read as llama.cpp reads them: the type defaults to
-    linear, the factor to `{a}.rope.scale_linear` (the older key) and 0 means "not set" (1);
-    `none` means no scaling whatever the factor. A type llmstream does not compute (yarn,
-    longrope, ...) is refused here with its name, never run with plain RoPE."""
+    linear, the factor to `{a}.rope.scale_linear` (the older key), 0 means "not set" (1), and
+    `none` means no scaling whatever the factor. ModelConfig refuses the types it does not
+    compute (yarn, longrope, ...) and bad factors."""
     kind = meta.get(f"{a}.rope.scaling.type", "linear")
-    if not isinstance(kind, str):
-        raise ModelError(f"{path}: GGUF key '{a}.rope.scaling.type' should be a string, "
-                         f"got {kind!r}")
     factor = meta.get(f"{a}.rope.scaling.factor")
     if factor is None:
         factor = meta.get(f"{a}.rope.scale_linear", 0.0)
@@ -156,14 +162,7 @@ def _rope_scaling_from_gguf(meta: Mapping[str, Any], a: str, path: str) -> tuple
     except (TypeError, ValueError):
         raise ModelError(f"{path}: GGUF key '{a}.rope.scaling.factor' should be a number, "
                          f"got {factor!r}") from None
-    if kind not in ROPE_SCALINGS:
-        raise ModelError(f"{path}: RoPE scaling type '{kind}' ('{a}.rope.scaling.type') is not "
-                         f"supported; llmstream supports {', '.join(ROPE_SCALINGS)} and Llama 3 "
-                         "frequency factors (rope_freqs.weight)")
-    if not math.isfinite(factor) or factor < 0:
-        raise ModelError(f"{path}: RoPE scaling factor {factor} ('{a}.rope.scaling.factor') is "
-                         "invalid; it must be a finite number > 0")
-    if kind == "none" or factor == 0.0 or factor == 1.0:
+    if kind == "none" or factor == 0.0:
         return "none", 1.0
     return kind, factor
 
@@ -193,7 +192,8 @@ def config_from_gguf(gf: GGUFFile) -> ModelConfig:
     if not math.isfinite(freq_base) or freq_base <= 0.0:
         raise ModelError(f"{path}: '{a}.rope.freq_base' = {freq_base} is invalid; it must be a "
                          "finite number > 0")
-    return _checked(gf, ModelConfig(
+    return _checked(gf, _new_config(
+        path,
         arch=arch, layout="llama.cpp", n_vocab=n_vocab, n_embd=n_embd,
         n_layer=int(_num(meta, f"{a}.block_count", path)), n_head=n_head, n_head_kv=n_head_kv,
         n_ff=int(_num(meta, f"{a}.feed_forward_length", path)),
@@ -236,7 +236,8 @@ def config_from_hf(gf: GGUFFile, arch: str, hf: Mapping[str, Any], source: str) 
         eps = float(get("rms_norm_eps", default=1e-5))
         window = int(hf.get("sliding_window") or 0)
     rope_scaling, rope_factor = _rope_scaling_from_hf(hf.get("rope_scaling"), source)
-    return _checked(gf, ModelConfig(
+    return _checked(gf, _new_config(
+        source,
         arch=arch, layout="candle", n_vocab=int(get("vocab_size")), n_embd=n_embd,
         n_layer=int(get("num_hidden_layers", "n_layer")), n_head=n_head,
         n_head_kv=int(hf.get("num_key_value_heads") or n_head),
@@ -248,25 +249,15 @@ def config_from_hf(gf: GGUFFile, arch: str, hf: Mapping[str, Any], source: str) 
     ), source)
 
 
-def _rope_scaling_from_hf(rs: Any, source: str) -> tuple[str, float]:
-    """(type, factor) from a config.json's `rope_scaling` ({"type" or "rope_type", "factor"})."""
+def _rope_scaling_from_hf(rs: Any, source: str) -> tuple[Any, Any]:
+    """(type, factor) from a config.json's `rope_scaling` ({"type" or "rope_type", "factor"});
+    ModelConfig refuses what it does not compute."""
     if rs is None:
         return "none", 1.0
     if not isinstance(rs, dict):
         raise ModelError(f"{source}: 'rope_scaling' should be an object, got {rs!r}")
     kind = rs.get("rope_type", rs.get("type", "default"))
-    if kind == "default":
-        return "none", 1.0
-    if kind != "linear":
-        raise ModelError(f"{source}: RoPE scaling type '{kind}' ('rope_scaling') is not supported "
-                         "in a config.json; llmstream supports linear there (Llama 3 files: use "
-                         "the llama.cpp GGUF, whose rope_freqs.weight carries the factors)")
-    factor = rs.get("factor")
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)) \
-            or not math.isfinite(factor) or factor <= 0:
-        raise ModelError(f"{source}: rope_scaling factor {factor!r} is invalid; it must be a "
-                         "finite number > 0")
-    return ("none", 1.0) if factor == 1 else ("linear", float(factor))
+    return ("none", 1.0) if kind == "default" else (kind, rs.get("factor"))
 
 
 def load_hf_config(path: str) -> dict:
