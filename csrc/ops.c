@@ -31,10 +31,23 @@ void ls_layernorm(const float *x, const float *w, const float *b, float *y, int 
 }
 
 /* x (n_head, head_dim) at position pos, rotated in place on its first n_rot dims:
- *   θ_i = pos · base^(-2i/n_rot), i < n_rot/2
+ *   θ_i = freq_scale · pos · base^(-2i/n_rot) / freq_factors[i], i < n_rot/2
  *   interleaved (llama.cpp layout): pairs (x[2i], x[2i+1]);  neox / rotate-half: (x[i], x[i+n_rot/2])
- *   (a, b) -> (a cos θ - b sin θ, a sin θ + b cos θ); dims >= n_rot are left as they are. */
-void ls_rope(float *x, int n_head, int head_dim, int n_rot, int pos, float freq_base, int neox) {
+ *   (a, b) -> (a cos θ - b sin θ, a sin θ + b cos θ); dims >= n_rot are left as they are.
+ * freq_scale is 1 / the linear scaling factor (1 = none); freq_factors (n_rot/2,) are Llama 3's
+ * per-dimension factors (the rope_freqs.weight tensor), NULL = all 1.
+ * The angle is computed as ggml-cpu does (ggml_rope_cache_init + rope_yarn without YaRN): a running
+ * product pos · base^(-2/n_rot) · ... in float, then divided by the factor, then times freq_scale.
+ * In float the product's relative error grows to ~i·2^-24, so at position p the angle of pair i is
+ * off by up to ~p · base^(-2i/n_rot) · i · 6e-8 rad from exact math — llama.cpp's angles carry the
+ * same error, and matching them is what keeps our logits on llama.cpp's. */
+static inline float rope_theta(float theta, int i, float freq_scale, const float *freq_factors) {
+    const float ff = freq_factors ? freq_factors[i] : 1.0f;
+    return freq_scale * (theta / ff);
+}
+
+void ls_rope(float *x, int n_head, int head_dim, int n_rot, int pos, float freq_base,
+             float freq_scale, const float *freq_factors, int neox) {
     const float theta_scale = powf(freq_base, -2.0f / (float)n_rot);
     const int half = n_rot / 2;
     /* the angles depend on i only: cos/sin once for all heads (up to 256 pairs on the stack) */
@@ -43,8 +56,9 @@ void ls_rope(float *x, int n_head, int head_dim, int n_rot, int pos, float freq_
     if (tab) {
         float theta = (float)pos;
         for (int i = 0; i < half; i++) {
-            cs[i] = cosf(theta);
-            sn[i] = sinf(theta);
+            const float th = rope_theta(theta, i, freq_scale, freq_factors);
+            cs[i] = cosf(th);
+            sn[i] = sinf(th);
             theta *= theta_scale;
         }
     }
@@ -52,7 +66,15 @@ void ls_rope(float *x, int n_head, int head_dim, int n_rot, int pos, float freq_
         float *v = x + (size_t)h * head_dim;
         float theta = (float)pos;
         for (int i = 0; i < half; i++) {
-            const float c = tab ? cs[i] : cosf(theta), s = tab ? sn[i] : sinf(theta);
+            float c, s;
+            if (tab) {
+                c = cs[i];
+                s = sn[i];
+            } else {
+                const float th = rope_theta(theta, i, freq_scale, freq_factors);
+                c = cosf(th);
+                s = sinf(th);
+            }
             const int i0 = neox ? i : 2 * i;
             const int i1 = neox ? i + half : 2 * i + 1;
             const float a = v[i0], b = v[i1];

@@ -7,7 +7,10 @@
 
 void ls_rmsnorm(const float *x, const float *w, float *y, int n, float eps);
 void ls_layernorm(const float *x, const float *w, const float *b, float *y, int n, float eps);
-void ls_rope(float *x, int n_head, int head_dim, int n_rot, int pos, float freq_base, int neox);
+/* freq_scale: 1 / linear scaling factor (1 = none); freq_factors: (n_rot/2,) per-pair divisors of the
+ * angle (Llama 3's rope_freqs.weight) or NULL. */
+void ls_rope(float *x, int n_head, int head_dim, int n_rot, int pos, float freq_base,
+             float freq_scale, const float *freq_factors, int neox);
 void ls_swiglu(float *gate, const float *up, int n);
 void ls_gelu(float *x, int n);
 /* Keys and values are paged: the sequence's key j lives in row blocks[j / block_size] * block_size

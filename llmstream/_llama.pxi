@@ -83,7 +83,7 @@ def llama_layer(float[:, ::1] x, const float[::1] attn_norm, const float[::1] ff
                 uint16_t[:, ::1] kc, uint16_t[:, ::1] vc, const int32_t[::1] pos,
                 const int32_t[::1] seq, const int32_t[:, ::1] tables, int block_size,
                 int n_head, int n_head_kv, int head_dim, int n_rot, float rope_base, bint neox,
-                float eps, int window,
+                float rope_scale, const float[::1] rope_freqs, float eps, int window,
                 float[:, ::1] h, float[:, ::1] q, float[:, ::1] k, float[:, ::1] v,
                 float[:, ::1] att, float[:, ::1] o, float[:, ::1] f1, float[:, ::1] f2,
                 uint8_t[::1] xq, float[:, ::1] scratch, uint16_t[:, ::1] q16):
@@ -95,8 +95,9 @@ def llama_layer(float[:, ::1] x, const float[::1] attn_norm, const float[::1] ff
 
     Weights are raw rows (n_out, row bytes) with their GGML type ids. Scratch: h, q, att, o (T, E);
     k, v (T, KV); f1, f2 (T, F); xq >= 3 * T * the largest vec_dot row of any of the weights;
-    scratch / q16 as for attention(). Bit-identical to the per-op reference (models/llama.py
-    forward_ops)."""
+    scratch / q16 as for attention(). RoPE: rope_scale = 1 / linear scaling factor, rope_freqs
+    (n_rot/2,) Llama 3 frequency factors or None (see rope()). Bit-identical to the per-op
+    reference (models/llama.py forward_ops)."""
     cdef int64_t T = x.shape[0], E = x.shape[1], F = f1.shape[1], KV = k.shape[1]
     _check(attn_norm.shape[0] == E and ffn_norm.shape[0] == E, "norm shape mismatch")
     _check(h.shape[0] == T and q.shape[0] == T and k.shape[0] == T and v.shape[0] == T
@@ -107,6 +108,7 @@ def llama_layer(float[:, ::1] x, const float[::1] attn_norm, const float[::1] ff
     _check(n_head % n_head_kv == 0 and n_head * head_dim == E and n_head_kv * head_dim == KV,
            "head shape mismatch")
     _check(0 < n_rot <= head_dim and n_rot % 2 == 0, "rope shape mismatch")
+    cdef const float *ff = _rope_factors(rope_freqs, n_rot)
     _check(q16.shape[1] >= head_dim and q16.shape[0] == scratch.shape[0], "attention scratch too small")
     cdef _KV kv
     _set_kv(&kv, kc, vc, pos, seq, tables, block_size, T, KV, scratch, head_dim)
@@ -156,8 +158,8 @@ def llama_layer(float[:, ::1] x, const float[::1] attn_norm, const float[::1] ff
         for c in prange(nc_qkv, schedule="dynamic"):
             _lin3_chunk(&Lq, &Lk, &Lv, c, T)
         for t in prange(T, schedule="dynamic"):
-            ls_rope(&q[t, 0], n_head, head_dim, n_rot, pos[t], rope_base, neox)
-            ls_rope(&k[t, 0], n_head_kv, head_dim, n_rot, pos[t], rope_base, neox)
+            ls_rope(&q[t, 0], n_head, head_dim, n_rot, pos[t], rope_base, rope_scale, ff, neox)
+            ls_rope(&k[t, 0], n_head_kv, head_dim, n_rot, pos[t], rope_base, rope_scale, ff, neox)
             _kv_store(&kv, t, &k[t, 0], &v[t, 0])
         for i in prange(T * n_head, schedule="dynamic"):
             tid = threadid()

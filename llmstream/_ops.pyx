@@ -38,7 +38,8 @@ cdef extern from "quants.h" nogil:
 cdef extern from "ops.h" nogil:
     void ls_rmsnorm(const float *x, const float *w, float *y, int n, float eps)
     void ls_layernorm(const float *x, const float *w, const float *b, float *y, int n, float eps)
-    void ls_rope(float *x, int n_head, int head_dim, int n_rot, int pos, float freq_base, int neox)
+    void ls_rope(float *x, int n_head, int head_dim, int n_rot, int pos, float freq_base,
+                 float freq_scale, const float *freq_factors, int neox)
     void ls_swiglu(float *gate, const float *up, int n)
     void ls_gelu(float *x, int n)
     void ls_attn_head(const float *q, const uint16_t *k, const uint16_t *v, size_t kv_stride,
@@ -203,16 +204,26 @@ def layernorm(const float[:, ::1] x, const float[::1] w, const float[::1] b, flo
         ls_layernorm(&x[t, 0], &w[0], &b[0], &y[t, 0], n, eps)
 
 
+cdef const float *_rope_factors(const float[::1] freq_factors, int n_rot) except? NULL:
+    """Pointer to the (n_rot/2,) per-pair factors, or NULL for none."""
+    if freq_factors is None:
+        return NULL
+    _check(freq_factors.shape[0] == n_rot // 2, "rope freq_factors must hold n_rot/2 values")
+    return &freq_factors[0]
+
+
 def rope(float[:, ::1] x, int n_head, int head_dim, int n_rot, const int32_t[::1] pos,
-         float freq_base, bint neox):
-    """x (T, n_head*head_dim) in place: token t is at position pos[t] (pos (T,) int32)."""
+         float freq_base, bint neox, float freq_scale=1.0, const float[::1] freq_factors=None):
+    """x (T, n_head*head_dim) in place: token t is at position pos[t] (pos (T,) int32).
+    Angle of pair i: freq_scale * pos * freq_base^(-2i/n_rot) / freq_factors[i] (see ls_rope)."""
     cdef int64_t T = x.shape[0], t
     _check(x.shape[1] >= n_head * head_dim and 0 < n_rot <= head_dim and n_rot % 2 == 0,
            "rope shape mismatch")
     _check(pos.shape[0] == T, "rope needs one position per token")
+    cdef const float *ff = _rope_factors(freq_factors, n_rot)
     cdef int nt = team_size(<double>T * x.shape[1] * 4, T)
     for t in prange(T, nogil=True, schedule="dynamic", num_threads=nt):
-        ls_rope(&x[t, 0], n_head, head_dim, n_rot, pos[t], freq_base, neox)
+        ls_rope(&x[t, 0], n_head, head_dim, n_rot, pos[t], freq_base, freq_scale, ff, neox)
 
 
 def swiglu(float[:, ::1] gate, const float[:, ::1] up):

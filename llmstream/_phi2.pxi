@@ -63,7 +63,7 @@ def phi2_layer(float[:, ::1] x, const float[::1] norm_w, const float[::1] norm_b
                uint16_t[:, ::1] kc, uint16_t[:, ::1] vc, const int32_t[::1] pos,
                const int32_t[::1] seq, const int32_t[:, ::1] tables, int block_size,
                int n_head, int n_head_kv, int head_dim, int n_rot, float rope_base,
-               float eps, int window,
+               float rope_scale, float eps, int window,
                float[:, ::1] h, float[:, ::1] q, float[:, ::1] k, float[:, ::1] v,
                float[:, ::1] att, float[:, ::1] o, float[:, ::1] f1,
                uint8_t[::1] xq, float[:, ::1] scratch, uint16_t[:, ::1] q16):
@@ -159,8 +159,8 @@ def phi2_layer(float[:, ::1] x, const float[::1] norm_w, const float[::1] norm_b
         for i in prange(nc1, schedule="dynamic"):
             _lin_list_item(L1, b1, 4, i, T)
         for t in prange(T, schedule="dynamic"):
-            ls_rope(&q[t, 0], n_head, head_dim, n_rot, pos[t], rope_base, 1)
-            ls_rope(&k[t, 0], n_head_kv, head_dim, n_rot, pos[t], rope_base, 1)
+            ls_rope(&q[t, 0], n_head, head_dim, n_rot, pos[t], rope_base, rope_scale, NULL, 1)
+            ls_rope(&k[t, 0], n_head_kv, head_dim, n_rot, pos[t], rope_base, rope_scale, NULL, 1)
             for jj in range(E):
                 q[t, jj] = q[t, jj] * q_scale
             _kv_store(&kv, t, &k[t, 0], &v[t, 0])

@@ -129,7 +129,8 @@ def _permute_for_llama_cpp(w, n_head):
             .swapaxes(1, 2).reshape(w.shape))
 
 
-def write_llama_cpp(path, W, hp, fused_qkv=False):
+def write_llama_cpp(path, W, hp, fused_qkv=False, extra=None):
+    """extra(writer), when given, adds metadata or tensors before the file is written."""
     arch = hp["arch"]
     wr = gguf.GGUFWriter(str(path), arch)
     wr.add_context_length(512)
@@ -176,6 +177,8 @@ def write_llama_cpp(path, W, hp, fused_qkv=False):
                 for n in "qkv":
                     t(p + f"attn_{n}.weight", L[f"w{n}"])
                     t(p + f"attn_{n}.bias", L[f"b{n}"])
+    if extra:
+        extra(wr)
     wr.write_header_to_file()
     wr.write_kv_data_to_file()
     wr.write_tensors_to_file()

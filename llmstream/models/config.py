@@ -8,6 +8,7 @@ Canonical names use `{i}` for the layer index.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -31,7 +32,12 @@ LLAMA_CPP_NAMES = {
     "w_gate": "blk.{i}.ffn_gate.weight", "w_up": "blk.{i}.ffn_up.weight",
     "w_down": "blk.{i}.ffn_down.weight",
     "b_up": "blk.{i}.ffn_up.bias", "b_down": "blk.{i}.ffn_down.bias",
+    "rope_freqs": "rope_freqs.weight",  # Llama 3.1+: per-pair RoPE frequency factors (n_rot/2,)
 }
+
+# RoPE scalings the engine computes ({arch}.rope.scaling.type); any other is refused at load.
+# Llama 3's "llama3" scaling needs no type: its files carry the factors as rope_freqs.weight.
+ROPE_SCALINGS = ("none", "linear")
 
 CANDLE_MISTRAL_NAMES = {
     "tok_embd": "model.embed_tokens.weight",
@@ -93,6 +99,23 @@ class ModelConfig:
     rope_neox: bool       # rotate-half pairs (i, i + n_rot/2) instead of interleaved (2i, 2i+1)
     sliding_window: int   # 0 = none
     name: str = ""
+    rope_scaling: str = "none"        # one of ROPE_SCALINGS
+    rope_scaling_factor: float = 1.0  # linear: positions divided by it (1 = no scaling)
+
+    def __post_init__(self):
+        """The RoPE scaling is one llmstream computes, never silently replaced by plain RoPE."""
+        if self.rope_scaling not in ROPE_SCALINGS:
+            raise ModelError(f"RoPE scaling type '{self.rope_scaling}' is not supported; llmstream "
+                             f"supports {', '.join(ROPE_SCALINGS)} and Llama 3 frequency factors "
+                             "(the rope_freqs.weight tensor of llama.cpp GGUF files)")
+        f = self.rope_scaling_factor
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not (math.isfinite(f) and f > 0):
+            raise ModelError(f"RoPE scaling factor {f!r} is invalid; it must be a finite number > 0")
+
+    @property
+    def rope_freq_scale(self) -> float:
+        """What RoPE angles are multiplied by: 1 / the linear factor, 1 without scaling."""
+        return 1.0 / self.rope_scaling_factor if self.rope_scaling == "linear" else 1.0
 
     @property
     def head_dim(self) -> int:
@@ -109,12 +132,39 @@ class ModelConfig:
         return CANDLE_PHI_NAMES if self.arch == "phi2" else CANDLE_MISTRAL_NAMES
 
 
+def _new_config(source: str, **fields) -> ModelConfig:
+    """ModelConfig(**fields); a value it refuses is reported with the file (or config) it came from."""
+    try:
+        return ModelConfig(**fields)
+    except ModelError as e:
+        raise ModelError(f"{source}: {e}") from None
+
+
 def _num(meta: Mapping[str, Any], key: str, path: str, default=None):
     v = meta.get(key, default)
     if v is None:
         raise ModelError(f"{path}: GGUF metadata key '{key}' is missing; the file is incomplete — "
                          "re-convert it with a current llama.cpp")
     return v
+
+
+def _rope_scaling_from_gguf(meta: Mapping[str, Any], a: str, path: str) -> tuple[Any, float]:
+    """(type, factor) from `{a}.rope.scaling.*`, read as llama.cpp reads them: the type defaults to
+    linear, the factor to `{a}.rope.scale_linear` (the older key), 0 means "not set" (1), and
+    `none` means no scaling whatever the factor. ModelConfig refuses the types it does not
+    compute (yarn, longrope, ...) and bad factors."""
+    kind = meta.get(f"{a}.rope.scaling.type", "linear")
+    factor = meta.get(f"{a}.rope.scaling.factor")
+    if factor is None:
+        factor = meta.get(f"{a}.rope.scale_linear", 0.0)
+    try:
+        factor = float(factor)
+    except (TypeError, ValueError):
+        raise ModelError(f"{path}: GGUF key '{a}.rope.scaling.factor' should be a number, "
+                         f"got {factor!r}") from None
+    if kind == "none" or factor == 0.0:
+        return "none", 1.0
+    return kind, factor
 
 
 def config_from_gguf(gf: GGUFFile) -> ModelConfig:
@@ -137,15 +187,22 @@ def config_from_gguf(gf: GGUFFile) -> ModelConfig:
     if emb is None:
         raise ModelError(f"{path}: tensor 'token_embd.weight' is missing")
     n_vocab = emb.shape[1]
-    return _checked(gf, ModelConfig(
+    rope_scaling, rope_factor = _rope_scaling_from_gguf(meta, a, path)
+    freq_base = float(meta.get(f"{a}.rope.freq_base", 10000.0))
+    if not math.isfinite(freq_base) or freq_base <= 0.0:
+        raise ModelError(f"{path}: '{a}.rope.freq_base' = {freq_base} is invalid; it must be a "
+                         "finite number > 0")
+    return _checked(gf, _new_config(
+        path,
         arch=arch, layout="llama.cpp", n_vocab=n_vocab, n_embd=n_embd,
         n_layer=int(_num(meta, f"{a}.block_count", path)), n_head=n_head, n_head_kv=n_head_kv,
         n_ff=int(_num(meta, f"{a}.feed_forward_length", path)),
         n_ctx_train=int(meta.get(f"{a}.context_length", 2048)),
         n_rot=int(meta.get(f"{a}.rope.dimension_count", head_dim)),
-        rope_base=float(meta.get(f"{a}.rope.freq_base", 10000.0)), norm_eps=eps,
+        rope_base=freq_base, norm_eps=eps,
         rope_neox=(arch == "phi2"),
         sliding_window=0, name=str(meta.get("general.name", "")),
+        rope_scaling=rope_scaling, rope_scaling_factor=rope_factor,
     ))
 
 
@@ -178,7 +235,9 @@ def config_from_hf(gf: GGUFFile, arch: str, hf: Mapping[str, Any], source: str) 
         n_rot = head_dim
         eps = float(get("rms_norm_eps", default=1e-5))
         window = int(hf.get("sliding_window") or 0)
-    return _checked(gf, ModelConfig(
+    rope_scaling, rope_factor = _rope_scaling_from_hf(hf.get("rope_scaling"), source)
+    return _checked(gf, _new_config(
+        source,
         arch=arch, layout="candle", n_vocab=int(get("vocab_size")), n_embd=n_embd,
         n_layer=int(get("num_hidden_layers", "n_layer")), n_head=n_head,
         n_head_kv=int(hf.get("num_key_value_heads") or n_head),
@@ -186,7 +245,19 @@ def config_from_hf(gf: GGUFFile, arch: str, hf: Mapping[str, Any], source: str) 
         n_ctx_train=int(get("max_position_embeddings", "n_positions", default=2048)),
         n_rot=n_rot, rope_base=float(get("rope_theta", default=10000.0)), norm_eps=eps,
         rope_neox=True, sliding_window=window, name=str(hf.get("_name_or_path", "")),
+        rope_scaling=rope_scaling, rope_scaling_factor=rope_factor,
     ), source)
+
+
+def _rope_scaling_from_hf(rs: Any, source: str) -> tuple[Any, Any]:
+    """(type, factor) from a config.json's `rope_scaling` ({"type" or "rope_type", "factor"});
+    ModelConfig refuses what it does not compute."""
+    if rs is None:
+        return "none", 1.0
+    if not isinstance(rs, dict):
+        raise ModelError(f"{source}: 'rope_scaling' should be an object, got {rs!r}")
+    kind = rs.get("rope_type", rs.get("type", "default"))
+    return ("none", 1.0) if kind == "default" else (kind, rs.get("factor"))
 
 
 def load_hf_config(path: str) -> dict:
@@ -268,6 +339,8 @@ def _checked(gf: GGUFFile, c: ModelConfig, source: str | None = None) -> ModelCo
             expect("w_gate", (E, F), i)
         expect("w_up", (E, F), i)
         expect("w_down", (F, E), i)
+    if c.arch == "llama" and "rope_freqs" in names:
+        expect("rope_freqs", (c.n_rot // 2,), optional=True)
     extra = names["attn_norm"].format(i=c.n_layer)
     if extra in gf.tensors:
         bad(f"the file has more layers than {c.n_layer} ('{extra}' exists)")

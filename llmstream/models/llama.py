@@ -4,6 +4,8 @@ Per layer, in paper order:  h = RMSNorm(x);  q, k, v = h Wq, h Wk, h Wv;  RoPE(q
 attention with grouped KV heads (and Mistral's sliding window);  x += attn Wo;
 h = RMSNorm(x);  x += (silu(h Wgate) * h Wup) Wdown.   Then RMSNorm and the output projection
 (tied to the token embedding when the file has no output.weight).
+RoPE: base `rope.freq_base`, linear scaling (config.rope_freq_scale) and, when the file has
+`rope_freqs.weight` (Llama 3.1+), its per-pair frequency factors; see _ops.rope.
 
 `forward` runs each layer as one _ops.llama_layer call (one parallel region); `forward_ops` is the
 same model one operation at a time, the reference the fused layer is pinned to bit for bit
@@ -15,7 +17,10 @@ from dataclasses import dataclass
 
 import math
 
+import numpy as np
+
 from .. import _ops
+from ..errors import ModelError
 from .common import embed, final_logits
 
 
@@ -37,6 +42,7 @@ class Top:
     tok_embd: object
     out_norm: object
     output: object
+    rope_freqs: object = None   # (n_rot/2,) f32 Llama 3 frequency factors, or None
 
 
 def load(w, cfg):
@@ -48,7 +54,21 @@ def load(w, cfg):
     ) for i in range(cfg.n_layer)]
     tok = w.linear("tok_embd")
     out = w.linear("output") if w.has("output") else tok
-    return layers, Top(tok_embd=tok, out_norm=w.vector("out_norm"), output=out)
+    return layers, Top(tok_embd=tok, out_norm=w.vector("out_norm"), output=out,
+                       rope_freqs=_rope_freqs(w))
+
+
+def _rope_freqs(w):
+    """rope_freqs.weight as a contiguous f32 vector (None when absent); its values divide RoPE
+    angles, so each must be finite and > 0."""
+    f = w.vector("rope_freqs")
+    if f is None:
+        return None
+    f = np.ascontiguousarray(f, dtype=np.float32)
+    if not (np.isfinite(f).all() and (f > 0).all()):
+        raise ModelError(f"{w.gf.path}: tensor '{w.name('rope_freqs')}' holds values that are not "
+                         "finite and > 0; RoPE frequency factors divide the angles")
+    return f
 
 
 def forward(m, pool, ids, pos, seq, want, out):
@@ -64,7 +84,8 @@ def forward(m, pool, ids, pos, seq, want, out):
                          L.wv.w, L.wv.type, L.wo.w, L.wo.type, L.w_gate.w, L.w_gate.type,
                          L.w_up.w, L.w_up.type, L.w_down.w, L.w_down.type,
                          pool.k[i], pool.v[i], pos, seq, pool.tables, pool.block_size,
-                         c.n_head, c.n_head_kv, hd, c.n_rot, c.rope_base, c.rope_neox, c.norm_eps,
+                         c.n_head, c.n_head_kv, hd, c.n_rot, c.rope_base, c.rope_neox,
+                         c.rope_freq_scale, m.top.rope_freqs, c.norm_eps,
                          c.sliding_window, h, q, k, v, att, o, f1, f2, ws.xq, pool.scratch, pool.q16)
     _final(m, x, want, out)
 
@@ -82,8 +103,10 @@ def forward_ops(m, pool, ids, pos, seq, want, out):
         L.wq(h, q, ws.xq)
         L.wk(h, k, ws.xq)
         L.wv(h, v, ws.xq)
-        _ops.rope(q, c.n_head, hd, c.n_rot, pos, c.rope_base, c.rope_neox)
-        _ops.rope(k, c.n_head_kv, hd, c.n_rot, pos, c.rope_base, c.rope_neox)
+        _ops.rope(q, c.n_head, hd, c.n_rot, pos, c.rope_base, c.rope_neox, c.rope_freq_scale,
+                  m.top.rope_freqs)
+        _ops.rope(k, c.n_head_kv, hd, c.n_rot, pos, c.rope_base, c.rope_neox, c.rope_freq_scale,
+                  m.top.rope_freqs)
         _ops.store_kv(k, v, pool.k[i], pool.v[i], *kv, pool.scratch, hd)
         _ops.attention(q, pool.k[i], pool.v[i], att, *kv, c.n_head, c.n_head_kv, hd,
                        1.0 / math.sqrt(hd), c.sliding_window, pool.scratch, pool.q16)

@@ -72,7 +72,8 @@ def forward(m, pool, ids, pos, seq, want, out):
                         L.wo.w, L.wo.type, L.wo.b, L.w_up.w, L.w_up.type, L.w_up.b,
                         L.w_down.w, L.w_down.type, L.w_down.b,
                         pool.k[i], pool.v[i], pos, seq, pool.tables, pool.block_size,
-                        c.n_head, c.n_head_kv, hd, c.n_rot, c.rope_base, c.norm_eps,
+                        c.n_head, c.n_head_kv, hd, c.n_rot, c.rope_base, c.rope_freq_scale,
+                        c.norm_eps,
                         c.sliding_window, h, q, k, v, att, o, f1, ws.xq, pool.scratch, pool.q16)
     _final(m, x, want, out)
 
@@ -91,8 +92,8 @@ def forward_ops(m, pool, ids, pos, seq, want, out):
         L.wq(h, q, ws.xq)
         L.wk(h, k, ws.xq)
         L.wv(h, v, ws.xq)
-        _ops.rope(q, c.n_head, hd, c.n_rot, pos, c.rope_base, True)
-        _ops.rope(k, c.n_head_kv, hd, c.n_rot, pos, c.rope_base, True)
+        _ops.rope(q, c.n_head, hd, c.n_rot, pos, c.rope_base, True, c.rope_freq_scale)
+        _ops.rope(k, c.n_head_kv, hd, c.n_rot, pos, c.rope_base, True, c.rope_freq_scale)
         q *= q_scale  # phi-2 scales queries before Q·K (as llama.cpp does), attention scale 1
         _ops.store_kv(k, v, pool.k[i], pool.v[i], *kv, pool.scratch, hd)
         _ops.attention(q, pool.k[i], pool.v[i], att, *kv, c.n_head, c.n_head_kv, hd,
