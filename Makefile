@@ -23,7 +23,7 @@ SMOLLM2_VERSION := 0.1.2
 
 NATIVE := $(wildcard csrc/*.c csrc/*.h llmstream/*.pyx llmstream/*.pxi llmstream/*.pxd) setup.py pyproject.toml
 
-.PHONY: build run demo test bench clean update venv smollm2
+.PHONY: build run demo test bench fuzz clean update venv smollm2
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,12 @@ demo: smollm2
 test: $(VENV)/.built smollm2
 	@$(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+# FUZZ_SECONDS: how long `make fuzz` mutates GGUF files (coverage-guided with atheris when installed:
+# $(PIP) install atheris); findings are saved under tests/fuzz_regressions/ and replayed by make test
+FUZZ_SECONDS ?= 60
+fuzz: $(VENV)/.built
+	$(PY) scripts/fuzz_gguf.py --seconds $(FUZZ_SECONDS)
 
 bench: $(VENV)/.built
 	$(PY) -m llmstream.cli bench $(BENCH_ARGS)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import threading
 from pathlib import Path
@@ -229,7 +230,7 @@ class Tokenizer:
             raise TokenizerError(
                 f"unsupported GGUF tokenizer model tokenizer.ggml.model={model_name!r}: llmstream builds "
                 "'llama' (SentencePiece) and 'gpt2' (byte-level BPE) vocabularies; " + _HOW_TO_FIX)
-        raw_tokens = metadata.get("tokenizer.ggml.tokens")
+        raw_tokens = _list(metadata, "tokenizer.ggml.tokens")
         if raw_tokens is None or len(raw_tokens) == 0:
             raise TokenizerError(f"the GGUF metadata says tokenizer.ggml.model={model_name!r} but has no "
                                  "'tokenizer.ggml.tokens' list, so there is no vocabulary; " + _HOW_TO_FIX)
@@ -269,7 +270,7 @@ class Tokenizer:
         else:
             kind = "gpt2"
             pre = _pre_tokenizer(metadata, warn=True)
-            raw_merges = metadata.get("tokenizer.ggml.merges")
+            raw_merges = _list(metadata, "tokenizer.ggml.merges")
             if raw_merges is None or len(raw_merges) == 0:
                 raise TokenizerError("the GGUF metadata has a 'gpt2' vocabulary without "
                                      "'tokenizer.ggml.merges'; " + _HOW_TO_FIX)
@@ -559,15 +560,30 @@ def _opt_id(metadata: Mapping[str, Any], key: str, n: int, default: int | None) 
     value = metadata.get(key, default)
     if value is None:
         return None
-    value = int(value)
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:   # numpy scalar
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TokenizerError(f"GGUF metadata {key} should be a token id (a whole number), got "
+                             f"{type(value).__name__} {str(value)[:40]!r}; the file is damaged — "
+                             + _HOW_TO_FIX)
     if not 0 <= value < n:
         log.warning("%s = %d is outside the vocabulary (size %d); ignoring it", key, value, n)
         return None
     return value
 
 
-def _numbers(metadata: Mapping[str, Any], key: str, n: int, default, cast) -> list:
+def _list(metadata: Mapping[str, Any], key: str):
+    """The list (or array) under key, None when absent; anything else is a damaged file."""
     values = metadata.get(key)
+    if values is None or isinstance(values, (list, tuple)) or (
+            hasattr(values, "tolist") and getattr(values, "ndim", 0) == 1):
+        return values
+    raise TokenizerError(f"GGUF metadata {key} should be a list, got {type(values).__name__}; the "
+                         "file is damaged — " + _HOW_TO_FIX)
+
+
+def _numbers(metadata: Mapping[str, Any], key: str, n: int, default, cast) -> list:
+    values = _list(metadata, key)
     if values is None:
         return [default] * n
     if len(values) != n:
@@ -575,7 +591,15 @@ def _numbers(metadata: Mapping[str, Any], key: str, n: int, default, cast) -> li
                              "damaged or inconsistent — " + _HOW_TO_FIX)
     if hasattr(values, "tolist"):  # numpy array
         values = values.tolist()
-    return [cast(v) for v in values]
+    try:
+        out = [cast(v) for v in values]
+    except (TypeError, ValueError, OverflowError):
+        out = None
+    if out is None or any(isinstance(v, bool) or (isinstance(v, float) and not math.isfinite(v))
+                          for v in values):
+        raise TokenizerError(f"GGUF metadata {key} should hold numbers, one per token; the file "
+                             "is damaged — " + _HOW_TO_FIX)
+    return out
 
 
 def _as_str(value: Any) -> str:

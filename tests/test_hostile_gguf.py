@@ -75,3 +75,62 @@ def test_a_normal_template_still_renders_under_the_bounds():
     tmpl = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content ~ '!' }}{{ '-' * 3 }}{% endfor %}"
             "{% if add_generation_prompt %}<|assistant|>{% endif %}")
     assert format_messages("llama", MSGS, tmpl, "<s>", "</s>") == "<|user|>Hi!---<|assistant|>"
+
+
+# ---------------------------------------------------------------------- metadata of the wrong type
+
+def _config_with(key_suffix, value, name="llama-gqa-Q4_0.gguf"):
+    from types import SimpleNamespace
+
+    from conftest import shared_path
+    from llmstream.gguf import GGUFFile
+    from llmstream.models.config import config_from_gguf
+    with GGUFFile(shared_path("reference", name)) as gf:
+        arch = gf.metadata["general.architecture"]
+        meta = dict(gf.metadata)
+        if value is None:
+            meta.pop(f"{arch}.{key_suffix}", None)
+        else:
+            meta[f"{arch}.{key_suffix}"] = value
+        return config_from_gguf(SimpleNamespace(metadata=meta, tensors=gf.tensors, path=gf.path))
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("block_count", -2, "n_layer = -2 is invalid"),
+    ("block_count", "2", "should be a number, got str"),
+    ("embedding_length", 256.5, "should be a whole number"),
+    ("attention.head_count_kv", [2, 2, 4], "list of different values"),
+    ("rope.freq_base", float("nan"), "not a finite number"),
+    ("rope.freq_base", 0.0, "freq_base. = 0.0 is invalid"),
+    ("attention.layer_norm_rms_epsilon", float("inf"), "not a finite number"),
+    ("attention.layer_norm_rms_epsilon", 0, "norm_eps = 0.0 is invalid"),
+    ("context_length", True, "should be a number, got bool"),
+    ("feed_forward_length", None, "is missing"),
+])
+def test_hyper_parameters_of_the_wrong_type_or_range_get_one_clear_error(key, value, message):
+    from llmstream.errors import ModelError
+    with pytest.raises(ModelError, match=message):
+        _config_with(key, value)
+
+
+def test_a_per_layer_head_count_kv_with_equal_entries_is_that_value():
+    """Some real files store head_count_kv per layer: all equal is the value itself."""
+    assert _config_with("attention.head_count_kv", [2, 2]).n_head_kv == 2
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("tokenizer.ggml.tokens", 7, "should be a list"),
+    ("tokenizer.ggml.tokens", [1, 2, 3], "expected a string"),
+    ("tokenizer.ggml.bos_token_id", "1", "should be a token id"),
+    ("tokenizer.ggml.eos_token_id", [2], "should be a token id"),
+    ("tokenizer.ggml.scores", [0.5], "entries for"),
+    ("tokenizer.ggml.token_type", "x" * 1000, "should be a list"),
+])
+def test_vocabulary_metadata_of_the_wrong_type_gets_one_clear_error(key, value, message):
+    from conftest import shared_path
+    from llmstream.gguf import GGUFFile
+    with GGUFFile(shared_path("reference", "llama-gqa-Q4_0.gguf")) as gf:
+        meta = dict(gf.metadata)
+    meta[key] = value
+    with pytest.raises(TokenizerError, match=message):
+        Tokenizer.from_gguf_metadata(meta)

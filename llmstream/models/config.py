@@ -13,10 +13,14 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+import numpy as np
+
 from ..errors import ModelError
 from ..gguf import GGUFFile
 
 ARCHES = ("llama", "phi2")
+# no dimension, count or context length of a real model comes near this (2^24)
+MAX_DIM = 1 << 24
 
 # --- name maps ---------------------------------------------------------------------------------
 LLAMA_CPP_NAMES = {
@@ -103,7 +107,29 @@ class ModelConfig:
     rope_scaling_factor: float = 1.0  # linear: positions divided by it (1 = no scaling)
 
     def __post_init__(self):
-        """The RoPE scaling is one llmstream computes, never silently replaced by plain RoPE."""
+        """Every hyper-parameter has its type and a sane range (a hostile or broken file gets one
+        clear error here, not a crash later). The RoPE scaling is one llmstream computes, never
+        silently replaced by plain RoPE."""
+        for name in ("n_vocab", "n_embd", "n_layer", "n_head", "n_head_kv", "n_ff", "n_ctx_train",
+                     "n_rot", "sliding_window"):
+            v = getattr(self, name)
+            lo = 0 if name == "sliding_window" else 1
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= MAX_DIM:
+                raise ModelError(f"{name} = {v!r} is invalid; it must be a whole number from {lo} "
+                                 f"to {MAX_DIM}")
+        for name in ("rope_base", "norm_eps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+                raise ModelError(f"{name} = {v!r} is invalid; it must be a finite number > 0")
+        if self.norm_eps >= 1:
+            raise ModelError(f"norm_eps = {self.norm_eps} is invalid; norm epsilons are small "
+                             "(1e-6 .. 1e-5)")
+        if self.n_embd % self.n_head or self.n_head % self.n_head_kv:
+            raise ModelError(f"inconsistent heads: n_embd={self.n_embd}, n_head={self.n_head}, "
+                             f"n_head_kv={self.n_head_kv} (n_embd must be a multiple of n_head, "
+                             "n_head of n_head_kv)")
+        if self.n_rot > self.head_dim or self.n_rot % 2:
+            raise ModelError(f"rotary dims {self.n_rot} invalid for head_dim {self.head_dim}")
         if self.rope_scaling not in ROPE_SCALINGS:
             raise ModelError(f"RoPE scaling type '{self.rope_scaling}' is not supported; llmstream "
                              f"supports {', '.join(ROPE_SCALINGS)} and Llama 3 frequency factors "
@@ -140,12 +166,40 @@ def _new_config(source: str, **fields) -> ModelConfig:
         raise ModelError(f"{source}: {e}") from None
 
 
-def _num(meta: Mapping[str, Any], key: str, path: str, default=None):
+def _num(meta: Mapping[str, Any], key: str, path: str, default=None, kind=int):
+    """The number under GGUF key `key`, strictly of `kind` (int: a whole number; float: any real
+    number). Some files store a per-layer array where one value is meant (head_count_kv): all
+    entries equal is that value, anything else is refused."""
     v = meta.get(key, default)
     if v is None:
         raise ModelError(f"{path}: GGUF metadata key '{key}' is missing; the file is incomplete — "
                          "re-convert it with a current llama.cpp")
-    return v
+    return _as_number(v, f"{path}: GGUF metadata key '{key}'", kind)
+
+
+def _as_number(v: Any, what: str, kind=int):
+    if isinstance(v, (list, tuple, np.ndarray)):
+        vals = list(np.asarray(v).reshape(-1)) if not isinstance(v, (list, tuple)) else list(v)
+        if not vals or any(x != vals[0] for x in vals):
+            raise ModelError(f"{what} holds a list of different values ({_short(vals)}); "
+                             "llmstream needs one value for every layer")
+        v = vals[0]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ModelError(f"{what} should be a number, got {type(v).__name__} {_short(v)}")
+    if kind is int:
+        if isinstance(v, float) and not (math.isfinite(v) and v.is_integer()):
+            raise ModelError(f"{what} should be a whole number, got {v!r}")
+        return int(v)
+    if not math.isfinite(v):
+        raise ModelError(f"{what} = {v} is not a finite number")
+    return float(v)
+
+
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
 
 
 def _rope_scaling_from_gguf(meta: Mapping[str, Any], a: str, path: str) -> tuple[Any, float]:
@@ -175,30 +229,28 @@ def config_from_gguf(gf: GGUFFile) -> ModelConfig:
         raise ModelError(f"{path}: architecture '{arch}' is not supported; llmstream runs "
                          "llama (Llama 2, Mistral and their fine-tunes) and phi2 models")
     a = arch
-    n_embd = int(_num(meta, f"{a}.embedding_length", path))
-    n_head = int(_num(meta, f"{a}.attention.head_count", path))
-    n_head_kv = int(meta.get(f"{a}.attention.head_count_kv", n_head))
-    head_dim = n_embd // n_head if n_head else 0
-    if arch == "llama":
-        eps = float(_num(meta, f"{a}.attention.layer_norm_rms_epsilon", path))
-    else:
-        eps = float(_num(meta, f"{a}.attention.layer_norm_epsilon", path))
+    n_embd = _num(meta, f"{a}.embedding_length", path)
+    n_head = _num(meta, f"{a}.attention.head_count", path)
+    n_head_kv = _num(meta, f"{a}.attention.head_count_kv", path, n_head)
+    head_dim = n_embd // n_head if n_head > 0 else 0
+    eps_key = "layer_norm_rms_epsilon" if arch == "llama" else "layer_norm_epsilon"
+    eps = _num(meta, f"{a}.attention.{eps_key}", path, kind=float)
     emb = gf.tensors.get("token_embd.weight")
     if emb is None:
         raise ModelError(f"{path}: tensor 'token_embd.weight' is missing")
     n_vocab = emb.shape[1]
     rope_scaling, rope_factor = _rope_scaling_from_gguf(meta, a, path)
-    freq_base = float(meta.get(f"{a}.rope.freq_base", 10000.0))
+    freq_base = _num(meta, f"{a}.rope.freq_base", path, 10000.0, kind=float)
     if not math.isfinite(freq_base) or freq_base <= 0.0:
         raise ModelError(f"{path}: '{a}.rope.freq_base' = {freq_base} is invalid; it must be a "
                          "finite number > 0")
     return _checked(gf, _new_config(
         path,
         arch=arch, layout="llama.cpp", n_vocab=n_vocab, n_embd=n_embd,
-        n_layer=int(_num(meta, f"{a}.block_count", path)), n_head=n_head, n_head_kv=n_head_kv,
-        n_ff=int(_num(meta, f"{a}.feed_forward_length", path)),
-        n_ctx_train=int(meta.get(f"{a}.context_length", 2048)),
-        n_rot=int(meta.get(f"{a}.rope.dimension_count", head_dim)),
+        n_layer=_num(meta, f"{a}.block_count", path), n_head=n_head, n_head_kv=n_head_kv,
+        n_ff=_num(meta, f"{a}.feed_forward_length", path),
+        n_ctx_train=_num(meta, f"{a}.context_length", path, 2048),
+        n_rot=_num(meta, f"{a}.rope.dimension_count", path, head_dim),
         rope_base=freq_base, norm_eps=eps,
         rope_neox=(arch == "phi2"),
         sliding_window=0, name=str(meta.get("general.name", "")),
@@ -216,34 +268,35 @@ def detect_candle_arch(gf: GGUFFile) -> str | None:
 
 def config_from_hf(gf: GGUFFile, arch: str, hf: Mapping[str, Any], source: str) -> ModelConfig:
     """Hyper-parameters of a candle-layout file from a Hugging Face config.json dict."""
-    def get(*keys, default=None):
+    def get(*keys, default=None, kind=int):
         for k in keys:
-            if k in hf:
-                return hf[k]
+            if k in hf and hf[k] is not None:
+                return _as_number(hf[k], f"{source}: config key '{k}'", kind)
         if default is None:
             raise ModelError(f"{source}: config key '{keys[0]}' is missing")
         return default
 
-    n_embd = int(get("hidden_size", "n_embd"))
-    n_head = int(get("num_attention_heads", "n_head"))
-    head_dim = n_embd // n_head
+    n_embd = get("hidden_size", "n_embd")
+    n_head = get("num_attention_heads", "n_head")
+    head_dim = n_embd // n_head if n_head > 0 else 0
     if arch == "phi2":
-        n_rot = int(hf.get("rotary_dim") or round(float(get("partial_rotary_factor", default=0.4)) * head_dim))
-        eps = float(get("layer_norm_eps", "layer_norm_epsilon", default=1e-5))
+        n_rot = get("rotary_dim", default=0) or round(
+            get("partial_rotary_factor", default=0.4, kind=float) * head_dim)
+        eps = get("layer_norm_eps", "layer_norm_epsilon", default=1e-5, kind=float)
         window = 0
     else:
         n_rot = head_dim
-        eps = float(get("rms_norm_eps", default=1e-5))
-        window = int(hf.get("sliding_window") or 0)
+        eps = get("rms_norm_eps", default=1e-5, kind=float)
+        window = get("sliding_window", default=0)
     rope_scaling, rope_factor = _rope_scaling_from_hf(hf.get("rope_scaling"), source)
     return _checked(gf, _new_config(
         source,
-        arch=arch, layout="candle", n_vocab=int(get("vocab_size")), n_embd=n_embd,
-        n_layer=int(get("num_hidden_layers", "n_layer")), n_head=n_head,
-        n_head_kv=int(hf.get("num_key_value_heads") or n_head),
-        n_ff=int(get("intermediate_size", "n_inner", default=4 * n_embd)),
-        n_ctx_train=int(get("max_position_embeddings", "n_positions", default=2048)),
-        n_rot=n_rot, rope_base=float(get("rope_theta", default=10000.0)), norm_eps=eps,
+        arch=arch, layout="candle", n_vocab=get("vocab_size"), n_embd=n_embd,
+        n_layer=get("num_hidden_layers", "n_layer"), n_head=n_head,
+        n_head_kv=get("num_key_value_heads", default=0) or n_head,
+        n_ff=get("intermediate_size", "n_inner", default=4 * n_embd),
+        n_ctx_train=get("max_position_embeddings", "n_positions", default=2048),
+        n_rot=n_rot, rope_base=get("rope_theta", default=10000.0, kind=float), norm_eps=eps,
         rope_neox=True, sliding_window=window, name=str(hf.get("_name_or_path", "")),
         rope_scaling=rope_scaling, rope_scaling_factor=rope_factor,
     ), source)
