@@ -121,6 +121,11 @@ class LLM:
 
     def __init__(self, model: Model, tokenizer: Tokenizer, contexts: Mapping[str, str] | None = None,
                  parallel: int = 4, kv_tokens: int | None = None, prefix_cache: bool = True):
+        if tokenizer.vocab_size > model.n_vocab:
+            raise ModelError(
+                f"{model.gguf.path}: the vocabulary has {tokenizer.vocab_size} tokens but the "
+                f"model's embedding only {model.n_vocab} rows: the tokenizer does not belong to "
+                "this model (give the model's own tokenizer.json, or none to use the file's)")
         self.model, self.tokenizer = model, tokenizer
         self.contexts = dict(contexts if contexts is not None else load_contexts())
         self.family = model.config.arch

@@ -134,3 +134,26 @@ def test_vocabulary_metadata_of_the_wrong_type_gets_one_clear_error(key, value, 
     meta[key] = value
     with pytest.raises(TokenizerError, match=message):
         Tokenizer.from_gguf_metadata(meta)
+
+
+def test_a_vocabulary_larger_than_the_embedding_is_refused():
+    """A tokenizer that does not belong to the model (more tokens than embedding rows) would send
+    ids the model cannot embed: refused at load with the reason."""
+    from conftest import shared_path
+    from llmstream.errors import ModelError
+    from llmstream.generate import LLM
+    with pytest.raises(ModelError, match="does not belong to this model"):
+        LLM.load(shared_path("reference", "phi2-Q8_0.gguf"),
+                 tokenizer_path=_big_tokenizer_json())
+
+
+def _big_tokenizer_json():
+    import json
+    import tempfile
+    vocab = {f"t{i}": i for i in range(5000)}
+    spec = {"version": "1.0", "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"},
+            "pre_tokenizer": {"type": "Whitespace"}}
+    f = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+    json.dump(spec, f)
+    f.close()
+    return f.name
