@@ -23,7 +23,7 @@ SMOLLM2_VERSION := 0.1.2
 
 NATIVE := $(wildcard csrc/*.c csrc/*.h llmstream/*.pyx llmstream/*.pxi llmstream/*.pxd) setup.py pyproject.toml
 
-.PHONY: build run demo test bench fuzz clean update venv smollm2
+.PHONY: build run demo test bench fuzz soak clean update venv smollm2
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,12 @@ test: $(VENV)/.built smollm2
 FUZZ_SECONDS ?= 60
 fuzz: $(VENV)/.built
 	$(PY) scripts/fuzz_gguf.py --seconds $(FUZZ_SECONDS)
+
+# a bounded load test on loopback: SOAK_CLIENTS clients for SOAK_SECONDS (scripts/soak.py)
+SOAK_SECONDS ?= 60
+SOAK_CLIENTS ?= 8
+soak: $(VENV)/.built
+	$(PY) scripts/soak.py --seconds $(SOAK_SECONDS) --clients $(SOAK_CLIENTS)
 
 bench: $(VENV)/.built
 	$(PY) -m llmstream.cli bench $(BENCH_ARGS)
