@@ -82,6 +82,7 @@ class Request:
     t_last: float = 0.0
     t_prompt: float = 0.0             # prompt evaluation time (admission to first logits)
     done: bool = False
+    started: bool = False             # the answer's first non-space character has been produced
 
 
 class Scheduler:
@@ -377,7 +378,7 @@ class Scheduler:
             r.recent.append(token)
             if len(r.recent) > n:
                 del r.recent[0]
-        text = r.decoder.push(token) if r.decoder is not None else ""
+        text = _lead(r, r.decoder.push(token) if r.decoder is not None else "")
         emit, stopped = r.stops.push(text)
         if emit:
             r.sink("piece", emit)
@@ -407,7 +408,7 @@ class Scheduler:
         r.done = True
         try:
             if reason != "cancelled" and not r.stops.stopped and r.decoder is not None:
-                emit, stopped = r.stops.push(r.decoder.flush())
+                emit, stopped = r.stops.push(_lead(r, r.decoder.flush()))
                 rest = emit + ("" if stopped else r.stops.flush())
                 reason = "stop" if stopped else reason
                 if rest:
@@ -448,6 +449,16 @@ class Scheduler:
             r.sink("error", e)
         except BaseException:
             log.exception("delivering an error failed")
+
+
+def _lead(r: Request, text: str) -> str:
+    """An answer starts at its first non-space character (models put a space or a newline after
+    "Output:" or "[/INST]"), as chat APIs present answers; whitespace inside it stays."""
+    if r.started or not text:
+        return text
+    text = text.lstrip()
+    r.started = bool(text)
+    return text
 
 
 class SchedulerMetrics:
