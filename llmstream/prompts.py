@@ -182,9 +182,10 @@ def get_context(name: str, contexts: Mapping[str, str] | None = None,
     except KeyError:
         source = getattr(contexts, "source", None) or prompt_config_path(path)
         known = ", ".join(sorted(contexts)) or "none"
+        # the file's name only: this message reaches HTTP clients, the server's paths stay private
         raise UnknownContextError(
-            f"unknown context type {name!r} (known: {known}); add context_{key} = \"...\" to {source} "
-            f"to define it") from None
+            f"unknown context type {name!r} (known: {known}); the server's operator can add "
+            f"context_{key} = \"...\" to its {Path(source).name}") from None
 
 
 # ============================================================================ messages

@@ -66,3 +66,36 @@ def test_tokenize_prints_llama_cpp_ids():
     r = run_cli("tokenize", "--model", vocab, "--bos", "Hello world")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[1, 15043, 3186]"
+
+
+def test_help_shows_every_default_and_every_option_has_a_text():
+    """`serve --help` and `generate --help` show each option's default (the README says so)."""
+    import argparse
+
+    from llmstream.cli import build_parser
+    top = build_parser()
+    subs = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name in ("serve", "generate", "demo"):
+        parser = subs[name]
+        text = " ".join(parser.format_help().split())
+        for action in parser._actions:
+            if not action.option_strings or action.dest == "help":
+                continue
+            assert action.help, f"{name} {action.option_strings[0]} has no help text"
+            if action.default not in (None, False, [], argparse.SUPPRESS):
+                assert f"default: {action.default}" in text or "default" in action.help, \
+                    f"{name} {action.option_strings[0]}: default {action.default!r} not shown"
+
+
+def test_make_help_lists_every_target_and_variable():
+    import re
+
+    from conftest import ROOT
+    text = subprocess.run(["make", "-s", "help"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60).stdout
+    phony = re.search(r"^\.PHONY:(.*)$", (ROOT / "Makefile").read_text(), re.M).group(1).split()
+    for target in set(phony) - {"help", "venv", "smollm2"}:
+        assert f"make {target}" in text, target
+    for var in ("FEATURE", "HOST", "PORT", "CONTEXT_TYPE", "MODEL_REPO", "MODEL_FILE",
+                "TOKENIZER_REPO", "MODEL_PATH", "THREADS", "PYTEST_ARGS"):
+        assert f"{var}=" in text, var

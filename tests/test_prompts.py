@@ -89,7 +89,9 @@ def test_unknown_context_names_file_and_fix(tmp_path):
     with pytest.raises(UnknownContextError) as exc:
         get_context("pirate", load_contexts(p))
     msg = str(exc.value)
-    assert str(p) in msg and "context_pirate" in msg and "general" in msg
+    # the file's name, never the server's absolute path (the message reaches HTTP clients)
+    assert p.name in msg and str(p.parent) not in msg
+    assert "context_pirate" in msg and "general" in msg
     assert isinstance(exc.value, ConfigError) and isinstance(exc.value, RequestError)
     with pytest.raises(UnknownContextError, match="prompt_config.toml"):
         get_context("nope")
