@@ -218,6 +218,10 @@ def cmd_serve(args) -> int:
 def _log_to_stderr():
     import logging
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # huggingface_hub prints its warnings with a handler of its own: once is enough
+    hf = logging.getLogger("huggingface_hub")
+    if hf.handlers:
+        hf.propagate = False
 
 
 def _run_server(settings, host: str, port: int) -> int:

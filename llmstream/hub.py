@@ -236,6 +236,13 @@ def _fetch(repo: str, filename: str) -> Path:
                     return older
                 raise fail(f"it is not in the Hugging Face cache ({cache}) and HF_HUB_OFFLINE=1 forbids "
                            "downloading (unset it to download)") from None
+        unreachable = _hub_unreachable()
+        if unreachable:
+            older = _older_snapshot(cache, repo, filename)
+            if older is not None:
+                return older
+            raise fail(f"it is not in the Hugging Face cache ({cache}) and huggingface.co cannot "
+                       f"be reached ({unreachable})")
         log.info("downloading %s into %s", what, cache)
         return Path(hf.hf_hub_download(repo, filename, cache_dir=cache))
     except HubError:
@@ -269,6 +276,32 @@ def _fetch(repo: str, filename: str) -> Path:
                    "directory with enough space)") from None
     except Exception as e:  # proxies, SSL, anything the network stack raises: no traceback for users
         raise fail(_short(e)) from None
+
+
+_REACH: dict[str, str] = {}
+
+
+def _hub_unreachable(timeout: float = 5.0) -> str:
+    """Why the Hub's host cannot be reached ("" when a TCP connection opens), asked once per run:
+    offline, huggingface_hub would retry each file for ~25 s with a warning per attempt; this
+    says so at once. The endpoint is HF_ENDPOINT's host (default huggingface.co)."""
+    import socket
+    from urllib.parse import urlsplit
+    url = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    parts = urlsplit(url)
+    host = parts.hostname or "huggingface.co"
+    port = parts.port or (80 if parts.scheme == "http" else 443)
+    if host not in _REACH:
+        if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or \
+                os.environ.get("HTTP_PROXY") or os.environ.get("http_proxy"):
+            _REACH[host] = ""          # through a proxy: let huggingface_hub try
+        else:
+            try:
+                with socket.create_connection((host, port), timeout=timeout):
+                    _REACH[host] = ""
+            except OSError as e:
+                _REACH[host] = f"{type(e).__name__}: {e}"
+    return _REACH[host]
 
 
 def _older_snapshot(cache: Path, repo: str, filename: str) -> Path | None:

@@ -252,6 +252,7 @@ def test_gated_and_missing_repos(hf_env, monkeypatch, caplog):
             return real(repo_id, filename, local_files_only=True, **kw)
         raise answers[repo_id]
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake)
+    monkeypatch.setattr(hub, "_hub_unreachable", lambda: "")    # the faked Hub answers
     monkeypatch.delenv("HF_HUB_OFFLINE")
     from huggingface_hub import constants
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
@@ -291,3 +292,26 @@ def test_offline_a_file_of_an_older_snapshot_is_used(hf_env):
     tok = cache_file(hf_env, PHI_REPO, "tokenizer.json", phi2_tokenizer_json(), commit="b" * 40)
     r = resolve_model("phi-2")
     assert r.model_path == old and r.tokenizer_path == tok
+
+
+def test_an_unreachable_hub_fails_at_once_without_retries(hf_env, monkeypatch, caplog):
+    """Offline but not configured so: one clear error at once (huggingface_hub would retry each
+    file for ~25 s with a warning per attempt), never a download attempt."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    real = huggingface_hub.hf_hub_download
+
+    def no_download(repo_id, filename, *, local_files_only=False, **kw):
+        assert local_files_only, "tried to download from an unreachable hub"
+        return real(repo_id, filename, local_files_only=True, **kw)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_download)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")
+    for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(hub, "_REACH", {})
+    with pytest.raises(HubError, match="cannot be reached.*MODEL_PATH="):
+        resolve_model("phi-2")
+    assert "Retry" not in caplog.text
