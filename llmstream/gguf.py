@@ -44,6 +44,11 @@ GGML_TYPES: dict[int, tuple[str, int, int]] = {
     15: ("Q8_K", 256, 292),
     30: ("BF16", 1, 2),
 }
+# ggml types llmstream does not compute, by id: named in the error a file using them gets
+OTHER_GGML_TYPES = {4: "Q4_2", 5: "Q4_3", 16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S",
+                    20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S", 23: "IQ4_XS", 24: "I8", 25: "I16",
+                    26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M", 34: "TQ1_0", 35: "TQ2_0",
+                    39: "MXFP4"}
 TYPE_IDS = {name: tid for tid, (name, _, _) in GGML_TYPES.items()}
 # Types a weight tensor may have (Q8_1 / Q8_K only ever hold activations).
 WEIGHT_TYPES = {tid for tid, (name, _, _) in GGML_TYPES.items() if name not in ("Q8_1", "Q8_K")}
@@ -211,8 +216,11 @@ class GGUFFile:
         tensors: dict[str, TensorInfo] = {}
         for name, shape, ttype, offset in infos:
             if ttype not in GGML_TYPES:
-                raise GGUFError(f"{self.path}: tensor '{name}' has unknown type id {ttype}; "
-                                f"llmstream supports {', '.join(n for n, _, _ in GGML_TYPES.values())}")
+                known = OTHER_GGML_TYPES.get(ttype)
+                what = f"type {known} (ggml type id {ttype})" if known else f"unknown type id {ttype}"
+                raise GGUFError(f"{self.path}: tensor '{name}' has {what}, which llmstream cannot "
+                                f"compute; it supports {', '.join(n for n, _, _ in GGML_TYPES.values())} "
+                                "— use a file quantized to one of those (e.g. Q4_K_M)")
             tname, blck, bsize = GGML_TYPES[ttype]
             n_el = 1
             for d in shape:

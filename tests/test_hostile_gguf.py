@@ -157,3 +157,25 @@ def _big_tokenizer_json():
     json.dump(spec, f)
     f.close()
     return f.name
+
+
+def test_a_tensor_type_llmstream_does_not_compute_is_named_with_the_supported_ones(tmp_path):
+    """An IQ4_XS tensor (ggml type 23): the error names the type and the types supported."""
+    import shutil
+
+    from conftest import shared_path
+    from llmstream.errors import GGUFError
+    from llmstream.gguf import GGUFFile
+    src = shared_path("reference", "llama-gqa-Q4_0.gguf")
+    dst = tmp_path / "iq.gguf"
+    shutil.copyfile(src, dst)
+    data = bytearray(dst.read_bytes())
+    name = b"blk.0.attn_q.weight"
+    i = data.index(name) + len(name)            # then u32 n_dims, n_dims x u64, u32 type
+    n_dims = int.from_bytes(data[i:i + 4], "little")
+    t = i + 4 + 8 * n_dims
+    assert int.from_bytes(data[t:t + 4], "little") == 2            # Q4_0 today
+    data[t:t + 4] = (23).to_bytes(4, "little")
+    dst.write_bytes(bytes(data))
+    with pytest.raises(GGUFError, match=r"type IQ4_XS \(ggml type id 23\).*supports F32.*Q4_K"):
+        GGUFFile(dst)
