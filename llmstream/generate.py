@@ -139,12 +139,14 @@ class LLM:
     def load(cls, model_path: str | os.PathLike, tokenizer_path: str | os.PathLike | None = None,
              config_path: str | None = None, ctx_size: int | None = None,
              threads: int | None = None, contexts: Mapping[str, str] | None = None,
-             parallel: int = 4, prefix_cache: bool = True) -> "LLM":
+             parallel: int = 4, prefix_cache: bool = True, progress=None) -> "LLM":
         """Open a GGUF model; the tokenizer comes from tokenizer_path, else a tokenizer.json beside
-        the model, else the vocabulary embedded in the GGUF. ctx_size: the KV pool's tokens."""
+        the model, else the vocabulary embedded in the GGUF. ctx_size: the KV pool's tokens.
+        progress(done, total): bytes of the file read so far (it is read once at load)."""
         model = Model(model_path, config_path=config_path, ctx_size=ctx_size, threads=threads,
                       n_logits=max(16, parallel))
         try:
+            model.gguf.page_in(progress)
             check_numbers(model)
             return cls(model, load_tokenizer(model.gguf, tokenizer_path), contexts,
                        parallel=parallel, kv_tokens=ctx_size, prefix_cache=prefix_cache)

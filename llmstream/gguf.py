@@ -262,6 +262,17 @@ class GGUFFile:
         return np.frombuffer(self._mmap, np.uint8, info.nbytes, info.offset).reshape(
             info.n_rows, info.row_bytes)
 
+    def page_in(self, progress=None, chunk: int = 64 << 20) -> None:
+        """Read every page of the file once (into the page cache), calling progress(done, total)
+        in bytes after each chunk: a big model's first request then does not wait for the disk,
+        and loading can show how far it is."""
+        buf = np.frombuffer(self._mmap, np.uint8)
+        total, page = buf.size, mmap.PAGESIZE
+        for start in range(0, total, chunk):
+            int(buf[start:start + chunk:page].sum())       # one byte per page
+            if progress is not None:
+                progress(min(start + chunk, total), total)
+
     def raw(self, name: str) -> np.ndarray:
         """The tensor's bytes as a uint8 view (n_rows, row_bytes), whatever its type."""
         info = self.tensors[name]

@@ -328,10 +328,18 @@
     }
     if (res.ok && info.status === "ok") {
       applyHealth(info);
-    } else if (info.status === "loading") {
+    } else if (info.status === "loading" || info.status === "warming") {
       ready = false;
       updateControls();
-      setStatus("loading model…");
+      const l = info.loading;
+      if (info.status === "warming") {
+        setStatus("loading model… preparing the context prompts");
+      } else if (l && l.total > 0) {
+        const pct = Math.floor((100 * l.done) / l.total);
+        setStatus(`loading model… ${pct} % (${Math.round(l.done / 2 ** 20)} of ${Math.round(l.total / 2 ** 20)} MB)`);
+      } else {
+        setStatus("loading model…");
+      }
       pollHealth(1000);
     } else if (info.status === "error") {
       notReady("the model failed to load: " + (info.message || "unknown error"));

@@ -462,3 +462,25 @@ def test_settings_with_an_unknown_default_context_type_fail_at_start():
 
 def test_web_application_type():
     assert isinstance(create_app(Settings(model_path="unused.gguf")), web.Application)
+
+
+async def test_health_reports_loading_progress_in_bytes(aiohttp_client, tmp_path):
+    """While the model loads, /health says how much of the file has been read; LLM.load reads it
+    once, reporting each chunk."""
+    gate = threading.Event()
+    path = str(shared_path("reference", PHI2))
+    app = create_app(Settings(loader=lambda: (app[STATE]._progress(3 << 20, 12 << 20), gate.wait(10),
+                                              LLM.load(path))[-1]))
+    client = await aiohttp_client(app)
+    for _ in range(500):
+        body = await (await client.get("/health")).json()
+        if "loading" in body:
+            break
+        await asyncio.sleep(0.01)
+    assert body == {"status": "loading", "loading": {"done": 3 << 20, "total": 12 << 20}}
+    gate.set()
+    await ready(client)
+    seen = []
+    LLM.load(path, progress=lambda d, t: seen.append((d, t))).close()
+    size = Path(path).stat().st_size
+    assert seen and seen[-1] == (size, size) and all(t == size for _, t in seen)

@@ -757,9 +757,12 @@ def test_loading_model_then_ready(browser, server):
         (() => {
             const realFetch = window.fetch.bind(window);
             let healthCalls = 0;
+            const answers = ['{"status": "loading"}',
+                             '{"status": "loading", "loading": {"done": 524288000, "total": 1048576000}}',
+                             '{"status": "warming"}'];
             window.fetch = (url, opts) => {
-                if (/health$/.test(String(url)) && healthCalls++ === 0) {
-                    return Promise.resolve(new Response('{"status": "loading"}', {
+                if (/health$/.test(String(url)) && healthCalls < answers.length) {
+                    return Promise.resolve(new Response(answers[healthCalls++], {
                         status: 503, headers: {"Content-Type": "application/json"}}));
                 }
                 return realFetch(url, opts);
@@ -768,7 +771,17 @@ def test_loading_model_then_ready(browser, server):
     """})
     try:
         browser.get(server + "/")
-        _wait(browser, lambda: _status(browser) == "loading model…", 5, "never said loading model…")
+        seen = set()
+
+        def watch(text):
+            seen.add(_status(browser))
+            return text in seen
+        _wait(browser, lambda: watch("loading model…"), 5, "never said loading model…")
+        assert _disabled(browser, "send")
+        _wait(browser, lambda: watch("loading model… 50 % (500 of 1000 MB)"), 5,
+              f"never showed the loading progress: {seen}")
+        _wait(browser, lambda: watch("loading model… preparing the context prompts"), 5,
+              f"never showed the warming state: {seen}")
         assert _disabled(browser, "send")
         _wait(browser, lambda: not _disabled(browser, "send"), 10, "never became ready")
         _, health = _get_json(server + "/health")

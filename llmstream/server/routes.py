@@ -42,7 +42,8 @@ async def token_stream(request: web.Request) -> web.StreamResponse:
 
 
 async def health(request: web.Request) -> web.Response:
-    """GET /health: 503 {"status": "loading"} while the model loads ("warming" while the context
+    """GET /health: 503 {"status": "loading"} while the model loads (with "loading": {"done",
+    "total"} bytes of the file read once it is open; "warming" while the context
     prompts are evaluated), then 200 {"status": "ok", model, context types, context size, slots and
     KV pool use, queue}; 503 {"status": "error", "message"} if loading failed."""
     state, settings = request.app[STATE], request.app[SETTINGS]
@@ -55,6 +56,8 @@ async def health(request: web.Request) -> web.Response:
         return web.json_response(info)
     if state.status == "error":
         info["message"] = state.error
+    elif state.status == "loading" and state.loading:
+        info["loading"] = dict(state.loading)
     return web.json_response(info, status=503, headers={"Retry-After": "1"})
 
 

@@ -10,6 +10,7 @@ A client that goes away sets its request's cancel event; the scheduler drops it 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,8 @@ from aiohttp import web
 from ..errors import Busy, ClientGone, NotReady
 from ..prompts import get_context, load_contexts
 from ..sampling import SamplingParams
+
+log = logging.getLogger("llmstream.server")
 
 STATIC_DIR = Path(__file__).resolve().parent.parent.parent / "static"
 
@@ -70,6 +73,7 @@ class ModelState:
         self.active: set[threading.Event] = set()  # cancel events of the requests in flight
         self.closing = False
         self.warm_tokens = 0
+        self.loading: dict | None = None          # {"done": bytes, "total": bytes} while loading
         self.requests: Counter = Counter()        # (endpoint, status) -> count, for /metrics
 
     def shut_down(self):
@@ -117,7 +121,15 @@ class ModelState:
         from ..generate import LLM
         return LLM.load(s.model_path, tokenizer_path=s.tokenizer_path, config_path=s.config_path,
                         ctx_size=s.ctx_size, threads=s.threads, contexts=self.contexts,
-                        parallel=s.parallel, prefix_cache=s.prefix_cache)
+                        parallel=s.parallel, prefix_cache=s.prefix_cache, progress=self._progress)
+
+    def _progress(self, done: int, total: int):
+        """Loading progress (on the loader thread): /health reports it, the console every 10 %."""
+        step = self.loading["done"] * 10 // max(1, total) if self.loading else -1
+        self.loading = {"done": done, "total": total}
+        if done * 10 // max(1, total) != step and total >= 256 << 20:
+            log.info("loading the model: %d of %d MB (%d %%)", done >> 20, total >> 20,
+                     100 * done // total)
 
     def prewarm(self):
         """Runs on the loader thread: the context prompts, evaluated once and kept."""
