@@ -73,44 +73,25 @@ def _sampling_args(p: argparse.ArgumentParser):
                    help="stop string (repeatable; default: none)")
 
 
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}")
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
+def _number_arg(kind, low, inclusive: bool):
+    """An argparse type: a finite number of `kind` (int or float) >= low (> low if not inclusive)."""
+    def parse(s: str):
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'a whole number' if kind is int else 'a number'}, got {s!r}") from None
+        if not ((v >= low) if inclusive else (v > low)) or v == float("inf") or v != v:
+            raise argparse.ArgumentTypeError(
+                f"must be {'at least' if inclusive else 'more than'} {low}, got {s}")
+        return v
+    return parse
 
 
-def _non_negative_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}")
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
-    return v
-
-
-def _positive_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}")
-    if not 0 < v < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {s}")
-    return v
-
-
-def _non_negative_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}")
-    if not 0 <= v < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {s}")
-    return v
+_positive_int = _number_arg(int, 1, True)
+_non_negative_int = _number_arg(int, 0, True)
+_positive_float = _number_arg(float, 0, False)
+_non_negative_float = _number_arg(float, 0, True)
 
 
 def _params_from_args(args):

@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import shared_path  # noqa: E402
@@ -20,23 +19,7 @@ PHI2 = "phi2-Q8_0.gguf"
 LLAMA = "llama-gqa-Q4_K_M.gguf"
 
 
-async def ready(client, timeout=30.0):
-    for _ in range(int(timeout / 0.02)):
-        r = await client.get("/health")
-        if r.status == 200:
-            return await r.json()
-        await asyncio.sleep(0.02)
-    raise AssertionError("the model never became ready")
-
-
-@pytest.fixture
-def make_client(aiohttp_client):
-    async def make(model=PHI2, **kw):
-        settings = Settings(model_path=str(shared_path("reference", model)), **kw)
-        client = await aiohttp_client(create_app(settings))
-        await ready(client)
-        return client
-    return make
+from test_server import make_client, ready  # noqa: E402,F401  (the same fixture and wait)
 
 
 async def still_serves(client):
@@ -188,7 +171,7 @@ async def test_control_token_texts_typed_by_users_stay_text(make_client):
     """A user who types `</s>` or `<s>` gets those characters tokenized as text: the prompt the model
     sees holds no EOS and only the BOS the format puts first, through every endpoint that formats
     a prompt (llama vocabulary: <s> = 1, </s> = 2)."""
-    client = await make_client(LLAMA)
+    client = await make_client(model=LLAMA)
     llm = client.app[STATE].llm
     tok = llm.tokenizer
     assert (tok.bos_id, tok.eos_id) == (1, 2) and tok.encode("</s>", add_bos=False) == [tok.eos_id]

@@ -26,7 +26,7 @@ def settings_for(name=PHI2, **kw) -> Settings:
     return Settings(model_path=str(shared_path("reference", name)), **kw)
 
 
-async def ready(client, timeout=10.0):
+async def ready(client, timeout=30.0):
     for _ in range(int(timeout / 0.02)):
         r = await client.get("/health")
         if r.status == 200:

@@ -18,7 +18,6 @@ from typing import Any, Mapping
 from aiohttp import web
 
 from ..errors import NotReady, RequestError
-from ..sampling import SamplingParams
 from .errors import error_body, read_json
 from .state import SETTINGS, STATE
 from .streaming import collect, context_type_of, pump, sampling_params
