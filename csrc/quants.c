@@ -127,6 +127,51 @@ void ls_matmul_rows(int type, int64_t n, const void *w, size_t w_stride, int64_t
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * Scalar twins of the matmul kernels with a row per lane (the gemm / gemv slots of quants_avx2.c and
+ * quants_avx512.c). Those add a row's scaled block sums in another float order than vec_dot above:
+ * per block, in order, one fused multiply-add, acc = fma(float(isum_b), d_b * dx_b, acc). These
+ * give the same bits (fmaf rounds once, as the SIMD FMA does); tests pin the SIMD kernels to them. */
+
+// W rows r0..r1-1 (n_out, n) in Q4_0 (q4) or Q8_0 @ x (T, n) in Q8_0 -> y[t * ldy + r] = fold over the
+// blocks b: acc = fmaf((float)sum_k qw_k * qx_k, dw_b * dx_b, acc), qw = nibble - 8 (Q4_0) or as stored
+static void matmul_rows_q32_q8_0_lanes(int q4, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                       const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    for (int64_t t = 0; t < T; ++t) {
+        const block_q8_0 *xb = (const block_q8_0 *)((const char *)x + (size_t)t * x_stride);
+        for (int64_t r = r0; r < r1; ++r) {
+            const char *row = (const char *)w + (size_t)r * w_stride;
+            float acc = 0.0f;
+            for (int64_t b = 0; b < n / QK8_0; ++b) {
+                int isum = 0;
+                float dw;
+                if (q4) {
+                    const block_q4_0 *wb = (const block_q4_0 *)row + b;
+                    for (int j = 0; j < 16; ++j)
+                        isum += ((wb->qs[j] & 15) - 8) * xb[b].qs[j] + ((wb->qs[j] >> 4) - 8) * xb[b].qs[j + 16];
+                    dw = ls_fp16_to_fp32(wb->d);
+                } else {
+                    const block_q8_0 *wb = (const block_q8_0 *)row + b;
+                    for (int j = 0; j < QK8_0; ++j) isum += wb->qs[j] * xb[b].qs[j];
+                    dw = ls_fp16_to_fp32(wb->d);
+                }
+                acc = fmaf((float)isum, dw * ls_fp16_to_fp32(xb[b].d), acc);
+            }
+            y[(size_t)t * ldy + r] = acc;
+        }
+    }
+}
+
+int ls_matmul_rows_lanes_ref(int type, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                             const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    if (!ls_row_ok(type, n)) return 0;
+    switch (type) {
+    case LS_TYPE_Q4_0: matmul_rows_q32_q8_0_lanes(1, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy); return 1;
+    case LS_TYPE_Q8_0: matmul_rows_q32_q8_0_lanes(0, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy); return 1;
+    default: return 0;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
  * Dequantizers: one row x of n elements -> y (n,) f32 */
 
 // x (n,) f32 -> y (n,) f32: a copy
