@@ -12,7 +12,7 @@
  *     rearranges 16 rows at a time (per call, in a per-thread buffer — the file stays as it is)
  *     so that each int32 lane is one output row, and for 1-3 tokens a kernel giving the same
  *     results bit for bit (quants_avx512.c);
- *   - on AVX2 CPUs (or LLMSTREAM_AVX512=0), for Q4_0 / Q8_0: the same scheme with 8 rows a
+ *   - on AVX2 CPUs (or LLMSTREAM_AVX512=0), for the same 4 types: the same scheme with 8 rows a
  *     register (quants_avx2.c), in the same float order as the AVX-512 kernels (so the same bits);
  *   - else 4 tokens at a time through ls_vec_dot_x4 (each weight block decoded once for the 4),
  *     the rest through ls_vec_dot — bit for bit the same as ls_vec_dot for every token.

@@ -49,7 +49,7 @@ def _matmul(t, w, x):
 
 
 def test_the_bench_weight_types_have_row_per_lane_avx2_kernels():
-    assert {Q4_0, Q8_0} <= set(_ops.simd_gemm_types())
+    assert {Q4_0, Q8_0, Q4_K, Q6_K} <= set(_ops.simd_gemm_types())
 
 
 @pytest.mark.parametrize("t", GEMM_TYPES, ids=[NAMES[t] for t in GEMM_TYPES])
