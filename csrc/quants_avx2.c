@@ -589,10 +589,10 @@ static void vec_dot_q6_K_q8_K_x4_avx2(int64_t n, const void *vw, const void *vx,
  *   gemm: each group of 8 rows is transposed once per call into a per-thread buffer (a "tile" of
  *     288 bytes per block), then run against the tokens 4 at a time (each group register loaded
  *     once for 4 tokens, each broadcast activation reused by 8 rows), the rest 1-3 at a time;
- *   gemv (the 1-3 tokens of a decode step; the weights are read once, block by block): Q4_0 does
- *     the same transposition in registers without storing it; Q8_0 computes each row's block sums
- *     with the elements in the lanes, as vec_dot does, and reduces 8 rows to a row per lane
- *     (vphaddd), cheaper for its 34-byte blocks than transposing them.
+ *   gemv (the 1-3 tokens of a decode step; the weights are read once): Q4_0 does the same
+ *     transposition in registers, block by block, without storing it; Q8_0 computes each row's
+ *     block sums with the elements in the lanes, as vec_dot does, row after row in file order, and
+ *     then reduces 8 rows to a row per lane (vphaddd) — see "decode kernels" below.
  *
  * Integer sums, with x the token's int8 quants (|x| <= 127, as the Q8_0 quantizer makes them):
  *   Q4_0: q in 0..15 unsigned:  isum = sum_g maddubs(q_g, x_g) (int16: 8 groups x 2 x 15 x 127 =
@@ -829,48 +829,46 @@ static inline __attribute__((always_inline)) void gemv_q4_0_rows(
     }
 }
 
-/* A vector whose lane i is the sum of the 8 int32 lanes of F(i), i = 0..7 (F: an expression of the
- * row index, e.g. a row's block sums with the elements in the lanes); the rows are computed
- * in pairs and reduced as they come (vphaddd), so that few registers are live at once (the
- * integer sums, and so the result, are the same in any order). */
-#define LS_REDUCE8(F) ({                                                                          \
-    const __m256i h01_ = _mm256_hadd_epi32(F(0), F(1)), h23_ = _mm256_hadd_epi32(F(2), F(3));   \
-    const __m256i a_ = _mm256_hadd_epi32(h01_, h23_);                                           \
-    const __m256i h45_ = _mm256_hadd_epi32(F(4), F(5)), h67_ = _mm256_hadd_epi32(F(6), F(7));   \
-    const __m256i b_ = _mm256_hadd_epi32(h45_, h67_);                                           \
-    _mm256_add_epi32(_mm256_permute2x128_si256(a_, b_, 0x20), _mm256_permute2x128_si256(a_, b_, 0x31)); })
+/* v[0..7] (row i's lanes in v[i]) -> lane i = the sum of v[i]'s lanes (vphaddd). */
+static inline __m256i reduce8_epi32(const __m256i *v) {
+    const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+}
+
+/* The decode kernels below (Q8_0, Q4_K, Q6_K) read the weights row by row, in file order (a decode
+ * step is bound by memory bandwidth, and 8 rows read side by side block by block measured 3-5 %
+ * slower tg than one row streaming after another): pass 1 computes each row's block sums with the
+ * elements in the lanes into a per-thread scratch (v[b * 8 + i], 32 bytes per row and block, in L1),
+ * pass 2 reduces them to a row per lane and runs the float steps for the 8 rows. */
 
 /* Q8_0 gemv: each row's block sums with the elements in the lanes (no transposition), reduced to a
  * row per lane; nt tokens (a constant 1..3). */
 static inline __attribute__((always_inline)) void gemv_q8_0_rows(
         const int nt, int64_t nb, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-        const void *x, size_t x_stride, const q8_0_side *side, float *y, size_t ldy) {
+        const void *x, size_t x_stride, const q8_0_side *side, float *y, size_t ldy, __m256i *v) {
     const __m256i ones = _mm256_set1_epi16(1);
     for (int64_t r = r0; r < r1; r += 8) {
         const uint8_t *rp[8];
         const int rows = rows8_ptrs(w, w_stride, r, r1, rp);
-        const char *next = (const char *)w + (size_t)(r + 8) * w_stride;
-        const size_t next_bytes = 8 * w_stride;
-        const size_t per_block = (next_bytes / (size_t)nb + 63) / 64 * 64;
-        __m256 acc[3];
-        for (int t = 0; t < nt; ++t) acc[t] = _mm256_setzero_ps();
-        for (int64_t b = 0; b < nb; ++b) {
-            for (size_t o = (size_t)b * per_block; o < (size_t)(b + 1) * per_block && o < next_bytes; o += 64)
-                _mm_prefetch(next + o, _MM_HINT_T0);
-            const size_t off = (size_t)b * sizeof(block_q8_0);
-            const __m256 dw = rows8_fp16(rp, off);
-            for (int t = 0; t < nt; ++t) {
-                const block_q8_0 *xb = (const block_q8_0 *)((const uint8_t *)x + (size_t)t * x_stride) + b;
-                const __m256i xv = _mm256_loadu_si256((const __m256i *)xb->qs);
-#define Q8_0_ROW(i) ({ const __m256i q_ = _mm256_loadu_si256((const __m256i *)(rp[i] + off + offsetof(block_q8_0, qs))); \
-                       _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(q_, q_), _mm256_sign_epi8(xv, q_)), ones); })
-                const __m256i isum = LS_REDUCE8(Q8_0_ROW);
-#undef Q8_0_ROW
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum),
-                                         _mm256_mul_ps(dw, _mm256_set1_ps(side[t * nb + b].d)), acc[t]);
+        for (int t = 0; t < nt; ++t) {
+            const block_q8_0 *xb = (const block_q8_0 *)((const uint8_t *)x + (size_t)t * x_stride);
+            for (int i = 0; i < 8; ++i) {
+                const block_q8_0 *wb = (const block_q8_0 *)rp[i];
+                for (int64_t b = 0; b < nb; ++b) {
+                    const __m256i q = _mm256_loadu_si256((const __m256i *)wb[b].qs);
+                    const __m256i xv = _mm256_loadu_si256((const __m256i *)xb[b].qs);
+                    v[b * 8 + i] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xv, q)), ones);
+                }
             }
+            __m256 acc = _mm256_setzero_ps();
+            for (int64_t b = 0; b < nb; ++b) {
+                const __m256 dw = rows8_fp16(rp, (size_t)b * sizeof(block_q8_0));
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8_epi32(v + b * 8)),
+                                      _mm256_mul_ps(dw, _mm256_set1_ps(side[t * nb + b].d)), acc);
+            }
+            store_rows8(y + (size_t)t * ldy + r, acc, rows);
         }
-        for (int t = 0; t < nt; ++t) store_rows8(y + (size_t)t * ldy + r, acc[t], rows);
     }
 }
 
@@ -879,7 +877,8 @@ static inline __attribute__((always_inline)) int64_t gemv_q32_q8_0_avx2(
         const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     const int64_t nb = n / QK8_0;
     q8_0_side *side = avx2_thread_buffer((size_t)(T * nb) * sizeof(q8_0_side), 1);
-    if (!side) return r0;
+    __m256i *v = q4 ? NULL : avx2_thread_buffer((size_t)nb * 8 * sizeof(__m256i), 0);
+    if (!side || (!q4 && !v)) return r0;
     q8_0_side_data(nb, x, x_stride, T, q4 ? 3 : -1, side);
     /* 3 tokens at a time, then the rest (nt a constant in each call) */
     for (int64_t t = 0; t < T; t += 3) {
@@ -891,9 +890,7 @@ static inline __attribute__((always_inline)) int64_t gemv_q32_q8_0_avx2(
             else if (nt == 2) gemv_q4_0_rows(2, nb, w, w_stride, r0, r1, xt, x_stride, side + t * nb, yt, ldy);
             else gemv_q4_0_rows(1, nb, w, w_stride, r0, r1, xt, x_stride, side + t * nb, yt, ldy);
         } else {
-            if (nt == 3) gemv_q8_0_rows(3, nb, w, w_stride, r0, r1, xt, x_stride, side + t * nb, yt, ldy);
-            else if (nt == 2) gemv_q8_0_rows(2, nb, w, w_stride, r0, r1, xt, x_stride, side + t * nb, yt, ldy);
-            else gemv_q8_0_rows(1, nb, w, w_stride, r0, r1, xt, x_stride, side + t * nb, yt, ldy);
+            gemv_q8_0_rows(nt, nb, w, w_stride, r0, r1, xt, x_stride, side + t * nb, yt, ldy, v);
         }
     }
     return r1;
@@ -932,8 +929,8 @@ static int64_t gemv_q8_0_q8_0_avx2(int64_t n, const void *w, size_t w_stride, in
  * gemm: per 8-row group a tile per super-block (2.5 KB: the 64 group registers of quants 0..15,
  * the scales and mins as int16 lanes), tokens 4 at a time; the 8 groups of a sub-block add in int16
  * (8 x 2 x 15 x 127 = 30480 fits), vpmaddwd applies the sub-block's scale per lane.
- * gemv: each row's sums as vec_dot_q4_K_q8_K_avx2 computes them (elements in the lanes, the rows
- * read in order), then 8 rows reduced to a row per lane (vphaddd). */
+ * gemv: each row's sums as vec_dot_q4_K_q8_K_avx2 computes them (elements in the lanes), row after
+ * row, then 8 rows reduced to a row per lane (as for Q8_0 above). */
 
 typedef struct {
     __m256i q[8][8];    /* [s][j]: elements 32 s + 4 j .. +3 of lane p's row (0..15) */
@@ -1087,42 +1084,34 @@ static inline __attribute__((always_inline)) void q4_K_block_lanes(const block_q
 }
 
 /* 8 vectors of 4 int32 (v[i]: partial sums of row i) -> lane i = the sum of v[i]'s lanes. */
-static inline __m256i reduce8_epi32_128(const __m128i v[8]) {
+static inline __m256i reduce8_epi32_128(const __m128i *v) {
     const __m128i a = _mm_hadd_epi32(_mm_hadd_epi32(v[0], v[1]), _mm_hadd_epi32(v[2], v[3]));
     const __m128i b = _mm_hadd_epi32(_mm_hadd_epi32(v[4], v[5]), _mm_hadd_epi32(v[6], v[7]));
     return _mm256_set_m128i(b, a);
 }
 
-/* Q4_K gemv: nt tokens (a constant 1..3) against rows r0..r1-1. */
-static inline __attribute__((always_inline)) void gemv_q4_K_rows(
-        const int nt, int64_t nb, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-        const void *x, size_t x_stride, float *y, size_t ldy) {
+/* Q4_K gemv: token by token against rows r0..r1-1; v: scratch of nb * 8 vectors, m: nb * 8. */
+static void gemv_q4_K_rows(int64_t T, int64_t nb, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                           const void *x, size_t x_stride, float *y, size_t ldy, __m256i *v, __m128i *m) {
     for (int64_t r = r0; r < r1; r += 8) {
         const uint8_t *rp[8];
         const int rows = rows8_ptrs(w, w_stride, r, r1, rp);
-        const char *next = (const char *)w + (size_t)(r + 8) * w_stride;
-        const size_t next_bytes = 8 * w_stride;
-        const size_t per_block = (next_bytes / (size_t)nb + 63) / 64 * 64;
-        __m256 acc[3];
-        for (int t = 0; t < nt; ++t) acc[t] = _mm256_setzero_ps();
-        for (int64_t b = 0; b < nb; ++b) {
-            for (size_t o = (size_t)b * per_block; o < (size_t)(b + 1) * per_block && o < next_bytes; o += 64)
-                _mm_prefetch(next + o, _MM_HINT_T0);
-            const size_t off = (size_t)b * sizeof(block_q4_K);
-            const __m256 d = rows8_fp16(rp, off + offsetof(block_q4_K, d));
-            const __m256 dmin = rows8_fp16(rp, off + offsetof(block_q4_K, dmin));
-            for (int t = 0; t < nt; ++t) {
-                const block_q8_K *xb = (const block_q8_K *)((const uint8_t *)x + (size_t)t * x_stride) + b;
-                __m128i vm[8];
-#define Q4_K_ROW(i) ({ __m256i vi_; q4_K_block_lanes((const block_q4_K *)(rp[i] + off), xb, &vi_, &vm[i]); vi_; })
-                const __m256i isum = LS_REDUCE8(Q4_K_ROW);
-#undef Q4_K_ROW
-                const __m256 dx = _mm256_set1_ps(xb->d);
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d, dx), acc[t]);
-                acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(reduce8_epi32_128(vm)), _mm256_mul_ps(dmin, dx), acc[t]);
+        for (int64_t t = 0; t < T; ++t) {
+            const block_q8_K *xb = (const block_q8_K *)((const uint8_t *)x + (size_t)t * x_stride);
+            for (int i = 0; i < 8; ++i)
+                for (int64_t b = 0; b < nb; ++b)
+                    q4_K_block_lanes((const block_q4_K *)rp[i] + b, &xb[b], &v[b * 8 + i], &m[b * 8 + i]);
+            __m256 acc = _mm256_setzero_ps();
+            for (int64_t b = 0; b < nb; ++b) {
+                const size_t off = (size_t)b * sizeof(block_q4_K);
+                const __m256 d = rows8_fp16(rp, off + offsetof(block_q4_K, d));
+                const __m256 dmin = rows8_fp16(rp, off + offsetof(block_q4_K, dmin));
+                const __m256 dx = _mm256_set1_ps(xb[b].d);
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8_epi32(v + b * 8)), _mm256_mul_ps(d, dx), acc);
+                acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(reduce8_epi32_128(m + b * 8)), _mm256_mul_ps(dmin, dx), acc);
             }
+            store_rows8(y + (size_t)t * ldy + r, acc, rows);
         }
-        for (int t = 0; t < nt; ++t) store_rows8(y + (size_t)t * ldy + r, acc[t], rows);
     }
 }
 
@@ -1130,14 +1119,9 @@ static inline __attribute__((always_inline)) void gemv_q4_K_rows(
 static int64_t gemv_q4_K_q8_K_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                    const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     const int64_t nb = n / QK_K;
-    for (int64_t t = 0; t < T; t += 3) {
-        const int nt = T - t < 3 ? (int)(T - t) : 3;
-        const uint8_t *xt = (const uint8_t *)x + (size_t)t * x_stride;
-        float *yt = y + (size_t)t * ldy;
-        if (nt == 3) gemv_q4_K_rows(3, nb, w, w_stride, r0, r1, xt, x_stride, yt, ldy);
-        else if (nt == 2) gemv_q4_K_rows(2, nb, w, w_stride, r0, r1, xt, x_stride, yt, ldy);
-        else gemv_q4_K_rows(1, nb, w, w_stride, r0, r1, xt, x_stride, yt, ldy);
-    }
+    __m256i *v = avx2_thread_buffer((size_t)nb * 8 * (sizeof(__m256i) + sizeof(__m128i)), 0);
+    if (!v) return r0;
+    gemv_q4_K_rows(T, nb, w, w_stride, r0, r1, x, x_stride, y, ldy, v, (__m128i *)(v + nb * 8));
     return r1;
 }
 
@@ -1274,31 +1258,23 @@ static inline __attribute__((always_inline)) __m256i q6_K_block_lanes(const bloc
     return _mm256_sub_epi32(sumi, offset);
 }
 
-static inline __attribute__((always_inline)) void gemv_q6_K_rows(
-        const int nt, int64_t nb, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-        const void *x, size_t x_stride, float *y, size_t ldy) {
+/* Q6_K gemv: token by token against rows r0..r1-1; v: scratch of nb * 8 vectors. */
+static void gemv_q6_K_rows(int64_t T, int64_t nb, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                           const void *x, size_t x_stride, float *y, size_t ldy, __m256i *v) {
     for (int64_t r = r0; r < r1; r += 8) {
         const uint8_t *rp[8];
         const int rows = rows8_ptrs(w, w_stride, r, r1, rp);
-        const char *next = (const char *)w + (size_t)(r + 8) * w_stride;
-        const size_t next_bytes = 8 * w_stride;
-        const size_t per_block = (next_bytes / (size_t)nb + 63) / 64 * 64;
-        __m256 acc[3];
-        for (int t = 0; t < nt; ++t) acc[t] = _mm256_setzero_ps();
-        for (int64_t b = 0; b < nb; ++b) {
-            for (size_t o = (size_t)b * per_block; o < (size_t)(b + 1) * per_block && o < next_bytes; o += 64)
-                _mm_prefetch(next + o, _MM_HINT_T0);
-            const size_t off = (size_t)b * sizeof(block_q6_K);
-            const __m256 d = rows8_fp16(rp, off + offsetof(block_q6_K, d));
-            for (int t = 0; t < nt; ++t) {
-                const block_q8_K *xb = (const block_q8_K *)((const uint8_t *)x + (size_t)t * x_stride) + b;
-#define Q6_K_ROW(i) q6_K_block_lanes((const block_q6_K *)(rp[i] + off), xb)
-                const __m256i isum = LS_REDUCE8(Q6_K_ROW);
-#undef Q6_K_ROW
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d, _mm256_set1_ps(xb->d)), acc[t]);
+        for (int64_t t = 0; t < T; ++t) {
+            const block_q8_K *xb = (const block_q8_K *)((const uint8_t *)x + (size_t)t * x_stride);
+            for (int i = 0; i < 8; ++i)
+                for (int64_t b = 0; b < nb; ++b) v[b * 8 + i] = q6_K_block_lanes((const block_q6_K *)rp[i] + b, &xb[b]);
+            __m256 acc = _mm256_setzero_ps();
+            for (int64_t b = 0; b < nb; ++b) {
+                const __m256 d = rows8_fp16(rp, (size_t)b * sizeof(block_q6_K) + offsetof(block_q6_K, d));
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8_epi32(v + b * 8)), _mm256_mul_ps(d, _mm256_set1_ps(xb[b].d)), acc);
             }
+            store_rows8(y + (size_t)t * ldy + r, acc, rows);
         }
-        for (int t = 0; t < nt; ++t) store_rows8(y + (size_t)t * ldy + r, acc[t], rows);
     }
 }
 
@@ -1306,14 +1282,9 @@ static inline __attribute__((always_inline)) void gemv_q6_K_rows(
 static int64_t gemv_q6_K_q8_K_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                    const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     const int64_t nb = n / QK_K;
-    for (int64_t t = 0; t < T; t += 3) {
-        const int nt = T - t < 3 ? (int)(T - t) : 3;
-        const uint8_t *xt = (const uint8_t *)x + (size_t)t * x_stride;
-        float *yt = y + (size_t)t * ldy;
-        if (nt == 3) gemv_q6_K_rows(3, nb, w, w_stride, r0, r1, xt, x_stride, yt, ldy);
-        else if (nt == 2) gemv_q6_K_rows(2, nb, w, w_stride, r0, r1, xt, x_stride, yt, ldy);
-        else gemv_q6_K_rows(1, nb, w, w_stride, r0, r1, xt, x_stride, yt, ldy);
-    }
+    __m256i *v = avx2_thread_buffer((size_t)nb * 8 * sizeof(__m256i), 0);
+    if (!v) return r0;
+    gemv_q6_K_rows(T, nb, w, w_stride, r0, r1, x, x_stride, y, ldy, v);
     return r1;
 }
 
