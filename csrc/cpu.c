@@ -48,15 +48,18 @@ int ls_cpu_has_avx512(void) {
 }
 
 /* The AVX-512 matmul kernels (gemm / gemv slots) join the AVX2 table, slot by slot, atomically (a
- * matmul running meanwhile may use either kind; tests and benchmarks switch, not servers). */
+ * matmul running meanwhile may use either kind; tests and benchmarks switch, not servers); off, the
+ * slots hold the AVX2 table's own gemm / gemv (quants_avx2.c). */
 int ls_set_avx512(int on) {
     if (!__atomic_load_n(&avx2_ready, __ATOMIC_ACQUIRE)) return 0;
     const int use = on && ls_cpu_has_avx512();
     for (int t = 0; t < LS_TYPE_SLOTS; ++t) {
-        __atomic_store_n(&avx2_complete.gemm[t], use ? ls_kernels_avx512.gemm[t] : (ls_matmul_rows_fn)0,
-                         __ATOMIC_RELEASE);
-        __atomic_store_n(&avx2_complete.gemv[t], use ? ls_kernels_avx512.gemv[t] : (ls_matmul_rows_fn)0,
-                         __ATOMIC_RELEASE);
+        /* a type's gemm and gemv come as a pair from one table (they agree bit for bit); without
+         * AVX-512 the AVX2 table's own pair, if it has one */
+        const ls_kernel_table *src = use && ls_kernels_avx512.gemm[t] && ls_kernels_avx512.gemv[t]
+                                     ? &ls_kernels_avx512 : &ls_kernels_avx2;
+        __atomic_store_n(&avx2_complete.gemm[t], src->gemm[t], __ATOMIC_RELEASE);
+        __atomic_store_n(&avx2_complete.gemv[t], src->gemv[t], __ATOMIC_RELEASE);
     }
     __atomic_store_n(&avx512_used, use, __ATOMIC_RELEASE);
     return use;
@@ -82,6 +85,11 @@ int ls_simd_has_vec_dot(int type) {
 /* 1 when the AVX2 table has a 4-token vec_dot for weights of `type`. */
 int ls_simd_has_vec_dot_x4(int type) {
     return type >= 0 && type < LS_TYPE_SLOTS && ls_kernels_avx2.vec_dot_x4[type] != NULL;
+}
+
+/* 1 when the AVX2 table has its own matmul kernels with a row per lane (gemm and gemv) for `type`. */
+int ls_simd_has_gemm(int type) {
+    return type >= 0 && type < LS_TYPE_SLOTS && ls_kernels_avx2.gemm[type] && ls_kernels_avx2.gemv[type];
 }
 
 /* 1 when the AVX2 table has its own quantizer for the activation type `type`. */

@@ -127,6 +127,107 @@ void ls_matmul_rows(int type, int64_t n, const void *w, size_t w_stride, int64_t
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * Scalar twins of the matmul kernels with a row per lane (the gemm / gemv slots of quants_avx2.c and
+ * quants_avx512.c). Those add a row's scaled block sums in another float order than vec_dot above:
+ * per block, in order, one fused multiply-add, acc = fma(float(isum_b), d_b * dx_b, acc). These
+ * give the same bits (fmaf rounds once, as the SIMD FMA does); tests pin the SIMD kernels to them. */
+
+// W rows r0..r1-1 (n_out, n) in Q4_0 (q4) or Q8_0 @ x (T, n) in Q8_0 -> y[t * ldy + r] = fold over the
+// blocks b: acc = fmaf((float)sum_k qw_k * qx_k, dw_b * dx_b, acc), qw = nibble - 8 (Q4_0) or as stored
+static void matmul_rows_q32_q8_0_lanes(int q4, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                       const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    for (int64_t t = 0; t < T; ++t) {
+        const block_q8_0 *xb = (const block_q8_0 *)((const char *)x + (size_t)t * x_stride);
+        for (int64_t r = r0; r < r1; ++r) {
+            const char *row = (const char *)w + (size_t)r * w_stride;
+            float acc = 0.0f;
+            for (int64_t b = 0; b < n / QK8_0; ++b) {
+                int isum = 0;
+                float dw;
+                if (q4) {
+                    const block_q4_0 *wb = (const block_q4_0 *)row + b;
+                    for (int j = 0; j < 16; ++j)
+                        isum += ((wb->qs[j] & 15) - 8) * xb[b].qs[j] + ((wb->qs[j] >> 4) - 8) * xb[b].qs[j + 16];
+                    dw = ls_fp16_to_fp32(wb->d);
+                } else {
+                    const block_q8_0 *wb = (const block_q8_0 *)row + b;
+                    for (int j = 0; j < QK8_0; ++j) isum += wb->qs[j] * xb[b].qs[j];
+                    dw = ls_fp16_to_fp32(wb->d);
+                }
+                acc = fmaf((float)isum, dw * ls_fp16_to_fp32(xb[b].d), acc);
+            }
+            y[(size_t)t * ldy + r] = acc;
+        }
+    }
+}
+
+// W rows r0..r1-1 (n_out, n) in Q4_K @ x (T, n) in Q8_K -> y[t * ldy + r] = fold over the super-blocks b:
+// acc = fmaf((float)isum, d * dx, acc); acc = fmaf(-(float)msum, dmin * dx, acc), with
+// isum = sum_s sc_s * sum_k q_k x_k over sub-block s, msum = sum_s m_s * (sum of x over sub-block s)
+static void matmul_rows_q4_K_q8_K_lanes(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    for (int64_t t = 0; t < T; ++t) {
+        const block_q8_K *xb = (const block_q8_K *)((const char *)x + (size_t)t * x_stride);
+        for (int64_t r = r0; r < r1; ++r) {
+            const block_q4_K *wb = (const block_q4_K *)((const char *)w + (size_t)r * w_stride);
+            float acc = 0.0f;
+            for (int64_t b = 0; b < n / QK_K; ++b) {
+                uint8_t sc[8], m[8];
+                ls_unpack_scales_k4(wb[b].scales, sc, m);
+                int isum = 0, msum = 0;
+                for (int s = 0; s < 8; ++s) {
+                    msum += m[s] * (xb[b].bsums[2 * s] + xb[b].bsums[2 * s + 1]);
+                    const uint8_t *q = wb[b].qs + 32 * (s / 2);
+                    int dot = 0;
+                    for (int l = 0; l < 32; ++l) dot += (s % 2 ? q[l] >> 4 : q[l] & 15) * xb[b].qs[32 * s + l];
+                    isum += sc[s] * dot;
+                }
+                acc = fmaf((float)isum, ls_fp16_to_fp32(wb[b].d) * xb[b].d, acc);
+                acc = fmaf(-(float)msum, ls_fp16_to_fp32(wb[b].dmin) * xb[b].d, acc);
+            }
+            y[(size_t)t * ldy + r] = acc;
+        }
+    }
+}
+
+// W rows r0..r1-1 (n_out, n) in Q6_K @ x (T, n) in Q8_K -> y[t * ldy + r] = fold over the super-blocks b:
+// acc = fmaf((float)sum_s sc_s * sum_k (q_k - 32) x_k over sub-block s, d * dx, acc)
+static void matmul_rows_q6_K_q8_K_lanes(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    for (int64_t t = 0; t < T; ++t) {
+        const block_q8_K *xb = (const block_q8_K *)((const char *)x + (size_t)t * x_stride);
+        for (int64_t r = r0; r < r1; ++r) {
+            const block_q6_K *wb = (const block_q6_K *)((const char *)w + (size_t)r * w_stride);
+            float acc = 0.0f;
+            for (int64_t b = 0; b < n / QK_K; ++b) {
+                int isum = 0;
+                for (int k = 0; k < QK_K; ++k) {    /* element k's quant from ql / qh (formats.h) */
+                    const int h = k / 128, l = k % 32, c = (k % 128) / 32;
+                    const uint8_t *ql = wb[b].ql + 64 * h, *qh = wb[b].qh + 32 * h;
+                    const int lo = c == 0 ? ql[l] & 15 : c == 1 ? ql[l + 32] & 15 : c == 2 ? ql[l] >> 4 : ql[l + 32] >> 4;
+                    const int qv = lo | (((qh[l] >> (2 * c)) & 3) << 4);
+                    isum += wb[b].scales[k / 16] * ((qv - 32) * xb[b].qs[k]);
+                }
+                acc = fmaf((float)isum, ls_fp16_to_fp32(wb[b].d) * xb[b].d, acc);
+            }
+            y[(size_t)t * ldy + r] = acc;
+        }
+    }
+}
+
+int ls_matmul_rows_lanes_ref(int type, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                             const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    if (!ls_row_ok(type, n)) return 0;
+    switch (type) {
+    case LS_TYPE_Q4_0: matmul_rows_q32_q8_0_lanes(1, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy); return 1;
+    case LS_TYPE_Q8_0: matmul_rows_q32_q8_0_lanes(0, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy); return 1;
+    case LS_TYPE_Q4_K: matmul_rows_q4_K_q8_K_lanes(n, w, w_stride, r0, r1, x, x_stride, T, y, ldy); return 1;
+    case LS_TYPE_Q6_K: matmul_rows_q6_K_q8_K_lanes(n, w, w_stride, r0, r1, x, x_stride, T, y, ldy); return 1;
+    default: return 0;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
  * Dequantizers: one row x of n elements -> y (n,) f32 */
 
 // x (n,) f32 -> y (n,) f32: a copy

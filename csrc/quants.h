@@ -12,8 +12,14 @@
  *     rearranges 16 rows at a time (per call, in a per-thread buffer — the file stays as it is)
  *     so that each int32 lane is one output row, and for 1-3 tokens a kernel giving the same
  *     results bit for bit (quants_avx512.c);
+ *   - on AVX2 CPUs (or LLMSTREAM_AVX512=0), for the same 4 types: the same scheme with 8 rows a
+ *     register (quants_avx2.c), in the same float order as the AVX-512 kernels (so the same bits);
  *   - else 4 tokens at a time through ls_vec_dot_x4 (each weight block decoded once for the 4),
  *     the rest through ls_vec_dot — bit for bit the same as ls_vec_dot for every token.
+ * The row-per-lane kernels add a row's block sums in another float order than ls_vec_dot (one FMA
+ * per block; their scalar twin is ls_matmul_rows_lanes_ref in quants_impl.h), so for those types
+ * ls_matmul_rows and ls_vec_dot agree to float rounding, not bit for bit; ls_matmul_rows with any T
+ * agrees with itself bit for bit, which is what batch invariance needs.
  * So a token's results never depend on how many tokens were evaluated with it (batch invariance:
  * KV prefix reuse and seeded generation rely on it). All kernels compute each block's integer sum
  * exactly, as the scalar reference does, and differ from it only in the order of float additions.
@@ -56,8 +62,9 @@ float   ls_vec_dot(int type, int64_t n, const void *w, const void *x);
  * decoded once for the 4 rows (a dedicated kernel where the SIMD table has one, else 4 ls_vec_dot). */
 void    ls_vec_dot_x4(int type, int64_t n, const void *w, const void *x, size_t x_stride, float *y);
 /* Rows r0..r1-1 of W (n_out, n) in `type` (w_stride bytes apart) @ x (T, n) already converted to the
- * vec_dot type (x_stride bytes apart) -> y[t * ldy + r] for t < T, r0 <= r < r1. Tokens go 4 at a
- * time through ls_vec_dot_x4 (each weight block decoded once per 4 tokens), the rest one by one.
+ * vec_dot type (x_stride bytes apart) -> y[t * ldy + r] for t < T, r0 <= r < r1. With the type's
+ * row-per-lane kernels where the level has them (see above), else tokens 4 at a time through
+ * ls_vec_dot_x4 (each weight block decoded once per 4 tokens), the rest one by one.
  * Single-threaded: callers split the rows between threads. */
 void    ls_matmul_rows(int type, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy);

@@ -14,6 +14,8 @@
 #pragma GCC target("avx2,fma,f16c")
 
 #include <immintrin.h>
+#include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "quants_impl.h"
@@ -570,6 +572,723 @@ static void vec_dot_q6_K_q8_K_x4_avx2(int64_t n, const void *vw, const void *vx,
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * Matmuls with a row per lane (Q4_0 and Q8_0 weights, Q8_0 activations): the gemm (4+ tokens) and
+ * gemv (1-3 tokens) slots, used by ls_matmul_rows instead of the kernels above.
+ *
+ * The kernels above put consecutive elements of one row in the lanes, so every block, row and token
+ * needs its own int32 -> float conversion and its own FMA (and vec_dot_x4 only shares the weight
+ * decoding between tokens). Here 8 rows are transposed so that int32 lane p is row p: for element
+ * group g (elements 4g..4g+3 of a block) one register holds those 4 quants of each of the 8 rows,
+ * and a token's 4 activations of group g are broadcast to every lane (vpbroadcastd). One
+ * vpmaddubsw then does 32 multiply-adds for 8 rows, and the float work is once per block for 8
+ * rows. Per row r, token t and block b (in order), the float recurrence is
+ *     acc = fma(float(isum_rtb), d_rb * dx_tb, acc),   y[t, r] = acc   (acc starting at 0)
+ * with isum the block's exact integer dot product — the same recurrence as the AVX-512 kernels
+ * (quants_avx512.c) and the scalar reference matmul_rows_q32_q8_0_lanes (quants.c), so the three
+ * give the same bits. gemm and gemv differ only in where the transposed quants come from:
+ *   gemm: each group of 8 rows is transposed once per call into a per-thread buffer (a "tile" of
+ *     288 bytes per block), then run against the tokens 4 at a time (each group register loaded
+ *     once for 4 tokens, each broadcast activation reused by 8 rows), the rest 1-3 at a time;
+ *   gemv (the 1-3 tokens of a decode step; the weights are read once): Q4_0 does the same
+ *     transposition in registers, block by block, without storing it; Q8_0 computes each row's
+ *     block sums with the elements in the lanes, as vec_dot does, row after row in file order, and
+ *     then reduces 8 rows to a row per lane (vphaddd) — see "decode kernels" below.
+ *
+ * Integer sums, with x the token's int8 quants (|x| <= 127, as the Q8_0 quantizer makes them):
+ *   Q4_0: q in 0..15 unsigned:  isum = sum_g maddubs(q_g, x_g) (int16: 8 groups x 2 x 15 x 127 =
+ *         30480 fits) - 8 * sum(x)   (the -8 offset through the token's block sum, precomputed);
+ *   Q8_0: q signed: per group maddubs(|q|, sign(x, q)) (<= 2 x 128 x 127 per int16), widened to
+ *         int32 with vpmaddwd before the 8 groups are added. */
+
+/* Per token and block of the activations: fp16(dx) as float and -c * sum(qx) (c = 8 for Q4_0). */
+typedef struct { float d; int32_t corr; } q8_0_side;
+
+/* 8 rows' quants of one block, transposed: q[g] holds elements 4g..4g+3 of row p in int32 lane p
+ * (Q4_0: unsigned 0..15; Q8_0: signed as stored), d[p] = fp16(d) of row p. */
+typedef struct {
+    __m256i q[8];
+    float d[8];
+} rows8_tile;
+_Static_assert(sizeof(rows8_tile) == 288, "rows8_tile must be 288 bytes");
+
+static inline void *avx2_thread_buffer(size_t bytes, int which) {
+    static __thread void *buf[2];
+    static __thread size_t cap[2];
+    if (bytes > cap[which]) {
+        free(buf[which]);
+        buf[which] = aligned_alloc(64, (bytes + 63) / 64 * 64);
+        cap[which] = buf[which] ? bytes : 0;
+    }
+    return buf[which];
+}
+
+/* Pointers to rows r .. r+7 of W, those past r1 repeating the last row (their lanes are computed but
+ * not stored: a partial group is computed lane for lane as a full one); returns the valid rows. */
+static inline int rows8_ptrs(const void *w, size_t w_stride, int64_t r, int64_t r1, const uint8_t *rp[8]) {
+    const int rows = r1 - r < 8 ? (int)(r1 - r) : 8;
+    for (int i = 0; i < 8; ++i) rp[i] = (const uint8_t *)w + (size_t)(r + (i < rows ? i : rows - 1)) * w_stride;
+    return rows;
+}
+
+static inline void store_rows8(float *y, __m256 acc, int rows) {
+    if (rows == 8) {
+        _mm256_storeu_ps(y, acc);
+        return;
+    }
+    float o[8];
+    _mm256_storeu_ps(o, acc);
+    for (int i = 0; i < rows; ++i) y[i] = o[i];
+}
+
+/* The fp16 fields at byte offset off of rows rp[0..7] -> 8 floats (lane p: row rp[p]). */
+static inline __m256 rows8_fp16(const uint8_t *const *rp, size_t off) {
+    uint16_t h[8];
+    for (int i = 0; i < 8; ++i) memcpy(&h[i], rp[i] + off, 2);
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+}
+
+/* The 128-bit pieces at offset off of rows rp[0..7] -> 4 registers, dword m of row p in lane p of
+ * out[m] (a 4x4 dword transposition in each 128-bit half: rows 0-3 low, 4-7 high). */
+static inline __attribute__((always_inline)) void rows8_transpose128(const uint8_t *const *rp, size_t off, __m256i out[4]) {
+    __m256i a[4];
+    for (int k = 0; k < 4; ++k)
+        a[k] = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(rp[k] + off))),
+                                       _mm_loadu_si128((const __m128i *)(rp[k + 4] + off)), 1);
+    const __m256i t0 = _mm256_unpacklo_epi32(a[0], a[1]), t1 = _mm256_unpackhi_epi32(a[0], a[1]);
+    const __m256i t2 = _mm256_unpacklo_epi32(a[2], a[3]), t3 = _mm256_unpackhi_epi32(a[2], a[3]);
+    out[0] = _mm256_unpacklo_epi64(t0, t2);
+    out[1] = _mm256_unpackhi_epi64(t0, t2);
+    out[2] = _mm256_unpacklo_epi64(t1, t3);
+    out[3] = _mm256_unpackhi_epi64(t1, t3);
+}
+
+/* Block b of rows rp[0..7] (Q4_0 if q4, else Q8_0) -> the 8 group registers of a rows8_tile. */
+static inline __attribute__((always_inline)) void rows8_block_groups(const int q4, const uint8_t *const *rp, int64_t b,
+                                                                    __m256i g[8]) {
+    if (q4) {
+        const __m256i low4 = _mm256_set1_epi8(0x0f);
+        __m256i raw[4];   /* dword m: bytes 4m..4m+3 = groups m (low nibbles) and 4 + m (high) */
+        rows8_transpose128(rp, (size_t)b * sizeof(block_q4_0) + offsetof(block_q4_0, qs), raw);
+        for (int m = 0; m < 4; ++m) {
+            g[m] = _mm256_and_si256(raw[m], low4);
+            g[4 + m] = _mm256_and_si256(_mm256_srli_epi16(raw[m], 4), low4);
+        }
+    } else {
+        const size_t off = (size_t)b * sizeof(block_q8_0) + offsetof(block_q8_0, qs);
+        rows8_transpose128(rp, off, g);
+        rows8_transpose128(rp, off + 16, g + 4);
+    }
+}
+
+/* An empty asm that "changes" v: the compiler cannot reassociate a chain of integer adds across it.
+ * Without it GCC turns each token's 8-add chain into a tree that computes all 32 products of a
+ * 4-token tile first, which needs more than the 16 ymm registers (spills: ~40 % more instructions). */
+#define LS_KEEP_ORDER(v) __asm__("" : "+x"(v))
+
+/* The 4 int8 activations at p on every int32 lane. */
+static inline __m256i bcast_x4(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+/* Q4_0: the exact integer block sums of 8 rows (lanes, quants g[8] in 0..15) · one token's block xq,
+ * corr = -8 * sum(xq). */
+static inline __attribute__((always_inline)) __m256i rows8_isum_q4_0(const __m256i *g, const int8_t *xq, int32_t corr) {
+    __m256i s = _mm256_maddubs_epi16(g[0], bcast_x4(xq));
+    for (int j = 1; j < 8; ++j) {
+        s = _mm256_add_epi16(s, _mm256_maddubs_epi16(g[j], bcast_x4(xq + 4 * j)));
+        LS_KEEP_ORDER(s);
+    }
+    return _mm256_add_epi32(_mm256_madd_epi16(s, _mm256_set1_epi16(1)), _mm256_set1_epi32(corr));
+}
+
+/* Per token and block: fp16(dx) and -c * sum(qx) (c = 8 for Q4_0, 0 for Q8_0). */
+static void q8_0_side_data(int64_t nb, const void *x, size_t x_stride, int64_t T, int c_shift, q8_0_side *side) {
+    for (int64_t t = 0; t < T; ++t) {
+        const block_q8_0 *xb = (const block_q8_0 *)((const uint8_t *)x + (size_t)t * x_stride);
+        for (int64_t b = 0; b < nb; ++b) {
+            side[t * nb + b].d = ls_fp16_to_fp32_f16c(xb[b].d);
+            if (c_shift < 0) {
+                side[t * nb + b].corr = 0;
+                continue;
+            }
+            const __m256i v = _mm256_loadu_si256((const __m256i *)xb[b].qs);
+            const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), v), _mm256_set1_epi16(1));
+            __m128i h = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+            h = _mm_add_epi32(h, _mm_unpackhi_epi64(h, h));
+            h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 1));
+            side[t * nb + b].corr = -(_mm_cvtsi128_si32(h) << c_shift);
+        }
+    }
+}
+
+/* nt tokens t0.. (a constant 1..4) against one tile of 8 rows: y[(t0 + t) * ldy + p] for p < rows. */
+static inline __attribute__((always_inline)) void gemm_rows8_tile(
+        const int q4, int64_t nb, const rows8_tile *tiles, const uint8_t *x, size_t x_stride,
+        const q8_0_side *side, int64_t t0, const int nt, float *y, size_t ldy, int rows) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[4];
+    for (int t = 0; t < nt; ++t) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        const rows8_tile *tl = &tiles[b];
+        const int8_t *xq[4];
+        __m256i s[4];
+        for (int t = 0; t < nt; ++t) xq[t] = ((const block_q8_0 *)(x + (size_t)(t0 + t) * x_stride) + b)->qs;
+        for (int j = 0; j < 8; ++j) {
+            const __m256i q = _mm256_load_si256(&tl->q[j]);
+            if (q4) {
+                for (int t = 0; t < nt; ++t) {
+                    const __m256i p = _mm256_maddubs_epi16(q, bcast_x4(xq[t] + 4 * j));
+                    s[t] = j ? _mm256_add_epi16(s[t], p) : p;
+                    LS_KEEP_ORDER(s[t]);
+                }
+            } else {
+                const __m256i qa = _mm256_sign_epi8(q, q);
+                for (int t = 0; t < nt; ++t) {
+                    const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(qa, _mm256_sign_epi8(bcast_x4(xq[t] + 4 * j), q)), ones);
+                    s[t] = j ? _mm256_add_epi32(s[t], p) : p;
+                    LS_KEEP_ORDER(s[t]);
+                }
+            }
+        }
+        const __m256 dw = _mm256_load_ps(tl->d);
+        for (int t = 0; t < nt; ++t) {
+            const q8_0_side *sd = &side[(t0 + t) * nb + b];
+            const __m256i isum = q4 ? _mm256_add_epi32(_mm256_madd_epi16(s[t], ones), _mm256_set1_epi32(sd->corr)) : s[t];
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, _mm256_set1_ps(sd->d)), acc[t]);
+        }
+    }
+    for (int t = 0; t < nt; ++t) store_rows8(y + (size_t)(t0 + t) * ldy, acc[t], rows);
+}
+
+/* Q4_0 (q4 = 1) / Q8_0 weights, rows r0..r1-1 @ x (T, n) Q8_0 -> y[t * ldy + r]; returns r1 (r0 when
+ * out of memory). */
+static inline __attribute__((always_inline)) int64_t gemm_q32_q8_0_avx2(
+        const int q4, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    const int64_t nb = n / QK8_0;
+    rows8_tile *tiles = avx2_thread_buffer((size_t)nb * sizeof(rows8_tile), 0);
+    q8_0_side *side = avx2_thread_buffer((size_t)(T * nb) * sizeof(q8_0_side), 1);
+    if (!tiles || !side) return r0;
+    q8_0_side_data(nb, x, x_stride, T, q4 ? 3 : -1, side);
+    for (int64_t r = r0; r < r1; r += 8) {
+        const uint8_t *rp[8];
+        const int rows = rows8_ptrs(w, w_stride, r, r1, rp);
+        /* the tile reads its 8 rows side by side: fetch the next group's (contiguous) meanwhile */
+        if (r + 8 < r1) {
+            const char *next = (const char *)w + (size_t)(r + 8) * w_stride;
+            const size_t bytes = (size_t)(r1 - r - 8 < 8 ? r1 - r - 8 : 8) * w_stride;
+            for (size_t o = 0; o < bytes; o += 64) _mm_prefetch(next + o, _MM_HINT_T0);
+        }
+        for (int64_t b = 0; b < nb; ++b) {
+            rows8_block_groups(q4, rp, b, tiles[b].q);
+            _mm256_store_ps(tiles[b].d, rows8_fp16(rp, (size_t)b * (q4 ? sizeof(block_q4_0) : sizeof(block_q8_0))));
+        }
+        int64_t t = 0;
+        for (; t + 4 <= T; t += 4) gemm_rows8_tile(q4, nb, tiles, x, x_stride, side, t, 4, y + r, ldy, rows);
+        switch (T - t) {
+        case 3: gemm_rows8_tile(q4, nb, tiles, x, x_stride, side, t, 3, y + r, ldy, rows); break;
+        case 2: gemm_rows8_tile(q4, nb, tiles, x, x_stride, side, t, 2, y + r, ldy, rows); break;
+        case 1: gemm_rows8_tile(q4, nb, tiles, x, x_stride, side, t, 1, y + r, ldy, rows); break;
+        default: break;
+        }
+    }
+    return r1;
+}
+
+/* Q4_0 gemv: nt tokens (a constant 1..3) against rows r0..r1-1, transposing block by block in
+ * registers (for the 18-byte blocks that costs less than reducing each row's sums as Q8_0 does). */
+static inline __attribute__((always_inline)) void gemv_q4_0_rows(
+        const int nt, int64_t nb, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+        const void *x, size_t x_stride, const q8_0_side *side, float *y, size_t ldy) {
+    for (int64_t r = r0; r < r1; r += 8) {
+        const uint8_t *rp[8];
+        const int rows = rows8_ptrs(w, w_stride, r, r1, rp);
+        /* the next group's rows (contiguous), spread over this group's blocks (past r1 too: prefetches
+         * never fault, and the next rows are usually this thread's next work item) */
+        const char *next = (const char *)w + (size_t)(r + 8) * w_stride;
+        const size_t next_bytes = 8 * w_stride;
+        const size_t per_block = (next_bytes / (size_t)nb + 63) / 64 * 64;
+        __m256 acc[3];
+        for (int t = 0; t < nt; ++t) acc[t] = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; ++b) {
+            for (size_t o = (size_t)b * per_block; o < (size_t)(b + 1) * per_block && o < next_bytes; o += 64)
+                _mm_prefetch(next + o, _MM_HINT_T0);
+            __m256i g[8];
+            rows8_block_groups(1, rp, b, g);
+            const __m256 dw = rows8_fp16(rp, (size_t)b * sizeof(block_q4_0));
+            for (int t = 0; t < nt; ++t) {
+                const q8_0_side *sd = &side[t * nb + b];
+                const int8_t *xq = ((const block_q8_0 *)((const uint8_t *)x + (size_t)t * x_stride) + b)->qs;
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(rows8_isum_q4_0(g, xq, sd->corr)),
+                                         _mm256_mul_ps(dw, _mm256_set1_ps(sd->d)), acc[t]);
+            }
+        }
+        for (int t = 0; t < nt; ++t) store_rows8(y + (size_t)t * ldy + r, acc[t], rows);
+    }
+}
+
+/* v[0..7] (row i's lanes in v[i]) -> lane i = the sum of v[i]'s lanes (vphaddd). */
+static inline __m256i reduce8_epi32(const __m256i *v) {
+    const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+}
+
+/* The decode kernels below (Q8_0, Q4_K, Q6_K) read the weights row by row, in file order (a decode
+ * step is bound by memory bandwidth, and 8 rows read side by side block by block measured 3-5 %
+ * slower tg than one row streaming after another): pass 1 computes each row's block sums with the
+ * elements in the lanes into a per-thread scratch (v[b * 8 + i], 32 bytes per row and block, in L1),
+ * pass 2 reduces them to a row per lane and runs the float steps for the 8 rows. */
+
+/* Q8_0 gemv: each row's block sums with the elements in the lanes (no transposition), reduced to a
+ * row per lane; nt tokens (a constant 1..3). */
+static inline __attribute__((always_inline)) void gemv_q8_0_rows(
+        const int nt, int64_t nb, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+        const void *x, size_t x_stride, const q8_0_side *side, float *y, size_t ldy, __m256i *v) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t r = r0; r < r1; r += 8) {
+        const uint8_t *rp[8];
+        const int rows = rows8_ptrs(w, w_stride, r, r1, rp);
+        for (int t = 0; t < nt; ++t) {
+            const block_q8_0 *xb = (const block_q8_0 *)((const uint8_t *)x + (size_t)t * x_stride);
+            for (int i = 0; i < 8; ++i) {
+                const block_q8_0 *wb = (const block_q8_0 *)rp[i];
+                for (int64_t b = 0; b < nb; ++b) {
+                    const __m256i q = _mm256_loadu_si256((const __m256i *)wb[b].qs);
+                    const __m256i xv = _mm256_loadu_si256((const __m256i *)xb[b].qs);
+                    v[b * 8 + i] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xv, q)), ones);
+                }
+            }
+            __m256 acc = _mm256_setzero_ps();
+            for (int64_t b = 0; b < nb; ++b) {
+                const __m256 dw = rows8_fp16(rp, (size_t)b * sizeof(block_q8_0));
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8_epi32(v + b * 8)),
+                                      _mm256_mul_ps(dw, _mm256_set1_ps(side[t * nb + b].d)), acc);
+            }
+            store_rows8(y + (size_t)t * ldy + r, acc, rows);
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) int64_t gemv_q32_q8_0_avx2(
+        const int q4, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    const int64_t nb = n / QK8_0;
+    q8_0_side *side = avx2_thread_buffer((size_t)(T * nb) * sizeof(q8_0_side), 1);
+    __m256i *v = q4 ? NULL : avx2_thread_buffer((size_t)nb * 8 * sizeof(__m256i), 0);
+    if (!side || (!q4 && !v)) return r0;
+    q8_0_side_data(nb, x, x_stride, T, q4 ? 3 : -1, side);
+    /* 3 tokens at a time, then the rest (nt a constant in each call) */
+    for (int64_t t = 0; t < T; t += 3) {
+        const int nt = T - t < 3 ? (int)(T - t) : 3;
+        const uint8_t *xt = (const uint8_t *)x + (size_t)t * x_stride;
+        float *yt = y + (size_t)t * ldy;
+        if (q4) {
+            if (nt == 3) gemv_q4_0_rows(3, nb, w, w_stride, r0, r1, xt, x_stride, side + t * nb, yt, ldy);
+            else if (nt == 2) gemv_q4_0_rows(2, nb, w, w_stride, r0, r1, xt, x_stride, side + t * nb, yt, ldy);
+            else gemv_q4_0_rows(1, nb, w, w_stride, r0, r1, xt, x_stride, side + t * nb, yt, ldy);
+        } else {
+            gemv_q8_0_rows(nt, nb, w, w_stride, r0, r1, xt, x_stride, side + t * nb, yt, ldy, v);
+        }
+    }
+    return r1;
+}
+
+// W rows r0..r1-1 (n_out, n) in Q4_0 @ x (T, n) in Q8_0, T >= 4 -> y[t * ldy + r]
+//   = fold over blocks b: acc = fma(float(sum_k q_k x_k - 8 sum_k x_k), d_rb * dx_tb, acc)
+static int64_t gemm_q4_0_q8_0_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                   const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    return gemm_q32_q8_0_avx2(1, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
+}
+
+// W rows r0..r1-1 (n_out, n) in Q4_0 @ x (T, n) in Q8_0, any T (decode: 1-3) -> y: bit for bit gemm_q4_0_q8_0_avx2
+static int64_t gemv_q4_0_q8_0_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                   const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    return gemv_q32_q8_0_avx2(1, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
+}
+
+// W rows r0..r1-1 (n_out, n) in Q8_0 @ x (T, n) in Q8_0, T >= 4 -> y[t * ldy + r]
+//   = fold over blocks b: acc = fma(float(sum_k q_k x_k), d_rb * dx_tb, acc)
+static int64_t gemm_q8_0_q8_0_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                   const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    return gemm_q32_q8_0_avx2(0, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
+}
+
+// W rows r0..r1-1 (n_out, n) in Q8_0 @ x (T, n) in Q8_0, any T (decode: 1-3) -> y: bit for bit gemm_q8_0_q8_0_avx2
+static int64_t gemv_q8_0_q8_0_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                   const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    return gemv_q32_q8_0_avx2(0, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
+}
+
+/* ---- Q4_K weights (Q8_K activations) with a row per lane, as Q4_0 above. Per row, token and
+ * super-block (in order), with isum = sum_s sc_s * (q·x)_s and msum = sum_s m_s * bsum_s (exact):
+ *     acc = fma(float(isum), d * dx, acc);  acc = fma(-float(msum), dmin * dx, acc)
+ * — the float order of gemm_q4_K_q8_K_avx512 (fmadd, then fnmadd), and of the scalar twin.
+ * gemm: per 8-row group a tile per super-block (2.5 KB: the 64 group registers of quants 0..15,
+ * the scales and mins as int16 lanes), tokens 4 at a time; the 8 groups of a sub-block add in int16
+ * (8 x 2 x 15 x 127 = 30480 fits), vpmaddwd applies the sub-block's scale per lane.
+ * gemv: each row's sums as vec_dot_q4_K_q8_K_avx2 computes them (elements in the lanes), row after
+ * row, then 8 rows reduced to a row per lane (as for Q8_0 above). */
+
+typedef struct {
+    __m256i q[8][8];    /* [s][j]: elements 32 s + 4 j .. +3 of lane p's row (0..15) */
+    __m256i sc[8];      /* [s]: the sub-block's scale in both int16 halves of lane p */
+    __m256i m[4];       /* [j]: mins of sub-blocks 2j (low int16) and 2j + 1 (high) */
+    float d[8], dmin[8];
+} q4_K_rows8_tile;
+
+/* Per token and super-block of Q8_K activations: d, and the sub-block sums as int16 pairs. */
+typedef struct { float d; int32_t bs[4]; } q8_K_side;
+
+static void q8_K_side_data(int64_t nb, const void *x, size_t x_stride, int64_t T, q8_K_side *side) {
+    for (int64_t t = 0; t < T; ++t) {
+        const block_q8_K *xb = (const block_q8_K *)((const uint8_t *)x + (size_t)t * x_stride);
+        for (int64_t b = 0; b < nb; ++b) {
+            side[t * nb + b].d = xb[b].d;
+            for (int j = 0; j < 4; ++j) {
+                const int lo = xb[b].bsums[4 * j] + xb[b].bsums[4 * j + 1];
+                const int hi = xb[b].bsums[4 * j + 2] + xb[b].bsums[4 * j + 3];
+                side[t * nb + b].bs[j] = (int32_t)(uint16_t)(int16_t)lo | (int32_t)((uint32_t)(uint16_t)(int16_t)hi << 16);
+            }
+        }
+    }
+}
+
+// W rows rp[0..7] (Q4_K), super-block b -> tile
+static void tile_q4_K_rows8(const uint8_t *const *rp, int64_t b, q4_K_rows8_tile *tl) {
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    const size_t base = (size_t)b * sizeof(block_q4_K);
+    for (int k = 0; k < 4; ++k) {        /* qs chunk k: sub-blocks 2k (low nibbles), 2k + 1 (high) */
+        __m256i raw[8];
+        rows8_transpose128(rp, base + offsetof(block_q4_K, qs) + 32 * k, raw);
+        rows8_transpose128(rp, base + offsetof(block_q4_K, qs) + 32 * k + 16, raw + 4);
+        for (int j = 0; j < 8; ++j) {
+            _mm256_store_si256(&tl->q[2 * k][j], _mm256_and_si256(raw[j], low4));
+            _mm256_store_si256(&tl->q[2 * k + 1][j], _mm256_and_si256(_mm256_srli_epi16(raw[j], 4), low4));
+        }
+    }
+    int32_t sc[8][8], m[4][8];
+    float d[8], dmin[8];
+    for (int p = 0; p < 8; ++p) {
+        const block_q4_K *blk = (const block_q4_K *)(rp[p] + base);
+        uint8_t s6[8], m6[8];
+        ls_unpack_scales_k4(blk->scales, s6, m6);
+        for (int s = 0; s < 8; ++s) sc[s][p] = (int32_t)s6[s] * 0x10001;
+        for (int j = 0; j < 4; ++j) m[j][p] = (int32_t)m6[2 * j] | ((int32_t)m6[2 * j + 1] << 16);
+        d[p] = ls_fp16_to_fp32_f16c(blk->d);
+        dmin[p] = ls_fp16_to_fp32_f16c(blk->dmin);
+    }
+    for (int s = 0; s < 8; ++s) _mm256_store_si256(&tl->sc[s], _mm256_loadu_si256((const __m256i *)sc[s]));
+    for (int j = 0; j < 4; ++j) _mm256_store_si256(&tl->m[j], _mm256_loadu_si256((const __m256i *)m[j]));
+    memcpy(tl->d, d, sizeof d);
+    memcpy(tl->dmin, dmin, sizeof dmin);
+}
+
+/* nt tokens t0.. (a constant 1..4) against the tiles of one 8-row group. */
+static inline __attribute__((always_inline)) void gemm_q4_K_rows8_tile(
+        int64_t nb, const q4_K_rows8_tile *tiles, const uint8_t *x, size_t x_stride, const q8_K_side *side,
+        int64_t t0, const int nt, float *y, size_t ldy, int rows) {
+    __m256 acc[4];
+    for (int t = 0; t < nt; ++t) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        const q4_K_rows8_tile *tl = &tiles[b];
+        const int8_t *xq[4];
+        __m256i isum[4];
+        for (int t = 0; t < nt; ++t) {
+            xq[t] = ((const block_q8_K *)(x + (size_t)(t0 + t) * x_stride) + b)->qs;
+            isum[t] = _mm256_setzero_si256();
+        }
+        for (int s = 0; s < 8; ++s) {
+            __m256i s16[4];
+            for (int j = 0; j < 8; ++j) {
+                const __m256i q = _mm256_load_si256(&tl->q[s][j]);
+                for (int t = 0; t < nt; ++t) {
+                    const __m256i p = _mm256_maddubs_epi16(q, bcast_x4(xq[t] + 32 * s + 4 * j));
+                    s16[t] = j ? _mm256_add_epi16(s16[t], p) : p;
+                    LS_KEEP_ORDER(s16[t]);
+                }
+            }
+            const __m256i sc = _mm256_load_si256(&tl->sc[s]);
+            for (int t = 0; t < nt; ++t) {
+                isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s16[t], sc));
+                LS_KEEP_ORDER(isum[t]);
+            }
+        }
+        const __m256 d = _mm256_load_ps(tl->d), dmin = _mm256_load_ps(tl->dmin);
+        for (int t = 0; t < nt; ++t) {
+            const q8_K_side *sd = &side[(t0 + t) * nb + b];
+            __m256i msum = _mm256_madd_epi16(_mm256_load_si256(&tl->m[0]), _mm256_set1_epi32(sd->bs[0]));
+            for (int j = 1; j < 4; ++j)
+                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(_mm256_load_si256(&tl->m[j]), _mm256_set1_epi32(sd->bs[j])));
+            const __m256 dx = _mm256_set1_ps(sd->d);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, dx), acc[t]);
+            acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, dx), acc[t]);
+        }
+    }
+    for (int t = 0; t < nt; ++t) store_rows8(y + (size_t)(t0 + t) * ldy, acc[t], rows);
+}
+
+// W rows r0..r1-1 (n_out, n) in Q4_K @ x (T, n) in Q8_K, T >= 4 -> y[t * ldy + r]
+//   = fold over super-blocks b: acc = fma(isum_b, d_b * dx_b, acc); acc = fma(-msum_b, dmin_b * dx_b, acc)
+static int64_t gemm_q4_K_q8_K_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                   const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    const int64_t nb = n / QK_K;
+    q4_K_rows8_tile *tiles = avx2_thread_buffer((size_t)nb * sizeof(q4_K_rows8_tile), 0);
+    q8_K_side *side = avx2_thread_buffer((size_t)(T * nb) * sizeof(q8_K_side), 1);
+    if (!tiles || !side) return r0;
+    q8_K_side_data(nb, x, x_stride, T, side);
+    for (int64_t r = r0; r < r1; r += 8) {
+        const uint8_t *rp[8];
+        const int rows = rows8_ptrs(w, w_stride, r, r1, rp);
+        if (r + 8 < r1) {
+            const char *next = (const char *)w + (size_t)(r + 8) * w_stride;
+            const size_t bytes = (size_t)(r1 - r - 8 < 8 ? r1 - r - 8 : 8) * w_stride;
+            for (size_t o = 0; o < bytes; o += 64) _mm_prefetch(next + o, _MM_HINT_T0);
+        }
+        for (int64_t b = 0; b < nb; ++b) tile_q4_K_rows8(rp, b, &tiles[b]);
+        int64_t t = 0;
+        for (; t + 4 <= T; t += 4) gemm_q4_K_rows8_tile(nb, tiles, x, x_stride, side, t, 4, y + r, ldy, rows);
+        switch (T - t) {
+        case 3: gemm_q4_K_rows8_tile(nb, tiles, x, x_stride, side, t, 3, y + r, ldy, rows); break;
+        case 2: gemm_q4_K_rows8_tile(nb, tiles, x, x_stride, side, t, 2, y + r, ldy, rows); break;
+        case 1: gemm_q4_K_rows8_tile(nb, tiles, x, x_stride, side, t, 1, y + r, ldy, rows); break;
+        default: break;
+        }
+    }
+    return r1;
+}
+
+/* Q4_K block · Q8_K block, exactly, with the elements in the lanes (vec_dot_q4_K_q8_K_avx2's integer
+ * work): *isum = 8 int32 lanes adding up to sum_s sc_s * (q·x)_s, *msum = 4 lanes adding up to
+ * sum_s m_s * bsum_s. */
+static inline __attribute__((always_inline)) void q4_K_block_lanes(const block_q4_K *blk, const block_q8_K *xb,
+                                                                  __m256i *isum, __m128i *msum) {
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    const __m256i scales_mins = ls_unpack_scales_mins_k4_avx2(blk->scales);
+    *msum = mins_dot_bsums(scales_mins, xb->bsums);
+    const __m128i sc128 = _mm256_castsi256_si128(scales_mins);
+    const __m256i scales = _mm256_set_m128i(sc128, sc128);
+    __m256i sumi = _mm256_setzero_si256();
+    for (int g = 0; g < 4; ++g) {
+        const __m256i bits = _mm256_loadu_si256((const __m256i *)(blk->qs + 32 * g));
+        const __m256i lo = _mm256_and_si256(bits, low4);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), low4);
+        const __m256i p_lo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(xb->qs + 64 * g)));
+        const __m256i p_hi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xb->qs + 64 * g + 32)));
+        sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(_mm256_madd_epi16(p_lo, _mm256_shuffle_epi8(scales, bcast16_mask(2 * g))),
+                                                       _mm256_madd_epi16(p_hi, _mm256_shuffle_epi8(scales, bcast16_mask(2 * g + 1)))));
+    }
+    *isum = sumi;
+}
+
+/* 8 vectors of 4 int32 (v[i]: partial sums of row i) -> lane i = the sum of v[i]'s lanes. */
+static inline __m256i reduce8_epi32_128(const __m128i *v) {
+    const __m128i a = _mm_hadd_epi32(_mm_hadd_epi32(v[0], v[1]), _mm_hadd_epi32(v[2], v[3]));
+    const __m128i b = _mm_hadd_epi32(_mm_hadd_epi32(v[4], v[5]), _mm_hadd_epi32(v[6], v[7]));
+    return _mm256_set_m128i(b, a);
+}
+
+/* Q4_K gemv: token by token against rows r0..r1-1; v: scratch of nb * 8 vectors, m: nb * 8. */
+static void gemv_q4_K_rows(int64_t T, int64_t nb, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                           const void *x, size_t x_stride, float *y, size_t ldy, __m256i *v, __m128i *m) {
+    for (int64_t r = r0; r < r1; r += 8) {
+        const uint8_t *rp[8];
+        const int rows = rows8_ptrs(w, w_stride, r, r1, rp);
+        for (int64_t t = 0; t < T; ++t) {
+            const block_q8_K *xb = (const block_q8_K *)((const uint8_t *)x + (size_t)t * x_stride);
+            for (int i = 0; i < 8; ++i)
+                for (int64_t b = 0; b < nb; ++b)
+                    q4_K_block_lanes((const block_q4_K *)rp[i] + b, &xb[b], &v[b * 8 + i], &m[b * 8 + i]);
+            __m256 acc = _mm256_setzero_ps();
+            for (int64_t b = 0; b < nb; ++b) {
+                const size_t off = (size_t)b * sizeof(block_q4_K);
+                const __m256 d = rows8_fp16(rp, off + offsetof(block_q4_K, d));
+                const __m256 dmin = rows8_fp16(rp, off + offsetof(block_q4_K, dmin));
+                const __m256 dx = _mm256_set1_ps(xb[b].d);
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8_epi32(v + b * 8)), _mm256_mul_ps(d, dx), acc);
+                acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(reduce8_epi32_128(m + b * 8)), _mm256_mul_ps(dmin, dx), acc);
+            }
+            store_rows8(y + (size_t)t * ldy + r, acc, rows);
+        }
+    }
+}
+
+// W rows r0..r1-1 (n_out, n) in Q4_K @ x (T, n) in Q8_K, any T (decode: 1-3) -> y: bit for bit gemm_q4_K_q8_K_avx2
+static int64_t gemv_q4_K_q8_K_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                   const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    const int64_t nb = n / QK_K;
+    __m256i *v = avx2_thread_buffer((size_t)nb * 8 * (sizeof(__m256i) + sizeof(__m128i)), 0);
+    if (!v) return r0;
+    gemv_q4_K_rows(T, nb, w, w_stride, r0, r1, x, x_stride, y, ldy, v, (__m128i *)(v + nb * 8));
+    return r1;
+}
+
+/* ---- Q6_K weights (Q8_K activations) with a row per lane: quants q in 0..63 unsigned, the -32
+ * offset through the activation sub-block sums. Per row, token and super-block (in order):
+ *     acc = fma(float(sum_s sc_s * (q·x)_s - 32 * sum_s sc_s * bsum_s), d * dx, acc)
+ * — the float order of gemm_q6_K_q8_K_avx512 and of the scalar twin. gemm: per 8-row group a tile
+ * per super-block (2 KB of group registers, the 16 signed scales as int16 lanes); two groups add in
+ * int16 (2 x 2 x 63 x 127 = 32004 fits) before vpmaddwd applies the scale. gemv: each row's sums as
+ * vec_dot_q6_K_q8_K_avx2 computes them, 8 rows reduced to a row per lane. */
+
+typedef struct {
+    __m256i q[64];      /* [4 s + j]: elements 16 s + 4 j .. +3 of lane p's row (0..63) */
+    __m256i sc[16];     /* [s]: the sub-block's scale in both int16 halves of lane p */
+    __m256i scp[8];     /* [j]: scales of sub-blocks 2j (low int16) and 2j + 1 (high) */
+    float d[8];
+} q6_K_rows8_tile;
+
+// W rows rp[0..7] (Q6_K), super-block b -> tile
+static void tile_q6_K_rows8(const uint8_t *const *rp, int64_t b, q6_K_rows8_tile *tl) {
+    uint8_t qs[8][QK_K] __attribute__((aligned(32)));   /* the 8 rows' quants in element order */
+    const uint8_t *qp[8];
+    for (int r = 0; r < 8; ++r) {
+        const block_q6_K *blk = (const block_q6_K *)rp[r] + b;
+        for (int h = 0; h < 2; ++h) {
+            __m256i q[4];
+            ls_q6_K_quants_half_avx2(blk, h, q);
+            for (int k = 0; k < 4; ++k) _mm256_store_si256((__m256i *)(qs[r] + 128 * h + 32 * k), q[k]);
+        }
+        qp[r] = qs[r];
+    }
+    for (int c = 0; c < 16; ++c)          /* 16-byte column c: groups 4c .. 4c+3 */
+        rows8_transpose128(qp, (size_t)(16 * c), &tl->q[4 * c]);
+    int32_t sc[16][8], scp[8][8];
+    for (int p = 0; p < 8; ++p) {
+        const block_q6_K *blk = (const block_q6_K *)rp[p] + b;
+        for (int s = 0; s < 16; ++s) sc[s][p] = (int32_t)((uint32_t)(uint16_t)(int16_t)blk->scales[s] * 0x10001u);
+        for (int j = 0; j < 8; ++j)
+            scp[j][p] = (int32_t)(uint16_t)(int16_t)blk->scales[2 * j]
+                      | (int32_t)((uint32_t)(uint16_t)(int16_t)blk->scales[2 * j + 1] << 16);
+        tl->d[p] = ls_fp16_to_fp32_f16c(blk->d);
+    }
+    for (int s = 0; s < 16; ++s) _mm256_store_si256(&tl->sc[s], _mm256_loadu_si256((const __m256i *)sc[s]));
+    for (int j = 0; j < 8; ++j) _mm256_store_si256(&tl->scp[j], _mm256_loadu_si256((const __m256i *)scp[j]));
+}
+
+static inline __attribute__((always_inline)) void gemm_q6_K_rows8_tile(
+        int64_t nb, const q6_K_rows8_tile *tiles, const uint8_t *x, size_t x_stride,
+        int64_t t0, const int nt, float *y, size_t ldy, int rows) {
+    __m256 acc[4];
+    for (int t = 0; t < nt; ++t) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        const q6_K_rows8_tile *tl = &tiles[b];
+        const block_q8_K *xb[4];
+        __m256i isum[4];
+        for (int t = 0; t < nt; ++t) {
+            xb[t] = (const block_q8_K *)(x + (size_t)(t0 + t) * x_stride) + b;
+            isum[t] = _mm256_setzero_si256();
+        }
+        for (int s = 0; s < 16; ++s) {
+            const __m256i sc = _mm256_load_si256(&tl->sc[s]);
+            for (int half = 0; half < 2; ++half) {   /* groups 2 half, 2 half + 1 of sub-block s */
+                const __m256i qa = _mm256_load_si256(&tl->q[4 * s + 2 * half]);
+                const __m256i qb = _mm256_load_si256(&tl->q[4 * s + 2 * half + 1]);
+                for (int t = 0; t < nt; ++t) {
+                    const int8_t *xq = xb[t]->qs + 16 * s + 8 * half;
+                    __m256i p = _mm256_maddubs_epi16(qa, bcast_x4(xq));
+                    p = _mm256_add_epi16(p, _mm256_maddubs_epi16(qb, bcast_x4(xq + 4)));
+                    isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(p, sc));
+                    LS_KEEP_ORDER(isum[t]);
+                }
+            }
+        }
+        const __m256 d = _mm256_load_ps(tl->d);
+        for (int t = 0; t < nt; ++t) {
+            __m256i off = _mm256_setzero_si256();
+            for (int j = 0; j < 8; ++j) {
+                int32_t bp;
+                memcpy(&bp, &xb[t]->bsums[2 * j], 4);
+                off = _mm256_add_epi32(off, _mm256_madd_epi16(_mm256_load_si256(&tl->scp[j]), _mm256_set1_epi32(bp)));
+            }
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(isum[t], _mm256_slli_epi32(off, 5))),
+                                     _mm256_mul_ps(d, _mm256_set1_ps(xb[t]->d)), acc[t]);
+        }
+    }
+    for (int t = 0; t < nt; ++t) store_rows8(y + (size_t)(t0 + t) * ldy, acc[t], rows);
+}
+
+// W rows r0..r1-1 (n_out, n) in Q6_K @ x (T, n) in Q8_K, T >= 4 -> y[t * ldy + r]
+//   = fold over super-blocks b: acc = fma(sum_s sc_s * ((q - 32)·x)_s, d_b * dx_b, acc)
+static int64_t gemm_q6_K_q8_K_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                   const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    const int64_t nb = n / QK_K;
+    q6_K_rows8_tile *tiles = avx2_thread_buffer((size_t)nb * sizeof(q6_K_rows8_tile), 0);
+    if (!tiles) return r0;
+    for (int64_t r = r0; r < r1; r += 8) {
+        const uint8_t *rp[8];
+        const int rows = rows8_ptrs(w, w_stride, r, r1, rp);
+        if (r + 8 < r1) {
+            const char *next = (const char *)w + (size_t)(r + 8) * w_stride;
+            const size_t bytes = (size_t)(r1 - r - 8 < 8 ? r1 - r - 8 : 8) * w_stride;
+            for (size_t o = 0; o < bytes; o += 64) _mm_prefetch(next + o, _MM_HINT_T0);
+        }
+        for (int64_t b = 0; b < nb; ++b) tile_q6_K_rows8(rp, b, &tiles[b]);
+        int64_t t = 0;
+        for (; t + 4 <= T; t += 4) gemm_q6_K_rows8_tile(nb, tiles, x, x_stride, t, 4, y + r, ldy, rows);
+        switch (T - t) {
+        case 3: gemm_q6_K_rows8_tile(nb, tiles, x, x_stride, t, 3, y + r, ldy, rows); break;
+        case 2: gemm_q6_K_rows8_tile(nb, tiles, x, x_stride, t, 2, y + r, ldy, rows); break;
+        case 1: gemm_q6_K_rows8_tile(nb, tiles, x, x_stride, t, 1, y + r, ldy, rows); break;
+        default: break;
+        }
+    }
+    return r1;
+}
+
+/* Q6_K block · Q8_K block, exactly, with the elements in the lanes (vec_dot_q6_K_q8_K_avx2's
+ * integer work): 8 int32 lanes adding up to sum_s sc_s * ((q - 32)·x)_s. */
+static inline __attribute__((always_inline)) __m256i q6_K_block_lanes(const block_q6_K *blk, const block_q8_K *xb) {
+    const __m128i scales8 = _mm_loadu_si128((const __m128i *)blk->scales);
+    const __m256i bsums = _mm256_loadu_si256((const __m256i *)xb->bsums);
+    const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(bsums, _mm256_cvtepi8_epi16(scales8)), 5);
+    __m256i sumi = _mm256_setzero_si256();
+    for (int h = 0; h < 2; ++h) {
+        __m256i q[4];
+        ls_q6_K_quants_half_avx2(blk, h, q);
+        for (int j = 0; j < 4; ++j) {
+            const int c = 4 * h + j;
+            const __m256i q8 = _mm256_loadu_si256((const __m256i *)(xb->qs + 32 * c));
+            const __m256i sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales8, pair_bcast8_mask(c)));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], q8), sc));
+        }
+    }
+    return _mm256_sub_epi32(sumi, offset);
+}
+
+/* Q6_K gemv: token by token against rows r0..r1-1; v: scratch of nb * 8 vectors. */
+static void gemv_q6_K_rows(int64_t T, int64_t nb, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                           const void *x, size_t x_stride, float *y, size_t ldy, __m256i *v) {
+    for (int64_t r = r0; r < r1; r += 8) {
+        const uint8_t *rp[8];
+        const int rows = rows8_ptrs(w, w_stride, r, r1, rp);
+        for (int64_t t = 0; t < T; ++t) {
+            const block_q8_K *xb = (const block_q8_K *)((const uint8_t *)x + (size_t)t * x_stride);
+            for (int i = 0; i < 8; ++i)
+                for (int64_t b = 0; b < nb; ++b) v[b * 8 + i] = q6_K_block_lanes((const block_q6_K *)rp[i] + b, &xb[b]);
+            __m256 acc = _mm256_setzero_ps();
+            for (int64_t b = 0; b < nb; ++b) {
+                const __m256 d = rows8_fp16(rp, (size_t)b * sizeof(block_q6_K) + offsetof(block_q6_K, d));
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8_epi32(v + b * 8)), _mm256_mul_ps(d, _mm256_set1_ps(xb[b].d)), acc);
+            }
+            store_rows8(y + (size_t)t * ldy + r, acc, rows);
+        }
+    }
+}
+
+// W rows r0..r1-1 (n_out, n) in Q6_K @ x (T, n) in Q8_K, any T (decode: 1-3) -> y: bit for bit gemm_q6_K_q8_K_avx2
+static int64_t gemv_q6_K_q8_K_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                   const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    const int64_t nb = n / QK_K;
+    __m256i *v = avx2_thread_buffer((size_t)nb * 8 * sizeof(__m256i), 0);
+    if (!v) return r0;
+    gemv_q6_K_rows(T, nb, w, w_stride, r0, r1, x, x_stride, y, ldy, v);
+    return r1;
+}
+
+/* ---------------------------------------------------------------------------------------------
  * Activation quantizers: byte-identical to the scalar ones (the same float operations, vectorized;
  * the maximum of |x| does not depend on the order). Not defined for NaN input, as in llama.cpp. */
 
@@ -776,5 +1495,17 @@ const ls_kernel_table ls_kernels_avx2 = {
         [LS_TYPE_Q8_0] = vec_dot_q8_0_q8_0_x4_avx2,
         [LS_TYPE_Q4_K] = vec_dot_q4_K_q8_K_x4_avx2,
         [LS_TYPE_Q6_K] = vec_dot_q6_K_q8_K_x4_avx2,
+    },
+    .gemm = {
+        [LS_TYPE_Q4_0] = gemm_q4_0_q8_0_avx2,
+        [LS_TYPE_Q8_0] = gemm_q8_0_q8_0_avx2,
+        [LS_TYPE_Q4_K] = gemm_q4_K_q8_K_avx2,
+        [LS_TYPE_Q6_K] = gemm_q6_K_q8_K_avx2,
+    },
+    .gemv = {
+        [LS_TYPE_Q4_0] = gemv_q4_0_q8_0_avx2,
+        [LS_TYPE_Q8_0] = gemv_q8_0_q8_0_avx2,
+        [LS_TYPE_Q4_K] = gemv_q4_K_q8_K_avx2,
+        [LS_TYPE_Q6_K] = gemv_q6_K_q8_K_avx2,
     },
 };

@@ -29,8 +29,8 @@ typedef struct {
     ls_quantize_fn quantize[LS_TYPE_SLOTS];     /* indexed by the activation (vec_dot) type */
     ls_dequantize_fn dequantize[LS_TYPE_SLOTS];
     ls_vec_dot_x4_fn vec_dot_x4[LS_TYPE_SLOTS]; /* indexed by the weight type; NULL: 4 vec_dots */
-    ls_matmul_rows_fn gemm[LS_TYPE_SLOTS];      /* 4+ tokens (AVX-512 only), see quants_avx512.c */
-    ls_matmul_rows_fn gemv[LS_TYPE_SLOTS];      /* 1-3 tokens, bit for bit as gemm (AVX-512 only) */
+    ls_matmul_rows_fn gemm[LS_TYPE_SLOTS];      /* 4+ tokens, a row per lane: quants_avx2.c, quants_avx512.c */
+    ls_matmul_rows_fn gemv[LS_TYPE_SLOTS];      /* 1-3 tokens, bit for bit as gemm */
 } ls_kernel_table;
 
 extern const ls_kernel_table ls_kernels_scalar;   /* quants.c */
@@ -43,6 +43,8 @@ const ls_kernel_table *ls_kernels(void);
 int ls_simd_has_vec_dot(int type);
 int ls_simd_has_quantize(int type);
 int ls_simd_has_vec_dot_x4(int type);
+/* cpu.c: 1 when the AVX2 table has its own gemm / gemv pair (a row per lane) for weights of `type`. */
+int ls_simd_has_gemm(int type);
 /* cpu.c: 1 when the CPU has AVX512F/BW/VL/VNNI; ls_set_avx512(0) makes the AVX2 level use the
  * AVX2 kernels only even then (tests; LLMSTREAM_AVX512=0). Both return whether they are used. */
 int ls_cpu_has_avx512(void);
@@ -50,6 +52,11 @@ int ls_set_avx512(int on);
 int ls_get_avx512(void);
 
 /* ---- scalar reference (quants.c) ---- */
+/* The scalar twin of the row-per-lane matmul kernels (gemm / gemv slots) of `type`, same signature as
+ * ls_matmul_rows and the same bits as those kernels; returns 0 (doing nothing) for types without one. */
+int ls_matmul_rows_lanes_ref(int type, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                             const void *x, size_t x_stride, int64_t T, float *y, size_t ldy);
+
 void dequantize_row_f32(const void *x, float *y, int64_t n);
 void dequantize_row_f16(const void *x, float *y, int64_t n);
 void dequantize_row_bf16(const void *x, float *y, int64_t n);

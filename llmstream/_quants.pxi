@@ -25,6 +25,9 @@ cdef extern from "quants_impl.h" nogil:
     int ls_simd_has_vec_dot(int type)
     int ls_simd_has_quantize(int type)
     int ls_simd_has_vec_dot_x4(int type)
+    int ls_simd_has_gemm(int type)
+    int ls_matmul_rows_lanes_ref(int type, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                 const void *x, size_t x_stride, int64_t T, float *y, size_t ldy)
     int ls_cpu_has_avx512()
     int ls_set_avx512(int on)
     int ls_get_avx512()
@@ -219,6 +222,37 @@ def get_avx512():
 def simd_x4_types():
     """Type ids whose 4-token vec_dot has a dedicated AVX2 kernel (the rest run 4 vec_dots)."""
     return [t for t in TYPE_NAMES if ls_simd_has_vec_dot_x4(t)]
+
+
+def simd_gemm_types():
+    """Type ids with AVX2 matmul kernels that put a row in each lane (gemm for 4+ tokens, gemv for
+    1-3, bit for bit the same), used by matmul instead of vec_dot_x4 / vec_dot."""
+    return [t for t in TYPE_NAMES if ls_simd_has_gemm(t)]
+
+
+def matmul_lanes_ref(int type, int64_t n, const uint8_t[:, ::1] w, const uint8_t[:, ::1] xq):
+    """W (rows, n) @ xq (T, n) -> (T, rows) float32 by the scalar twin of the row-per-lane matmul
+    kernels (same bits as matmul on AVX2 / AVX-512 for the types of simd_gemm_types()).
+
+    `w` holds whole weight rows of `type` (rows, row bytes); `xq` the T activation rows already
+    converted to the vec_dot type. Raises ValueError for a type without such kernels."""
+    _check_type(type)
+    _check_n(type, n)
+    cdef int xt = ls_vec_dot_type(type)
+    if <size_t>w.shape[1] != ls_row_size(type, n) or <size_t>xq.shape[1] != ls_row_size(xt, n):
+        raise ValueError("row sizes do not match n")
+    cdef int64_t rows = w.shape[0], T = xq.shape[0]
+    out = np.zeros((T, rows), dtype=np.float32)
+    cdef float[:, ::1] o = out
+    cdef int ok
+    if rows == 0 or T == 0:
+        return out
+    with nogil:
+        ok = ls_matmul_rows_lanes_ref(type, n, &w[0, 0], <size_t>w.shape[1], 0, rows, &xq[0, 0],
+                                      <size_t>xq.shape[1], T, &o[0, 0], <size_t>rows)
+    if not ok:
+        raise ValueError(f"no row-per-lane matmul reference for {TYPE_NAMES[type]}")
+    return out
 
 
 def simd_quantize_types():

@@ -187,7 +187,9 @@ def test_a_seeded_request_is_the_same_alone_and_beside_others(llm, seed):
     rng = np.random.default_rng(seed)
     target = lambda **kw: Run(llm, TARGET, sampled(seed, max_tokens=24), raw=True, **kw)
     want_tokens, want_text, want_stats = solo(llm, target)
-    assert want_stats.completion_tokens == 24 and want_text
+    # the premise: an answer long enough to be batched over many steps (where a seed's sample stops
+    # depends on the kernels' float rounding, so not necessarily at max_tokens)
+    assert want_stats.completion_tokens >= 12 and want_text
     # the three batch positions, rotating over the seeds so that every size meets every position
     rot = [3, 17, 2024].index(seed)
     positions = {1: ["first", "last", "first"][rot], 3: ["middle", "first", "last"][rot],
