@@ -30,6 +30,40 @@ ARCHITECTURES = {"llama": llama, "phi2": phi2}
 DEFAULT_MAX_CTX = 4096
 
 
+class CoreWatch:
+    """How many threads a forward pass should use now: at most `cap`, and no more than the cores
+    other work leaves free. On a busy machine a thread whose core another process holds makes
+    its peers wait at every barrier (measured on 2 cores with one busy loop: 2 threads gave half
+    the tokens/s of 1); so each forward counts the other runnable tasks (/proc/loadavg's running
+    count, minus the thread asking) and uses the cores left, at least one. Results do not depend
+    on the thread count (tests/test_threads.py). Only where the process sees the whole machine
+    (its CPU affinity is every online CPU: /proc/loadavg counts the whole machine's tasks);
+    LLMSTREAM_ADAPTIVE_THREADS=0 turns it off."""
+
+    LOADAVG = "/proc/loadavg"
+
+    def __init__(self, cap: int):
+        self.cap = max(1, cap)
+        try:
+            whole = len(os.sched_getaffinity(0)) == (os.cpu_count() or 0)
+        except (AttributeError, OSError):
+            whole = False
+        self.enabled = (whole and self.cap > 1
+                        and os.environ.get("LLMSTREAM_ADAPTIVE_THREADS", "1") != "0")
+        self.n_cpus = os.cpu_count() or 1
+
+    def threads(self) -> int:
+        if not self.enabled:
+            return self.cap
+        try:
+            with open(self.LOADAVG) as f:
+                running = int(f.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return self.cap
+        others = max(0, running - 1)                     # the thread reading is ours
+        return max(1, min(self.cap, self.n_cpus - others))
+
+
 @dataclass(frozen=True)
 class Linear:
     """y = x @ W.T (+ b): W (n_out, n_in) as raw rows of `type`, used in place from the mmap."""
@@ -113,6 +147,7 @@ class Model:
             self.config = cfg = load_config(self.gguf, config_path)
             if threads:
                 _ops.set_threads(threads)
+            self.cores = CoreWatch(_ops.effective_threads())
             # the longest sequence: --ctx-size, else what the model was trained on (at most 4096)
             self.n_ctx = int(ctx_size) if ctx_size else min(cfg.n_ctx_train, DEFAULT_MAX_CTX)
             if self.n_ctx <= 0:
@@ -136,7 +171,7 @@ class Model:
     def new_pool(self, n_tokens: int | None = None, n_slots: int = 1, **kw) -> KVPool:
         """A KV pool for this model: n_tokens cached tokens (default n_ctx) over n_slots sequences."""
         return KVPool(self.config, n_tokens or self.n_ctx, n_slots,
-                      threads=_ops.effective_threads(), **kw)
+                      threads=self.cores.cap, **kw)
 
     def forward(self, pool: KVPool, tokens, pos, seq, want=None, out: np.ndarray | None = None
                 ) -> np.ndarray:
@@ -169,7 +204,11 @@ class Model:
             out = self.ws.logits[:len(want)]
         elif out.shape != (len(want), self.n_vocab) or out.dtype != np.float32:
             raise ValueError("out must be float32 (len(want), n_vocab)")
-        self._forward(self, pool, ids, pos, seq, want, out)
+        _ops.set_threads(self.cores.threads())
+        try:
+            self._forward(self, pool, ids, pos, seq, want, out)
+        finally:
+            _ops.set_threads(self.cores.cap)     # the setting outside forward passes stays
         return out
 
     def close(self):

@@ -23,6 +23,8 @@ def models(tmp_path_factory):
 
 
 def _logits(path, threads: int) -> np.ndarray:
+    import os
+    os.environ["LLMSTREAM_ADAPTIVE_THREADS"] = "0"    # exactly `threads`, busy machine or not
     _ops.set_threads(threads)
     try:
         with Model(path, ctx_size=64) as m:
@@ -33,6 +35,7 @@ def _logits(path, threads: int) -> np.ndarray:
             return np.stack(rows)
     finally:
         _ops.set_threads(0)
+        del os.environ["LLMSTREAM_ADAPTIVE_THREADS"]
 
 
 @pytest.mark.parametrize("name", ["small-Q4_0", "small-Q4_K_M", "small-Q8_0", "small-phi2-Q4_K_M"])
@@ -45,3 +48,24 @@ def test_logits_do_not_depend_on_the_thread_count(models, name):
     for threads in (2, 3):
         np.testing.assert_array_equal(_logits(models[name], threads), one,
                                       err_msg=f"{threads} threads differ from 1")
+
+
+def test_forward_passes_leave_cores_that_other_work_holds(tmp_path, monkeypatch):
+    """CoreWatch: the threads of a forward are at most the cap and the cores other runnable tasks
+    leave free (never fewer than one); off when the process does not see the whole machine or
+    with LLMSTREAM_ADAPTIVE_THREADS=0."""
+    from llmstream.engine import CoreWatch
+    loadavg = tmp_path / "loadavg"
+    monkeypatch.setattr(CoreWatch, "LOADAVG", str(loadavg))
+    w = CoreWatch(4)
+    w.enabled, w.n_cpus = True, 4
+    for running, expect in [(1, 4), (2, 3), (3, 2), (4, 1), (9, 1)]:
+        loadavg.write_text(f"0.50 0.40 0.30 {running}/321 4242\n")
+        assert w.threads() == expect, running
+    loadavg.write_text("garbage")
+    assert w.threads() == 4
+    w.enabled = False
+    loadavg.write_text("0.50 0.40 0.30 9/321 4242\n")
+    assert w.threads() == 4
+    monkeypatch.setenv("LLMSTREAM_ADAPTIVE_THREADS", "0")
+    assert not CoreWatch(4).enabled
