@@ -147,6 +147,7 @@ class Model:
             self.config = cfg = load_config(self.gguf, config_path)
             if threads:
                 _ops.set_threads(threads)
+            self._threads = threads or 0      # what set_threads holds between forward passes
             self.cores = CoreWatch(_ops.effective_threads())
             # the longest sequence: --ctx-size, else what the model was trained on (at most 4096)
             self.n_ctx = int(ctx_size) if ctx_size else min(cfg.n_ctx_train, DEFAULT_MAX_CTX)
@@ -208,7 +209,7 @@ class Model:
         try:
             self._forward(self, pool, ids, pos, seq, want, out)
         finally:
-            _ops.set_threads(self.cores.cap)     # the setting outside forward passes stays
+            _ops.set_threads(self._threads)      # the setting outside forward passes stays
         return out
 
     def close(self):
