@@ -35,7 +35,7 @@ class CoreWatch:
     other work leaves free. On a busy machine a thread whose core another process holds makes
     its peers wait at every barrier (measured on 2 cores with one busy loop: 2 threads gave half
     the tokens/s of 1); so each forward counts the other runnable tasks (/proc/loadavg's running
-    count, minus the thread asking) and uses the cores left, at least one. Results do not depend
+    count, minus this process's own running threads) and uses the cores left, at least one. Results do not depend
     on the thread count (tests/test_threads.py). Only where the process sees the whole machine
     (its CPU affinity is every online CPU: /proc/loadavg counts the whole machine's tasks);
     LLMSTREAM_ADAPTIVE_THREADS=0 turns it off."""
@@ -60,8 +60,25 @@ class CoreWatch:
                 running = int(f.read().split()[3].split("/")[0])
         except (OSError, ValueError, IndexError):
             return self.cap
-        others = max(0, running - 1)                     # the thread reading is ours
+        others = max(0, running - _own_running_threads())
         return max(1, min(self.cap, self.n_cpus - others))
+
+
+def _own_running_threads() -> int:
+    """Threads of this process that are running now (the caller, and kernel threads still
+    spinning after the previous pass): they are not other work."""
+    n = 0
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "R":
+                        n += 1
+            except (OSError, IndexError):
+                pass
+    except OSError:
+        return 1
+    return max(1, n)
 
 
 @dataclass(frozen=True)
