@@ -4,7 +4,6 @@ responses reported, the histograms count what was sampled, and the gauges a rout
 import asyncio
 import json
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ from prometheus_client.parser import text_string_to_metric_families
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import shared_path  # noqa: E402
 
-from llmstream.generate import LLM  # noqa: E402
 from llmstream.scheduler import SchedulerMetrics  # noqa: E402
 from llmstream.server.app import create_app  # noqa: E402
 from llmstream.server.state import STATE, Settings  # noqa: E402
@@ -90,13 +88,8 @@ def check_idle_gauges(m: Scrape):
 # ----------------------------------------------------------------------------- while loading
 
 async def test_metrics_answer_while_the_model_loads(aiohttp_client):
-    gate = threading.Event()
-    path = str(shared_path("reference", PHI2))
-
-    def slow_load():
-        gate.wait(10)
-        return LLM.load(path)
-
+    from test_server import gated_loader
+    slow_load, gate = gated_loader(PHI2)
     client = await aiohttp_client(create_app(Settings(loader=slow_load)))
     try:
         m = await scrape(client)

@@ -20,18 +20,6 @@ pytestmark = pytest.mark.skipif(not _ops.cpu_has_avx2(),
 SIMD_RTOL = 1e-5
 
 
-@pytest.fixture(params=[False, True], ids=["avx2", "avx512"])
-def avx512(request):
-    """Run a test with the AVX2 kernels only, then with the AVX-512 matmul kernels (where the CPU
-    has them)."""
-    if request.param and not _ops.cpu_has_avx512():
-        pytest.skip("CPU lacks AVX512F/BW/VL/VNNI: no AVX-512 kernels to compare")
-    before = _ops.get_avx512()
-    assert _ops.set_avx512(request.param) == request.param
-    yield request.param
-    _ops.set_avx512(before)
-
-
 def both_levels(fn):
     before = _ops.get_simd()
     try:

@@ -75,14 +75,19 @@ def assert_error(body, status_text=None):
 
 # ----------------------------------------------------------------------------- /health, loading
 
-async def test_health_says_loading_until_the_model_is_ready(aiohttp_client):
+def gated_loader(name=PHI2):
+    """(loader, gate): a Settings.loader that loads the model only once gate is set (at most 10 s)."""
     gate = threading.Event()
-    path = str(shared_path("reference", PHI2))
+    path = str(shared_path("reference", name))
 
     def slow_load():
         gate.wait(10)
         return LLM.load(path)
+    return slow_load, gate
 
+
+async def test_health_says_loading_until_the_model_is_ready(aiohttp_client):
+    slow_load, gate = gated_loader()
     client = await aiohttp_client(create_app(Settings(loader=slow_load)))
     r = await client.get("/health")
     assert r.status == 503 and (await r.json()) == {"status": "loading"}

@@ -20,16 +20,6 @@ pytestmark = pytest.mark.skipif(not _ops.cpu_has_avx2(),
 GEMM_TYPES = [t for t in (Q4_0, Q8_0, Q4_K, Q6_K) if t in _ops.simd_gemm_types()]
 
 
-@pytest.fixture(params=[False, True], ids=["avx2", "avx512"])
-def avx512(request):
-    if request.param and not _ops.cpu_has_avx512():
-        pytest.skip("CPU lacks AVX512F/BW/VL/VNNI: no AVX-512 kernels to compare")
-    before = _ops.get_avx512()
-    assert _ops.set_avx512(request.param) == request.param
-    yield request.param
-    _ops.set_avx512(before)
-
-
 def widths(t):
     be = BLOCK[t][0]
     if be == 32:
