@@ -27,7 +27,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 N_VOCAB, N_EMBD, N_HEAD, N_HEAD_KV, N_FF, N_LAYER = 300, 64, 2, 1, 128, 2
-HEAD_DIM = N_EMBD // N_HEAD
 N_TOKENS = 200
 N_CTX_TRAIN = 4096
 
@@ -75,18 +74,25 @@ def vocab(path: Path):
     return tokens, scores, types
 
 
-def write_model(path: Path, spec: dict, vocab_path: Path):
+DIMS = dict(n_embd=N_EMBD, n_head=N_HEAD, n_head_kv=N_HEAD_KV, n_ff=N_FF, n_layer=N_LAYER)
+
+
+def write_model(path: Path, spec: dict, vocab_path: Path, dims: dict = DIMS, output: bool = False):
+    """A random-weight llama GGUF of shape `dims` (F16 matrices, F32 norms); the output matrix is
+    the token embedding (tied) unless `output`, then its own F16 `output.weight`."""
     import gguf
     rng = np.random.default_rng(spec["seed"])
+    n_embd, n_ff, n_layer = dims["n_embd"], dims["n_ff"], dims["n_layer"]
+    head_dim = n_embd // dims["n_head"]
     wr = gguf.GGUFWriter(str(path), "llama")
     wr.add_name(path.stem)
     wr.add_context_length(N_CTX_TRAIN)
-    wr.add_embedding_length(N_EMBD)
-    wr.add_block_count(N_LAYER)
-    wr.add_feed_forward_length(N_FF)
-    wr.add_head_count(N_HEAD)
-    wr.add_head_count_kv(N_HEAD_KV)
-    wr.add_rope_dimension_count(HEAD_DIM)
+    wr.add_embedding_length(n_embd)
+    wr.add_block_count(n_layer)
+    wr.add_feed_forward_length(n_ff)
+    wr.add_head_count(dims["n_head"])
+    wr.add_head_count_kv(dims["n_head_kv"])
+    wr.add_rope_dimension_count(head_dim)
     wr.add_rope_freq_base(spec["freq_base"])
     wr.add_layer_norm_rms_eps(1e-5)
     if "linear" in spec:
@@ -107,23 +113,25 @@ def write_model(path: Path, spec: dict, vocab_path: Path):
     def norm(n):
         return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
 
-    kv = HEAD_DIM * N_HEAD_KV
-    wr.add_tensor("token_embd.weight", (rng.standard_normal((N_VOCAB, N_EMBD))).astype(np.float16))
-    wr.add_tensor("output_norm.weight", norm(N_EMBD))
+    kv = head_dim * dims["n_head_kv"]
+    wr.add_tensor("token_embd.weight", (rng.standard_normal((N_VOCAB, n_embd))).astype(np.float16))
+    wr.add_tensor("output_norm.weight", norm(n_embd))
     if "llama3" in spec:
-        wr.add_tensor("rope_freqs.weight", llama3_factors(spec["freq_base"], HEAD_DIM, **spec["llama3"]))
-    for i in range(N_LAYER):
+        wr.add_tensor("rope_freqs.weight", llama3_factors(spec["freq_base"], head_dim, **spec["llama3"]))
+    for i in range(n_layer):
         p = f"blk.{i}."
-        wr.add_tensor(p + "attn_norm.weight", norm(N_EMBD))
+        wr.add_tensor(p + "attn_norm.weight", norm(n_embd))
         # q/k large enough that attention is far from uniform: the rotation then matters
-        wr.add_tensor(p + "attn_q.weight", mat(N_EMBD, N_EMBD, 3.0))
-        wr.add_tensor(p + "attn_k.weight", mat(kv, N_EMBD, 3.0))
-        wr.add_tensor(p + "attn_v.weight", mat(kv, N_EMBD))
-        wr.add_tensor(p + "attn_output.weight", mat(N_EMBD, N_EMBD))
-        wr.add_tensor(p + "ffn_norm.weight", norm(N_EMBD))
-        wr.add_tensor(p + "ffn_gate.weight", mat(N_FF, N_EMBD))
-        wr.add_tensor(p + "ffn_up.weight", mat(N_FF, N_EMBD))
-        wr.add_tensor(p + "ffn_down.weight", mat(N_EMBD, N_FF))
+        wr.add_tensor(p + "attn_q.weight", mat(n_embd, n_embd, spec.get("qk_scale", 3.0)))
+        wr.add_tensor(p + "attn_k.weight", mat(kv, n_embd, spec.get("qk_scale", 3.0)))
+        wr.add_tensor(p + "attn_v.weight", mat(kv, n_embd))
+        wr.add_tensor(p + "attn_output.weight", mat(n_embd, n_embd))
+        wr.add_tensor(p + "ffn_norm.weight", norm(n_embd))
+        wr.add_tensor(p + "ffn_gate.weight", mat(n_ff, n_embd))
+        wr.add_tensor(p + "ffn_up.weight", mat(n_ff, n_embd))
+        wr.add_tensor(p + "ffn_down.weight", mat(n_embd, n_ff))
+    if output:
+        wr.add_tensor("output.weight", mat(N_VOCAB, n_embd))
     wr.write_header_to_file()
     wr.write_kv_data_to_file()
     wr.write_tensors_to_file()
