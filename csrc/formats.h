@@ -257,4 +257,43 @@ static inline ls_bf16_t ls_fp32_to_bf16(float f) {
     return (ls_bf16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * IQ4 i-quants: 4-bit indices into one fixed non-linear table of 16 int8 levels (ggml's
+ * kvalues_iq4nl; denser near zero, where most weights are):
+ *   T = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113}
+ *
+ * IQ4_NL — 32 elements in 18 bytes (4.5 bits/weight); activations in Q8_0.
+ *   bytes 0-1   d      fp16 scale
+ *   bytes 2-17  qs[16] 4-bit indices, in Q4_0's element order: element j (0..15) = low nibble of
+ *               qs[j], element j+16 = high nibble
+ *   y[j] = d * T[qs[j] & 15],  y[j+16] = d * T[qs[j] >> 4]
+ */
+#define QK4_NL 32
+static const int8_t ls_kvalues_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                            1, 13, 25, 38, 53, 69, 89, 113};
+
+typedef struct {
+    ls_fp16_t d;
+    uint8_t qs[QK4_NL / 2];
+} block_iq4_nl;
+_Static_assert(sizeof(block_iq4_nl) == 2 + QK4_NL / 2, "block_iq4_nl must be 18 bytes");
+
+/* IQ4_XS — 256 elements in 136 bytes (4.25 bits/weight), 8 sub-blocks of 32; activations in Q8_K.
+ *   bytes 0-1    d            fp16 super-scale
+ *   bytes 2-3    scales_h     little-endian uint16: bits 2s, 2s+1 = the high 2 bits of sub-block s's scale
+ *   bytes 4-7    scales_l[4]  the low 4 bits: sub-block s in nibble s % 2 of scales_l[s / 2] (low first)
+ *   bytes 8-135  qs[128]      4-bit indices: sub-block s (s = 0..7) has qs[16s .. 16s+15], in Q4_0's
+ *                             order: element 32s + j = low nibble of qs[16s + j] (j < 16),
+ *                             element 32s + 16 + j = its high nibble
+ *   ls[s] = ((scales_l[s / 2] >> 4*(s % 2)) & 15) | (((scales_h >> 2*s) & 3) << 4)   (0..63)
+ *   y[32s + k] = (d * (ls[s] - 32)) * T[index of element 32s + k]
+ */
+typedef struct {
+    ls_fp16_t d;
+    uint16_t scales_h;
+    uint8_t scales_l[QK_K / 64];
+    uint8_t qs[QK_K / 2];
+} block_iq4_xs;
+_Static_assert(sizeof(block_iq4_xs) == 2 + 2 + QK_K / 64 + QK_K / 2, "block_iq4_xs must be 136 bytes");
+
 #endif

@@ -37,6 +37,8 @@ static const ls_type_traits k_traits[LS_TYPE_SLOTS] = {
     [LS_TYPE_Q5_K] = {QK_K, sizeof(block_q5_K), LS_TYPE_Q8_K},
     [LS_TYPE_Q6_K] = {QK_K, sizeof(block_q6_K), LS_TYPE_Q8_K},
     [LS_TYPE_Q8_K] = {QK_K, sizeof(block_q8_K), LS_TYPE_Q8_K},
+    [LS_TYPE_IQ4_NL] = {QK4_NL, sizeof(block_iq4_nl), LS_TYPE_Q8_0},
+    [LS_TYPE_IQ4_XS] = {QK_K, sizeof(block_iq4_xs), LS_TYPE_Q8_K},
 };
 
 int ls_type_known(int type) {
@@ -738,6 +740,64 @@ float vec_dot_q6_K_q8_K(int64_t n, const void *vw, const void *vx) {
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * IQ4 i-quants (IQ4_NL, IQ4_XS): 4-bit indices into the non-linear levels ls_kvalues_iq4nl
+ * (formats.h). Both store 32 elements per 16 bytes of indices in Q4_0's element order. */
+
+/* 16 bytes of indices -> the 32 elements d * T[index] (ggml's float order: d times the level). */
+static inline void iq4_dequant32(const uint8_t *qs, float d, float *y) {
+    for (int j = 0; j < 16; ++j) {
+        y[j] = d * ls_kvalues_iq4nl[qs[j] & 15];
+        y[j + 16] = d * ls_kvalues_iq4nl[qs[j] >> 4];
+    }
+}
+
+/* sum_k T[index_k] * q8[k] over the 32 elements of 16 bytes of indices (exact). */
+static inline int iq4_dot32(const uint8_t *qs, const int8_t *q8) {
+    int sum = 0;
+    for (int j = 0; j < 16; ++j)
+        sum += ls_kvalues_iq4nl[qs[j] & 15] * q8[j] + ls_kvalues_iq4nl[qs[j] >> 4] * q8[j + 16];
+    return sum;
+}
+
+// x (n/32 blocks) IQ4_NL -> y (n,): y = d * T[q]
+void dequantize_row_iq4_nl(const void *vx, float *y, int64_t n) {
+    const block_iq4_nl *x = vx;
+    for (int64_t i = 0; i < n / QK4_NL; ++i, y += QK4_NL) iq4_dequant32(x[i].qs, ls_fp16_to_fp32(x[i].d), y);
+}
+
+// x (n/256 blocks) IQ4_XS -> y (n,): y = (d * (ls - 32)) * T[q], per 32-element sub-block
+void dequantize_row_iq4_xs(const void *vx, float *y, int64_t n) {
+    const block_iq4_xs *x = vx;
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        const float d = ls_fp16_to_fp32(x[i].d);
+        for (int s = 0; s < QK_K / 32; ++s, y += 32) iq4_dequant32(x[i].qs + 16 * s, d * ls_iq4_xs_scale(&x[i], s), y);
+    }
+}
+
+// w (n,) in IQ4_NL · x (n,) in Q8_0 -> float: sum_b (dw*dx) * sum_k T[qw]*qx
+float vec_dot_iq4_nl_q8_0(int64_t n, const void *vw, const void *vx) {
+    const block_iq4_nl *w = vw;
+    const block_q8_0 *x = vx;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / QK4_NL; ++b)
+        sum += iq4_dot32(w[b].qs, x[b].qs) * (ls_fp16_to_fp32(w[b].d) * ls_fp16_to_fp32(x[b].d));
+    return sum;
+}
+
+// w (n,) in IQ4_XS · x (n,) in Q8_K -> float: sum_b (dx*d) * sum_s (ls_s-32) * (T[q]·qx)_s
+float vec_dot_iq4_xs_q8_K(int64_t n, const void *vw, const void *vx) {
+    const block_iq4_xs *w = vw;
+    const block_q8_K *x = vx;
+    float sum = 0.0f;
+    for (int64_t b = 0; b < n / QK_K; ++b) {
+        int isum = 0;    /* |isum| <= 8 * 32 * 32*127*127 < 2^31 */
+        for (int s = 0; s < QK_K / 32; ++s) isum += ls_iq4_xs_scale(&w[b], s) * iq4_dot32(w[b].qs + 16 * s, x[b].qs + 32 * s);
+        sum += (x[b].d * ls_fp16_to_fp32(w[b].d)) * isum;
+    }
+    return sum;
+}
+
+/* ---------------------------------------------------------------------------------------------
  * The scalar table (cpu.c falls back to it for slots a SIMD table leaves NULL). */
 
 const ls_kernel_table ls_kernels_scalar = {
@@ -755,6 +815,8 @@ const ls_kernel_table ls_kernels_scalar = {
         [LS_TYPE_Q4_K] = vec_dot_q4_K_q8_K,
         [LS_TYPE_Q5_K] = vec_dot_q5_K_q8_K,
         [LS_TYPE_Q6_K] = vec_dot_q6_K_q8_K,
+        [LS_TYPE_IQ4_NL] = vec_dot_iq4_nl_q8_0,
+        [LS_TYPE_IQ4_XS] = vec_dot_iq4_xs_q8_K,
     },
     .quantize = {
         [LS_TYPE_F32] = quantize_row_f32,
@@ -780,5 +842,7 @@ const ls_kernel_table ls_kernels_scalar = {
         [LS_TYPE_Q5_K] = dequantize_row_q5_K,
         [LS_TYPE_Q6_K] = dequantize_row_q6_K,
         [LS_TYPE_Q8_K] = dequantize_row_q8_K,
+        [LS_TYPE_IQ4_NL] = dequantize_row_iq4_nl,
+        [LS_TYPE_IQ4_XS] = dequantize_row_iq4_xs,
     },
 };

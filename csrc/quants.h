@@ -35,6 +35,7 @@ enum ls_type {
     LS_TYPE_Q8_0 = 8, LS_TYPE_Q8_1 = 9,
     LS_TYPE_Q2_K = 10, LS_TYPE_Q3_K = 11, LS_TYPE_Q4_K = 12, LS_TYPE_Q5_K = 13,
     LS_TYPE_Q6_K = 14, LS_TYPE_Q8_K = 15,
+    LS_TYPE_IQ4_NL = 20, LS_TYPE_IQ4_XS = 23,   /* i-quants: non-linear 4-bit levels (formats.h) */
     LS_TYPE_BF16 = 30,
 };
 

@@ -1462,6 +1462,68 @@ static void dequantize_row_f16_avx2(const void *vx, float *y, int64_t n) {
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * IQ4 i-quants · Q8_0 / Q8_K: one vpshufb turns 32 4-bit indices into their int8 levels
+ * T[index] (the table ls_kvalues_iq4nl in both 128-bit lanes), then signed x signed byte products
+ * by the sign trick: maddubs(|T|, sign(x, T)), pairs below 2*127*127 (no int16 saturation). */
+
+static inline __m256i iq4_table_avx2(void) {
+    const __m128i t = _mm_loadu_si128((const __m128i *)ls_kvalues_iq4nl);
+    return _mm256_set_m128i(t, t);
+}
+
+/* 16 bytes of IQ4 indices (Q4_0's element order) · 32 int8 activations -> 16 int16 pair sums. */
+static inline __m256i iq4_dot_pairs16(const uint8_t *qs, const int8_t *q8, __m256i table) {
+    const __m256i lv = _mm256_shuffle_epi8(table, nibbles_to_bytes(qs));
+    return _mm256_maddubs_epi16(_mm256_sign_epi8(lv, lv), _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)q8), lv));
+}
+
+/* acc + (dw*dx) * (the 8 int32 lanes of IQ4_NL block w · Q8_0 block x) */
+static inline __m256 iq4_nl_block_fma(const block_iq4_nl *w, const block_q8_0 *x, __m256i table, __m256 acc) {
+    const __m256i s = _mm256_madd_epi16(iq4_dot_pairs16(w->qs, x->qs, table), _mm256_set1_epi16(1));
+    const float d = ls_fp16_to_fp32_f16c(w->d) * ls_fp16_to_fp32_f16c(x->d);
+    return _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(s), acc);
+}
+
+// w (n,) IQ4_NL · x (n,) Q8_0 -> float: sum_b (dw*dx) * sum_k T[qw]*qx
+// (two accumulators, even / odd blocks of full pairs, as the Q4_0 kernel)
+static float vec_dot_iq4_nl_q8_0_avx2(int64_t n, const void *vw, const void *vx) {
+    const block_iq4_nl *w = vw;
+    const block_q8_0 *x = vx;
+    const int64_t nb = n / QK4_NL;
+    const __m256i table = iq4_table_avx2();
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 1 < nb; b += 2) {
+        acc0 = iq4_nl_block_fma(&w[b], &x[b], table, acc0);
+        acc1 = iq4_nl_block_fma(&w[b + 1], &x[b + 1], table, acc1);
+    }
+    if (b < nb) acc0 = iq4_nl_block_fma(&w[b], &x[b], table, acc0);
+    return ls_hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
+// w (n,) IQ4_XS · x (n,) Q8_K -> float: sum_b (dx*d) * sum_s (ls_s-32) * (T[q]·qx)_s
+// (per super-block the exact integer sum in 8 int32 lanes: the pair sums of sub-block s times its
+// signed scale by one madd; even and odd sub-blocks in two chains)
+static float vec_dot_iq4_xs_q8_K_avx2(int64_t n, const void *vw, const void *vx) {
+    const block_iq4_xs *w = vw;
+    const block_q8_K *x = vx;
+    const __m256i table = iq4_table_avx2();
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; ++b) {
+        __m256i sumi0 = _mm256_setzero_si256(), sumi1 = _mm256_setzero_si256();
+        for (int s = 0; s < QK_K / 32; s += 2) {
+            const __m256i p0 = iq4_dot_pairs16(w[b].qs + 16 * s, x[b].qs + 32 * s, table);
+            const __m256i p1 = iq4_dot_pairs16(w[b].qs + 16 * s + 16, x[b].qs + 32 * s + 32, table);
+            sumi0 = _mm256_add_epi32(sumi0, _mm256_madd_epi16(p0, _mm256_set1_epi16((short)ls_iq4_xs_scale(&w[b], s))));
+            sumi1 = _mm256_add_epi32(sumi1, _mm256_madd_epi16(p1, _mm256_set1_epi16((short)ls_iq4_xs_scale(&w[b], s + 1))));
+        }
+        const float d = x[b].d * ls_fp16_to_fp32_f16c(w[b].d);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(_mm256_add_epi32(sumi0, sumi1)), acc);
+    }
+    return ls_hsum_ps(acc);
+}
+
+/* ---------------------------------------------------------------------------------------------
  * The AVX2 table */
 
 const ls_kernel_table ls_kernels_avx2 = {
@@ -1479,6 +1541,8 @@ const ls_kernel_table ls_kernels_avx2 = {
         [LS_TYPE_Q4_K] = vec_dot_q4_K_q8_K_avx2,
         [LS_TYPE_Q5_K] = vec_dot_q5_K_q8_K_avx2,
         [LS_TYPE_Q6_K] = vec_dot_q6_K_q8_K_avx2,
+        [LS_TYPE_IQ4_NL] = vec_dot_iq4_nl_q8_0_avx2,
+        [LS_TYPE_IQ4_XS] = vec_dot_iq4_xs_q8_K_avx2,
     },
     .quantize = {
         [LS_TYPE_F16] = quantize_row_f16_avx2,

@@ -94,6 +94,17 @@ float vec_dot_q4_K_q8_K(int64_t n, const void *w, const void *x);
 float vec_dot_q5_K_q8_K(int64_t n, const void *w, const void *x);
 float vec_dot_q6_K_q8_K(int64_t n, const void *w, const void *x);
 
+/* IQ4_NL / IQ4_XS (quants.c, section "IQ4 i-quants") */
+void dequantize_row_iq4_nl(const void *x, float *y, int64_t n);
+void dequantize_row_iq4_xs(const void *x, float *y, int64_t n);
+float vec_dot_iq4_nl_q8_0(int64_t n, const void *w, const void *x);
+float vec_dot_iq4_xs_q8_K(int64_t n, const void *w, const void *x);
+
+/* The signed 6-bit scale ls[s] - 32 (-32..31) of sub-block s (0..7) of an IQ4_XS block (formats.h). */
+static inline int ls_iq4_xs_scale(const block_iq4_xs *b, int s) {
+    return (((b->scales_l[s / 2] >> (4 * (s % 2))) & 15) | (((b->scales_h >> (2 * s)) & 3) << 4)) - 32;
+}
+
 /* Shared by the scalar and SIMD kernels: unpack the 12-byte 6-bit scales/mins of Q4_K / Q5_K into
  * sc[8] and m[8]; and the 12-byte 6-bit scales of Q3_K into sc[16] (still biased by +32). */
 static inline void ls_unpack_scales_k4(const uint8_t *q, uint8_t sc[8], uint8_t m[8]) {

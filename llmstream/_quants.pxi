@@ -47,10 +47,13 @@ TYPE_Q4_K = 12
 TYPE_Q5_K = 13
 TYPE_Q6_K = 14
 TYPE_Q8_K = 15
+TYPE_IQ4_NL = 20
+TYPE_IQ4_XS = 23
 TYPE_BF16 = 30
 
 TYPE_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1",
-              10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 30: "BF16"}
+              10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K",
+              20: "IQ4_NL", 23: "IQ4_XS", 30: "BF16"}
 
 # Activation types ls_quantize_row can produce (the "vec_dot types").
 ACTIVATION_TYPES = (0, 1, 30, 8, 9, 15)

@@ -42,13 +42,14 @@ GGML_TYPES: dict[int, tuple[str, int, int]] = {
     13: ("Q5_K", 256, 176),
     14: ("Q6_K", 256, 210),
     15: ("Q8_K", 256, 292),
+    20: ("IQ4_NL", 32, 18),
+    23: ("IQ4_XS", 256, 136),
     30: ("BF16", 1, 2),
 }
 # ggml types llmstream does not compute, by id: named in the error a file using them gets
 OTHER_GGML_TYPES = {4: "Q4_2", 5: "Q4_3", 16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S",
-                    20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S", 23: "IQ4_XS", 24: "I8", 25: "I16",
-                    26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M", 34: "TQ1_0", 35: "TQ2_0",
-                    39: "MXFP4"}
+                    21: "IQ3_S", 22: "IQ2_S", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64",
+                    29: "IQ1_M", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4"}
 TYPE_IDS = {name: tid for tid, (name, _, _) in GGML_TYPES.items()}
 # Types a weight tensor may have (Q8_1 / Q8_K only ever hold activations).
 WEIGHT_TYPES = {tid for tid, (name, _, _) in GGML_TYPES.items() if name not in ("Q8_1", "Q8_K")}

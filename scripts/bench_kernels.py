@@ -16,13 +16,13 @@ from llmstream import _ops
 
 F32, F16, BF16 = 0, 1, 30
 WEIGHTS = [("Q4_K", 12), ("Q6_K", 14), ("Q4_0", 2), ("Q8_0", 8), ("F16", 1), ("Q5_K", 13),
-           ("Q3_K", 11), ("Q2_K", 10), ("Q4_1", 3), ("Q5_0", 6), ("Q5_1", 7), ("BF16", 30),
-           ("F32", 0)]
+           ("Q3_K", 11), ("Q2_K", 10), ("Q4_1", 3), ("Q5_0", 6), ("Q5_1", 7), ("IQ4_NL", 20),
+           ("IQ4_XS", 23), ("BF16", 30), ("F32", 0)]
 ACTS = [("Q8_0", 8), ("Q8_1", 9), ("Q8_K", 15), ("F16", 1), ("BF16", 30), ("F32", 0)]
 ACT_NAME = {t: name for name, t in ACTS}
 # byte offsets of the fp16 scale fields of a block (set to sane values; the rest is random bits)
 FP16_FIELDS = {2: [0], 3: [0, 2], 6: [0], 7: [0, 2], 8: [0], 10: [80, 82], 11: [108], 12: [0, 2],
-               13: [0, 2], 14: [208]}
+               13: [0, 2], 14: [208], 20: [0], 23: [0]}
 
 
 def random_matrix(t, rows, cols, rng):

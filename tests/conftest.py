@@ -37,3 +37,16 @@ def avx512(request):
     assert _ops.set_avx512(request.param) == request.param
     yield request.param
     _ops.set_avx512(before)
+
+
+@pytest.fixture(params=[0, 1], ids=["scalar", "avx2"])
+def simd(request):
+    """Run a test at both SIMD levels (the AVX2 half skips on CPUs without AVX2); the level in use
+    before is restored."""
+    from llmstream import _ops
+    if request.param == 1 and not _ops.cpu_has_avx2():
+        pytest.skip("CPU lacks AVX2/FMA/F16C: only the scalar kernels can run here")
+    before = _ops.get_simd()
+    assert _ops.set_simd(request.param) == request.param
+    yield request.param
+    _ops.set_simd(before)

@@ -1,7 +1,8 @@
 """Numpy references for the quantized-tensor tests: llama.cpp's reference activation quantizers
 re-implemented in numpy, random (but valid) weight rows of every type, and the real tensors of the
-../shared/reference GGUF files."""
+../shared/reference GGUF files and of the llama.cpp-quantized fixtures under tests/data."""
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -10,28 +11,36 @@ from conftest import shared_path
 # GGML type ids (csrc/quants.h).
 F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1 = 0, 1, 2, 3, 6, 7, 8, 9
 Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, BF16 = 10, 11, 12, 13, 14, 15, 30
+IQ4_NL, IQ4_XS = 20, 23
 
 NAMES = {F32: "F32", F16: "F16", BF16: "BF16", Q4_0: "Q4_0", Q4_1: "Q4_1", Q5_0: "Q5_0",
          Q5_1: "Q5_1", Q8_0: "Q8_0", Q8_1: "Q8_1", Q2_K: "Q2_K", Q3_K: "Q3_K", Q4_K: "Q4_K",
-         Q5_K: "Q5_K", Q6_K: "Q6_K", Q8_K: "Q8_K"}
+         Q5_K: "Q5_K", Q6_K: "Q6_K", Q8_K: "Q8_K", IQ4_NL: "IQ4_NL", IQ4_XS: "IQ4_XS"}
 ALL_TYPES = list(NAMES)
-WEIGHT_TYPES = [F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K]
+WEIGHT_TYPES = [F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL,
+                IQ4_XS]
 ACTIVATION_TYPES = [F32, F16, BF16, Q8_0, Q8_1, Q8_K]
 # llama.cpp's CPU backend: weights type -> activations type of its vec_dot.
 VEC_DOT_TYPE = {F32: F32, F16: F16, BF16: BF16, Q4_0: Q8_0, Q5_0: Q8_0, Q8_0: Q8_0,
                 Q4_1: Q8_1, Q5_1: Q8_1, Q2_K: Q8_K, Q3_K: Q8_K, Q4_K: Q8_K, Q5_K: Q8_K, Q6_K: Q8_K,
-                Q8_1: Q8_1, Q8_K: Q8_K}
+                IQ4_NL: Q8_0, IQ4_XS: Q8_K, Q8_1: Q8_1, Q8_K: Q8_K}
 
 # (elements, bytes) per block, and the byte offsets of the fp16 scale fields inside a block.
 BLOCK = {F32: (1, 4), F16: (1, 2), BF16: (1, 2), Q4_0: (32, 18), Q4_1: (32, 20), Q5_0: (32, 22),
          Q5_1: (32, 24), Q8_0: (32, 34), Q8_1: (32, 36), Q2_K: (256, 84), Q3_K: (256, 110),
-         Q4_K: (256, 144), Q5_K: (256, 176), Q6_K: (256, 210), Q8_K: (256, 292)}
+         Q4_K: (256, 144), Q5_K: (256, 176), Q6_K: (256, 210), Q8_K: (256, 292), IQ4_NL: (32, 18),
+         IQ4_XS: (256, 136)}
 FP16_FIELDS = {Q4_0: [0], Q4_1: [0, 2], Q5_0: [0], Q5_1: [0, 2], Q8_0: [0], Q2_K: [80, 82],
-               Q3_K: [108], Q4_K: [0, 2], Q5_K: [0, 2], Q6_K: [208]}
+               Q3_K: [108], Q4_K: [0, 2], Q5_K: [0, 2], Q6_K: [208], IQ4_NL: [0], IQ4_XS: [0]}
 
 REFERENCE_TYPES = ["F32", "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K_M",
                    "Q4_K_S", "Q4_K_M", "Q5_K_M", "Q6_K"]
-REFERENCE_FILES = [f"{model}-{t}.gguf" for model in ("llama-gqa", "phi2") for t in REFERENCE_TYPES]
+# llama.cpp-quantized files committed under tests/data (scripts/make_iq4_fixtures.py): the real
+# tensors of the types the ../shared reference files do not have
+DATA = Path(__file__).parent / "data"
+DATA_FILES = ["iq4/llama-iq4_nl.gguf", "iq4/llama-iq4_xs.gguf"]
+REFERENCE_FILES = [f"{model}-{t}.gguf" for model in ("llama-gqa", "phi2") for t in REFERENCE_TYPES] \
+    + DATA_FILES
 
 
 def row_bytes(t, n):
@@ -171,9 +180,10 @@ def random_activations(n, rng, scale=1.0):
 
 @lru_cache(maxsize=None)
 def reference_tensors(filename):
-    """[(name, type id, flat uint8 data, n_elements, row length)] of a ../shared/reference GGUF."""
+    """[(name, type id, flat uint8 data, n_elements, row length)] of a ../shared/reference GGUF
+    (or of one of DATA_FILES)."""
     import gguf
-    path = shared_path("reference", filename)
+    path = DATA / filename if filename in DATA_FILES else shared_path("reference", filename)
     reader = gguf.GGUFReader(str(path))
     out = []
     for t in reader.tensors:

@@ -160,7 +160,7 @@ def _big_tokenizer_json():
 
 
 def test_a_tensor_type_llmstream_does_not_compute_is_named_with_the_supported_ones(tmp_path):
-    """An IQ4_XS tensor (ggml type 23): the error names the type and the types supported."""
+    """An IQ3_S tensor (ggml type 21): the error names the type and the types supported."""
     import shutil
 
     from conftest import shared_path
@@ -175,7 +175,7 @@ def test_a_tensor_type_llmstream_does_not_compute_is_named_with_the_supported_on
     n_dims = int.from_bytes(data[i:i + 4], "little")
     t = i + 4 + 8 * n_dims
     assert int.from_bytes(data[t:t + 4], "little") == 2            # Q4_0 today
-    data[t:t + 4] = (23).to_bytes(4, "little")
+    data[t:t + 4] = (21).to_bytes(4, "little")
     dst.write_bytes(bytes(data))
-    with pytest.raises(GGUFError, match=r"type IQ4_XS \(ggml type id 23\).*supports F32.*Q4_K"):
+    with pytest.raises(GGUFError, match=r"type IQ3_S \(ggml type id 21\).*supports F32.*Q4_K.*IQ4_NL, IQ4_XS"):
         GGUFFile(dst)

@@ -19,17 +19,6 @@ from quants_ref import (ACTIVATION_TYPES, ALL_TYPES, BF16, BLOCK, F16, F32, NAME
                         reference_tensors, row_bytes)
 
 
-@pytest.fixture(params=[0, 1], ids=["scalar", "avx2"])
-def simd(request):
-    """Run a test at both SIMD levels (the AVX2 half skips on CPUs without AVX2)."""
-    if request.param == 1 and not _ops.cpu_has_avx2():
-        pytest.skip("CPU lacks AVX2/FMA/F16C: only the scalar kernels can run here")
-    before = _ops.get_simd()
-    assert _ops.set_simd(request.param) == request.param
-    yield request.param
-    _ops.set_simd(before)
-
-
 # ---- 1. block sizes ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("t", ALL_TYPES, ids=[NAMES[t] for t in ALL_TYPES])
@@ -101,6 +90,17 @@ def test_dequantize_random_gguf_quantized(t, simd):
         got = _ops.dequantize_row(t, data, n)
         assert_dequant_close(got, want, f"random {NAMES[t]} n={n}")
         assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("t", WEIGHT_TYPES, ids=[NAMES[t] for t in WEIGHT_TYPES])
+def test_dequantize_random_blocks_vs_gguf(t, simd):
+    """Random valid blocks of every weight type (random quant bits and indices, sane fp16 scales),
+    dequantized by gguf-py and by us: bit for bit (the types gguf-py cannot quantize, e.g. IQ4_XS)."""
+    rng = np.random.default_rng(200 + t)
+    for n in (256, 256 * 9):
+        w = random_weights(t, n, rng)
+        want = gguf.quants.dequantize(w, GT(t)).astype(np.float32).reshape(-1)
+        np.testing.assert_array_equal(_ops.dequantize_row(t, w, n), want, err_msg=f"{NAMES[t]} n={n}")
 
 
 @pytest.mark.parametrize("t", [Q8_0, Q8_1, Q8_K], ids=lambda t: NAMES[t])
