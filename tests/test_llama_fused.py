@@ -68,6 +68,13 @@ def _check_identical(path, n_vocab, config=None):
         assert np.abs(ref[0]).max() > 0
 
 
+def check_file_identical(path, config=None):
+    """_check_identical on a model file, with its vocabulary size read from the file."""
+    with Model(path, config_path=config) as m:
+        n_vocab = m.n_vocab
+    _check_identical(path, n_vocab, config)
+
+
 def _shared_llama(layout):
     path = SHARED / "reference" / "MANIFEST.json"
     if not path.exists():
@@ -88,9 +95,7 @@ def test_fused_layer_matches_per_op_path(name):
     config = None
     if name.endswith(".candle.gguf"):
         config = str(shared_path("reference", "llama-gqa.config.json"))
-    with Model(path, config_path=config) as m:
-        n_vocab = m.n_vocab
-    _check_identical(path, n_vocab, config)
+    check_file_identical(path, config)
 
 
 @pytest.mark.parametrize("name, layout", [

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_llama_fused import _check_identical  # noqa: E402
+from test_llama_fused import check_file_identical  # noqa: E402
 from test_model_reference import _hp, random_weights, write_candle, write_llama_cpp  # noqa: E402
 
 from llmstream import _ops  # noqa: E402
@@ -94,25 +94,31 @@ def test_rope_defaults_are_plain_rope():
 N_PROMPT = 160   # evaluated in one batch, the rest one token at a time (llama.cpp: all in one batch)
 
 
-def _logits(path, mutate=None):
-    ref = np.load(DATA / (Path(path).stem + ".npz"))
+def _logits(path, mutate=None, n_prompt=N_PROMPT):
+    """Our logits for the tokens of the .npz beside the fixture `path` (n_prompt in one batch, the
+    rest one at a time), and llama.cpp's from that file."""
+    ref = np.load(Path(path).with_suffix(".npz"))
     tokens, expected = ref["tokens"], ref["logits"].astype(np.float64)
     with Model(path) as m:
         if mutate:
             mutate(m)
         s = Session(m)
         got = np.empty_like(expected)
-        got[:N_PROMPT] = s.prefill(tokens[:N_PROMPT], all_logits=True)
-        for i in range(N_PROMPT, len(tokens)):
+        got[:n_prompt] = s.prefill(tokens[:n_prompt], all_logits=True)
+        for i in range(n_prompt, len(tokens)):
             got[i] = s.decode_step(int(tokens[i]))
     return got, expected
 
 
-def measure(name, mutate=None):
-    """(rms, max) of |ours - llama.cpp| / std(llama.cpp logits) over every position."""
-    got, expected = _logits(DATA / f"{name}.gguf", mutate)
+def measure_file(path, mutate=None, n_prompt=N_PROMPT):
+    """(rms, max) of |ours - llama.cpp| / std(llama.cpp logits) over every position of a fixture."""
+    got, expected = _logits(path, mutate, n_prompt)
     err = (got - expected) / expected.std()
     return float(np.sqrt(np.mean(err ** 2))), float(np.abs(err).max())
+
+
+def measure(name, mutate=None):
+    return measure_file(DATA / f"{name}.gguf", mutate)
 
 
 def _without_scaling(m):
@@ -138,10 +144,7 @@ def test_logits_match_llama_cpp(name):
 
 @pytest.mark.parametrize("name", FIXTURES)
 def test_fused_layer_matches_per_op_path(name):
-    path = DATA / f"{name}.gguf"
-    with Model(path) as m:
-        n_vocab = m.n_vocab
-    _check_identical(path, n_vocab)
+    check_file_identical(DATA / f"{name}.gguf")
 
 
 def _tiny(tmp_path, extra):
