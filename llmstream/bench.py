@@ -5,7 +5,8 @@ files with the same thread count, in the same run, when `llama_cpp` is importabl
 The models are generated once and cached outside the repository (default ~/.cache/llmstream/bench).
 Random weights are written directly as valid quantized blocks (random quants, small finite scales):
 speed does not depend on the values, and no float model of 1-3 GB has to be quantized first. The
-tensor-type mixes follow llama.cpp's quantizer (Q4_K_M: Q6_K for output, half the attn_v/ffn_down).
+tensor-type mixes follow llama.cpp's quantizer (Q4_K_M: Q6_K for output, half the attn_v/ffn_down;
+IQ4_XS / IQ4_NL: Q6_K output, Q5_K attn_v under GQA and ffn_down in the first eighth of the layers).
 
 Each engine is measured in its own subprocess, so peak RSS is its own.
 
@@ -52,14 +53,25 @@ BLOCKS = {
     "F32": (0, 1, 4, ()), "F16": (1, 1, 2, ()),
     "Q4_0": (2, 32, 18, (0,)), "Q8_0": (8, 32, 34, (0,)),
     "Q4_K": (12, 256, 144, (0, 2)), "Q6_K": (14, 256, 210, (208,)),
+    "Q5_K": (13, 256, 176, (0, 2)), "IQ4_NL": (20, 32, 18, (0,)), "IQ4_XS": (23, 256, 136, (0,)),
 }
+# the --types (llama.cpp file types) build_model can write
+FTYPES = ("Q4_K_M", "Q4_0", "Q8_0", "IQ4_XS", "IQ4_NL")
 
 
-def _tensor_types(ftype: str, name: str, layer: int, n_layer: int) -> str:
+def _tensor_types(ftype: str, name: str, layer: int, n_layer: int, n_gqa: int = 1) -> str:
     if ftype == "Q8_0":
         return "Q8_0"
     if ftype == "Q4_0":
         return "Q6_K" if name == "output" else "Q4_0"
+    if ftype in ("IQ4_XS", "IQ4_NL"):
+        # llama.cpp without an imatrix: output Q6_K; attn_v Q5_K with GQA >= 4, ffn_down Q5_K in
+        # the first eighth of the layers; the rest (token_embd too) the file type
+        if name == "output":
+            return "Q6_K"
+        if (name == "attn_v" and n_gqa >= 4) or (name == "ffn_down" and layer < n_layer // 8):
+            return "Q5_K"
+        return ftype
     # Q4_K_M (llama.cpp): output Q6_K; attn_v and ffn_down Q6_K on "more bits" layers
     if name == "output":
         return "Q6_K"
@@ -140,16 +152,17 @@ def build_model(path: Path, shape: str, ftype: str, seed: int = 0):
                          raw_dtype=gguf.GGMLQuantizationType(BLOCKS[type_name][0]))
 
     ones = lambda n: np.ones(n, np.float32)
-    emb_type = "Q8_0" if ftype == "Q8_0" else ("Q4_0" if ftype == "Q4_0" else "Q4_K")
+    emb_type = ftype if ftype in ("Q8_0", "Q4_0", "IQ4_XS", "IQ4_NL") else "Q4_K"
+    n_gqa = hp["n_head"] // hp["n_head_kv"]
     add("token_embd.weight", emb_type, V, E)
     w.add_tensor("output_norm.weight", ones(E))
     if arch == "phi2":
         w.add_tensor("output_norm.bias", np.zeros(E, np.float32))
         w.add_tensor("output.bias", np.zeros(V, np.float32))
-    add("output.weight", _tensor_types(ftype, "output", 0, L), V, E)
+    add("output.weight", _tensor_types(ftype, "output", 0, L, n_gqa), V, E)
     for i in range(L):
         p = f"blk.{i}."
-        t = lambda n: _tensor_types(ftype, n, i, L)
+        t = lambda n: _tensor_types(ftype, n, i, L, n_gqa)
         w.add_tensor(p + "attn_norm.weight", ones(E))
         if arch == "llama":
             add(p + "attn_q.weight", t("attn_q"), E, E)
@@ -448,7 +461,8 @@ def physical_cores() -> int:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="llmstream bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", choices=sorted(SHAPES), default="tinyllama")
-    p.add_argument("--types", default="Q4_K_M,Q4_0,Q8_0")
+    p.add_argument("--types", default="Q4_K_M,Q4_0,Q8_0",
+                   help=f"llama.cpp file types, comma-separated, of: {', '.join(FTYPES)}")
     p.add_argument("--threads", type=int, default=physical_cores())
     p.add_argument("--pp", type=int, default=128, help="prompt tokens evaluated in one batch")
     p.add_argument("--tg", type=int, default=64, help="tokens generated one at a time")
@@ -473,6 +487,9 @@ def main(argv=None) -> int:
                    help=argparse.SUPPRESS)
     p.add_argument("--worker-model", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    unknown = [t for t in args.types.split(",") if t.strip() and t.strip() not in FTYPES]
+    if unknown:
+        p.error(f"--types: unknown {', '.join(unknown)}; choose from {', '.join(FTYPES)}")
 
     seqs = None
     if args.concurrency:

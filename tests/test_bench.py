@@ -10,7 +10,8 @@ from llmstream.gguf import GGUFFile
 
 def test_generated_models_have_llama_cpp_type_mixes_and_load(tmp_path):
     for ftype, expect in [("Q4_K_M", {"Q4_K", "Q6_K", "F32"}), ("Q4_0", {"Q4_0", "Q6_K", "F32"}),
-                          ("Q8_0", {"Q8_0", "F32"})]:
+                          ("Q8_0", {"Q8_0", "F32"}), ("IQ4_XS", {"IQ4_XS", "Q6_K", "F32"}),
+                          ("IQ4_NL", {"IQ4_NL", "Q6_K", "F32"})]:
         path = tmp_path / f"tiny-{ftype}.gguf"
         build_model(path, "tiny", ftype)
         with GGUFFile(path) as g:
@@ -18,6 +19,27 @@ def test_generated_models_have_llama_cpp_type_mixes_and_load(tmp_path):
         with Model(path) as m:
             logits = Session(m).prefill([1, 5, 9])
             assert logits.shape == (1000,) and abs(logits).sum() > 0
+
+
+def test_iq4_xs_mix_of_a_tinyllama_shape_is_llama_cpps():
+    """What llama.cpp's quantizer gave (LLAMA_FTYPE_MOSTLY_IQ4_XS, no imatrix) for a 22-layer model with
+    GQA 8: output Q6_K, every attn_v Q5_K, ffn_down Q5_K in layers 0-1, the rest IQ4_XS."""
+    from llmstream.bench import SHAPES, _tensor_types
+    hp = SHAPES["tinyllama"]
+    gqa = hp["n_head"] // hp["n_head_kv"]
+    mix = {(name, i): _tensor_types("IQ4_XS", name, i, hp["n_layer"], gqa)
+           for name in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+           for i in range(hp["n_layer"])}
+    q5 = {k for k, v in mix.items() if v == "Q5_K"}
+    assert q5 == {("attn_v", i) for i in range(22)} | {("ffn_down", 0), ("ffn_down", 1)}
+    assert {v for k, v in mix.items() if k not in q5} == {"IQ4_XS"}
+    assert _tensor_types("IQ4_XS", "output", 0, 22, gqa) == "Q6_K"
+
+
+def test_bench_refuses_an_unknown_type(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "llmstream.cli", "bench", "--types", "Q4_0,IQ2_XS",
+                        "--cache-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "unknown IQ2_XS" in r.stderr and "IQ4_XS" in r.stderr
 
 
 def test_generated_phi2_models_carry_a_usable_bpe_vocabulary(tmp_path):
