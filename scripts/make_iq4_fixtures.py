@@ -19,24 +19,21 @@ committed files.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_rope_fixtures import N_VOCAB, llama_cpp_logits, write_model  # noqa: E402
+from make_rope_fixtures import (fixed_tokens, fixture_args, save_logits, write_manifest,  # noqa: E402
+                                write_model)
 
-ROOT = Path(__file__).resolve().parent.parent
 DIMS = dict(n_embd=256, n_head=4, n_head_kv=2, n_ff=512, n_layer=2)
 N_TOKENS = 96
-# q/k at the usual 1/sqrt(n) scale, not the rope fixtures' x3: with attention that peaky, llama.cpp's
-# AVX2 activation quantizer (127/max and ties to even, where its reference and llmstream use
-# 1/(max/127) and halves away from zero) moves the logits by up to 0.13 sigma even with Q8_0 weights;
-# at x1 the differences are those of the ../shared conformance cases (Q8_0: rms 0.011, max 0.05).
+# q/k at the usual 1/sqrt(n) scale, not the rope fixtures' x3: attention that peaky amplifies the
+# small arithmetic differences of quantized activations (e.g. llama.cpp's AVX2 Q8_0 quantizer rounds
+# x*(127/max) to even, its reference and llmstream x/(max/127) away from zero) to 0.13 sigma at most
+# even with Q8_0 weights (measured); at x1 the differences are those of the ../shared conformance
+# cases (Q8_0: rms 0.011, max 0.05).
 SPEC = {"freq_base": 10000.0, "seed": 20, "qk_scale": 1.0}
 # fixture name -> (llama.cpp file type name, the ggml type of every layer matrix and token_embd)
 FIXTURES = {"llama-iq4_nl": ("LLAMA_FTYPE_MOSTLY_IQ4_NL", "IQ4_NL"),
@@ -72,14 +69,8 @@ def check_types(path: Path, want: str) -> dict[str, str]:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=ROOT / "tests" / "data" / "iq4")
-    ap.add_argument("--vocab", type=Path,
-                    default=ROOT.parent / "shared" / "vocab" / "ggml-vocab-llama-spm.gguf")
-    args = ap.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(2025)
-    tokens = np.concatenate([[1], rng.integers(3, N_VOCAB, N_TOKENS - 1)]).astype(np.int32)
+    args = fixture_args(__doc__, "iq4")
+    tokens = fixed_tokens(2025, N_TOKENS)
     manifest = {}
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "llama-f16.gguf"
@@ -88,15 +79,11 @@ def main():
             path = args.out / f"{name}.gguf"
             quantize(src, path, ftype)
             types = check_types(path, want)
-            logits = llama_cpp_logits(path, tokens)
-            np.savez_compressed(args.out / f"{name}.npz", tokens=tokens, logits=logits.astype(np.float16))
+            logits = save_logits(path, tokens)
             counts = {t: sum(v == t for v in types.values()) for t in sorted(set(types.values()))}
             manifest[name] = {"llama_ftype": ftype, "type": want, "tensor_types": counts}
             print(f"{name}: {path.stat().st_size} B, tensors {counts}, logits std {logits.std():.4f}")
-    import llama_cpp
-    (args.out / "MANIFEST.json").write_text(json.dumps(
-        {"made_by": f"scripts/make_iq4_fixtures.py, llama-cpp-python {llama_cpp.__version__}",
-         "n_tokens": N_TOKENS, "dims": DIMS, "fixtures": manifest}, indent=1) + "\n")
+    write_manifest(args.out, "make_iq4_fixtures.py", N_TOKENS, manifest, dims=DIMS)
 
 
 if __name__ == "__main__":

@@ -151,27 +151,48 @@ def llama_cpp_logits(path: Path, tokens: np.ndarray) -> np.ndarray:
         llm.close()
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=ROOT / "tests" / "data" / "rope")
+def fixture_args(doc: str, subdir: str) -> argparse.Namespace:
+    """The --out (default tests/data/<subdir>, created) and --vocab arguments of a fixture script."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "tests" / "data" / subdir)
     ap.add_argument("--vocab", type=Path,
                     default=ROOT.parent / "shared" / "vocab" / "ggml-vocab-llama-spm.gguf")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(2024)
-    tokens = np.concatenate([[1], rng.integers(3, N_VOCAB, N_TOKENS - 1)]).astype(np.int32)
+    return args
+
+
+def fixed_tokens(seed: int, n: int) -> np.ndarray:
+    """BOS, then n - 1 random ids past the special tokens (int32)."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate([[1], rng.integers(3, N_VOCAB, n - 1)]).astype(np.int32)
+
+
+def save_logits(path: Path, tokens: np.ndarray) -> np.ndarray:
+    """llama.cpp's logits of the model `path` for `tokens`, saved beside it as <stem>.npz (float16)."""
+    logits = llama_cpp_logits(path, tokens)
+    np.savez_compressed(path.with_suffix(".npz"), tokens=tokens, logits=logits.astype(np.float16))
+    return logits
+
+
+def write_manifest(out: Path, script: str, n_tokens: int, fixtures: dict, **extra):
+    import llama_cpp
+    (out / "MANIFEST.json").write_text(json.dumps(
+        {"made_by": f"scripts/{script}, llama-cpp-python {llama_cpp.__version__}",
+         "n_tokens": n_tokens, **extra, "fixtures": fixtures}, indent=1) + "\n")
+
+
+def main():
+    args = fixture_args(__doc__, "rope")
+    tokens = fixed_tokens(2024, N_TOKENS)
     manifest = {}
     for name, spec in FIXTURES.items():
         path = args.out / f"{name}.gguf"
         write_model(path, spec, args.vocab)
-        logits = llama_cpp_logits(path, tokens)
-        np.savez_compressed(args.out / f"{name}.npz", tokens=tokens, logits=logits.astype(np.float16))
+        logits = save_logits(path, tokens)
         manifest[name] = {k: v for k, v in spec.items() if k != "seed"}
         print(f"{name}: {path.stat().st_size} B, logits std {logits.std():.4f}")
-    import llama_cpp
-    (args.out / "MANIFEST.json").write_text(json.dumps(
-        {"made_by": f"scripts/make_rope_fixtures.py, llama-cpp-python {llama_cpp.__version__}",
-         "n_tokens": N_TOKENS, "fixtures": manifest}, indent=1) + "\n")
+    write_manifest(args.out, "make_rope_fixtures.py", N_TOKENS, manifest)
 
 
 if __name__ == "__main__":
