@@ -199,6 +199,51 @@ typedef struct {
 } block_q8_K;
 _Static_assert(sizeof(block_q8_K) == 4 + QK_K + 2 * (QK_K / 16), "block_q8_K must be 292 bytes");
 
+/* ---------------------------------------------------------------------------------------------
+ * Repacked layouts: llmstream's own, never in files. At load, on CPUs where it pays (AVX2 without
+ * the AVX-512 kernels), the weights of a matmul are rewritten once into these "x8" layouts: 8 rows
+ * interleaved per super-block, so that a SIMD kernel finds each int32 lane's row already in place
+ * (instead of transposing 8 rows on every call). Values and formulas are exactly those of the
+ * source format; only the byte order changes (a group of 8 rows r = 8g .. 8g+7, super-block b, is
+ * block g * nb + b; rows past the tensor's end are zero). "Lane p" is row 8g + p.
+ *
+ * Q4_K x8 — 8 rows x 256 elements in 1184 bytes (148 a row, the 144 of Q4_K + 4 unpacked scales).
+ *   bytes 0-15     d[8]     fp16 d of row p;  bytes 16-31 dmin[8] fp16 dmin of row p
+ *   bytes 32-95    sc[8][8] sc[s][p] = 6-bit scale of sub-block s of row p (unpacked, formats.h Q4_K)
+ *   bytes 96-159   m[4][8][2] m[j][p][i] = 6-bit min of sub-block 2j + i of row p
+ *   bytes 160-1183 qs[4][8][32] qs[g][j][4p + e] = row p's Q4_K qs[32g + 4j + e]: low nibble element
+ *                  64g + 4j + e (sub-block 2g), high nibble element 64g + 32 + 4j + e (sub-block 2g+1)
+ *   y = (d * sc[s]) * q - dmin * m[s], as Q4_K.
+ */
+typedef struct {
+    ls_fp16_t d[8];
+    ls_fp16_t dmin[8];
+    uint8_t sc[8][8];
+    uint8_t m[4][8][2];
+    uint8_t qs[4][8][32];
+} block_q4_Kx8;
+_Static_assert(sizeof(block_q4_Kx8) == 8 * (sizeof(block_q4_K) + 4), "block_q4_Kx8 must be 1184 bytes");
+
+/* Q6_K x8 — 8 rows x 256 elements in 1680 bytes (210 a row, as Q6_K).
+ *   bytes 0-15      d[8]       fp16 d of row p
+ *   bytes 16-143    sc[16][8]  sc[s][p] = int8 scale of sub-block s (16 elements) of row p
+ *   bytes 144-1679  q[2][4]    for half h and pair i (groups j = 2i + jj, jj = 0, 1), 192 bytes in
+ *                   the order a kernel reads them:
+ *                     ql[c][jj][4p + e] = row p's ql[64h + 32c + 4j + e]  (c = 0, 1)
+ *                     qh[jj][4p + e]    = row p's qh[32h + 4j + e]
+ *   so the 4 bytes of lane p decode as Q6_K's L[l], L[l + 32], H[l] for l = 4j + e (see Q6_K);
+ *   y = (d * sc[s]) * (q - 32).
+ */
+typedef struct {
+    ls_fp16_t d[8];
+    int8_t sc[16][8];
+    struct {
+        uint8_t ql[2][2][32];
+        uint8_t qh[2][32];
+    } q[2][4];
+} block_q6_Kx8;
+_Static_assert(sizeof(block_q6_Kx8) == 8 * sizeof(block_q6_K), "block_q6_Kx8 must be 1680 bytes");
+
 /* F32 / F16 / BF16: one element per "block" of 4 / 2 / 2 bytes. */
 _Static_assert(sizeof(float) == 4, "float must be IEEE binary32");
 _Static_assert(sizeof(ls_fp16_t) == 2 && sizeof(ls_bf16_t) == 2, "half types must be 2 bytes");

@@ -17,44 +17,49 @@
 
 typedef struct {
     int64_t blck;      /* elements per block, 0 = unknown type */
-    size_t size;       /* bytes per block */
-    int vec_dot_type;  /* activation type for ls_vec_dot */
+    size_t size;       /* bytes per block (of one row, for the x8 layouts: 1/8 of an x8 block) */
+    int vec_dot_type;  /* activation type for ls_vec_dot / ls_matmul_rows */
+    int x8;            /* the repacked layout of this type (0 = none), or 1 for an x8 type itself */
 } ls_type_traits;
 
 static const ls_type_traits k_traits[LS_TYPE_SLOTS] = {
-    [LS_TYPE_F32] = {1, 4, LS_TYPE_F32},
-    [LS_TYPE_F16] = {1, 2, LS_TYPE_F16},
-    [LS_TYPE_BF16] = {1, 2, LS_TYPE_BF16},
-    [LS_TYPE_Q4_0] = {QK4_0, sizeof(block_q4_0), LS_TYPE_Q8_0},
-    [LS_TYPE_Q4_1] = {QK4_1, sizeof(block_q4_1), LS_TYPE_Q8_1},
-    [LS_TYPE_Q5_0] = {QK5_0, sizeof(block_q5_0), LS_TYPE_Q8_0},
-    [LS_TYPE_Q5_1] = {QK5_1, sizeof(block_q5_1), LS_TYPE_Q8_1},
-    [LS_TYPE_Q8_0] = {QK8_0, sizeof(block_q8_0), LS_TYPE_Q8_0},
-    [LS_TYPE_Q8_1] = {QK8_1, sizeof(block_q8_1), LS_TYPE_Q8_1},
-    [LS_TYPE_Q2_K] = {QK_K, sizeof(block_q2_K), LS_TYPE_Q8_K},
-    [LS_TYPE_Q3_K] = {QK_K, sizeof(block_q3_K), LS_TYPE_Q8_K},
-    [LS_TYPE_Q4_K] = {QK_K, sizeof(block_q4_K), LS_TYPE_Q8_K},
-    [LS_TYPE_Q5_K] = {QK_K, sizeof(block_q5_K), LS_TYPE_Q8_K},
-    [LS_TYPE_Q6_K] = {QK_K, sizeof(block_q6_K), LS_TYPE_Q8_K},
-    [LS_TYPE_Q8_K] = {QK_K, sizeof(block_q8_K), LS_TYPE_Q8_K},
-    [LS_TYPE_IQ4_NL] = {QK4_NL, sizeof(block_iq4_nl), LS_TYPE_Q8_0},
-    [LS_TYPE_IQ4_XS] = {QK_K, sizeof(block_iq4_xs), LS_TYPE_Q8_K},
+    [LS_TYPE_F32] = {1, 4, LS_TYPE_F32, 0},
+    [LS_TYPE_F16] = {1, 2, LS_TYPE_F16, 0},
+    [LS_TYPE_BF16] = {1, 2, LS_TYPE_BF16, 0},
+    [LS_TYPE_Q4_0] = {QK4_0, sizeof(block_q4_0), LS_TYPE_Q8_0, 0},
+    [LS_TYPE_Q4_1] = {QK4_1, sizeof(block_q4_1), LS_TYPE_Q8_1, 0},
+    [LS_TYPE_Q5_0] = {QK5_0, sizeof(block_q5_0), LS_TYPE_Q8_0, 0},
+    [LS_TYPE_Q5_1] = {QK5_1, sizeof(block_q5_1), LS_TYPE_Q8_1, 0},
+    [LS_TYPE_Q8_0] = {QK8_0, sizeof(block_q8_0), LS_TYPE_Q8_0, 0},
+    [LS_TYPE_Q8_1] = {QK8_1, sizeof(block_q8_1), LS_TYPE_Q8_1, 0},
+    [LS_TYPE_Q2_K] = {QK_K, sizeof(block_q2_K), LS_TYPE_Q8_K, 0},
+    [LS_TYPE_Q3_K] = {QK_K, sizeof(block_q3_K), LS_TYPE_Q8_K, 0},
+    [LS_TYPE_Q4_K] = {QK_K, sizeof(block_q4_K), LS_TYPE_Q8_K, LS_TYPE_Q4_K_X8},
+    [LS_TYPE_Q5_K] = {QK_K, sizeof(block_q5_K), LS_TYPE_Q8_K, 0},
+    [LS_TYPE_Q6_K] = {QK_K, sizeof(block_q6_K), LS_TYPE_Q8_K, LS_TYPE_Q6_K_X8},
+    [LS_TYPE_Q8_K] = {QK_K, sizeof(block_q8_K), LS_TYPE_Q8_K, 0},
+    [LS_TYPE_IQ4_NL] = {QK4_NL, sizeof(block_iq4_nl), LS_TYPE_Q8_0, 0},
+    [LS_TYPE_IQ4_XS] = {QK_K, sizeof(block_iq4_xs), LS_TYPE_Q8_K, 0},
+    [LS_TYPE_Q4_K_X8] = {QK_K, sizeof(block_q4_Kx8) / 8, LS_TYPE_Q8_K, 1},
+    [LS_TYPE_Q6_K_X8] = {QK_K, sizeof(block_q6_Kx8) / 8, LS_TYPE_Q8_K, 1},
 };
 
-int ls_type_known(int type) {
-    return type >= 0 && type < LS_TYPE_SLOTS && k_traits[type].blck != 0;
-}
+/* Any type the traits know: GGML's and the x8 layouts (which only ls_matmul_rows takes). */
+static int traits_ok(int type) { return type >= 0 && type < LS_TYPE_SLOTS && k_traits[type].blck != 0; }
 
-int64_t ls_blck_size(int type) { return ls_type_known(type) ? k_traits[type].blck : 0; }
+/* GGML types only: what files hold and what the row-by-row entry points take. */
+int ls_type_known(int type) { return traits_ok(type) && k_traits[type].x8 != 1; }
 
-size_t ls_type_size(int type) { return ls_type_known(type) ? k_traits[type].size : 0; }
+int64_t ls_blck_size(int type) { return traits_ok(type) ? k_traits[type].blck : 0; }
+
+size_t ls_type_size(int type) { return traits_ok(type) ? k_traits[type].size : 0; }
 
 size_t ls_row_size(int type, int64_t n) {
-    if (!ls_type_known(type) || n < 0) return 0;
+    if (!traits_ok(type) || n < 0) return 0;
     return (size_t)(n / k_traits[type].blck) * k_traits[type].size;
 }
 
-int ls_vec_dot_type(int type) { return ls_type_known(type) ? k_traits[type].vec_dot_type : -1; }
+int ls_vec_dot_type(int type) { return traits_ok(type) ? k_traits[type].vec_dot_type : -1; }
 
 static int ls_row_ok(int type, int64_t n) {
     return ls_type_known(type) && n >= 0 && n % k_traits[type].blck == 0;
@@ -98,6 +103,11 @@ void ls_vec_dot_x4(int type, int64_t n, const void *w, const void *x, size_t x_s
 // W rows r0..r1-1 (n_out, n) @ x (T, n) -> y (T, ldy): y[t, r] = w_r · x_t
 void ls_matmul_rows(int type, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    if (traits_ok(type) && k_traits[type].x8 == 1) {
+        /* an x8 layout: one kernel for any T, without buffers (never declines) */
+        if (n >= 0 && n % QK_K == 0 && r0 % 8 == 0) ls_kernels()->gemm[type](n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
+        return;
+    }
     if (!ls_row_ok(type, n)) return;
     const ls_kernel_table *k = ls_kernels();
     /* batch (gemm) and decode (gemv) kernels give bit-identical rows: a token's result does not
@@ -227,6 +237,135 @@ int ls_matmul_rows_lanes_ref(int type, int64_t n, const void *w, size_t w_stride
     case LS_TYPE_Q6_K: matmul_rows_q6_K_q8_K_lanes(n, w, w_stride, r0, r1, x, x_stride, T, y, ldy); return 1;
     default: return 0;
     }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Repacking into the x8 layouts (formats.h) and their scalar matmul kernels. The kernels compute
+ * each row exactly as matmul_rows_q4_K_q8_K_lanes / _q6_K_ above (same integers, same float
+ * fold), so a repacked tensor gives the bits of its source, at every SIMD level. */
+
+int ls_repack_type(int type) {
+    return traits_ok(type) && k_traits[type].x8 > 1 ? k_traits[type].x8 : -1;
+}
+
+size_t ls_repack_size(int type, int64_t rows, int64_t n) {
+    const int x8 = ls_repack_type(type);
+    if (x8 < 0 || rows < 0 || n < 0 || n % QK_K) return 0;
+    return (size_t)((rows + 7) / 8 * 8) * ls_row_size(x8, n);
+}
+
+// rows 8g..8g+7 of W (Q4_K) -> group g in Q4_K x8 (missing rows: zeros)
+static void repack_q4_K_group(int64_t nb, const void *w, size_t w_stride, int64_t rows, int64_t g,
+                              block_q4_Kx8 *dst) {
+    memset(dst, 0, (size_t)nb * sizeof *dst);
+    for (int p = 0; p < 8 && 8 * g + p < rows; ++p) {
+        const block_q4_K *src = (const block_q4_K *)((const char *)w + (size_t)(8 * g + p) * w_stride);
+        for (int64_t b = 0; b < nb; ++b) {
+            block_q4_Kx8 *o = &dst[b];
+            uint8_t sc[8], m[8];
+            ls_unpack_scales_k4(src[b].scales, sc, m);
+            o->d[p] = src[b].d;
+            o->dmin[p] = src[b].dmin;
+            for (int s = 0; s < 8; ++s) {
+                o->sc[s][p] = sc[s];
+                o->m[s / 2][p][s % 2] = m[s];
+            }
+            for (int k = 0; k < 4; ++k)
+                for (int j = 0; j < 8; ++j) memcpy(&o->qs[k][j][4 * p], src[b].qs + 32 * k + 4 * j, 4);
+        }
+    }
+}
+
+// rows 8g..8g+7 of W (Q6_K) -> group g in Q6_K x8 (missing rows: zeros)
+static void repack_q6_K_group(int64_t nb, const void *w, size_t w_stride, int64_t rows, int64_t g,
+                              block_q6_Kx8 *dst) {
+    memset(dst, 0, (size_t)nb * sizeof *dst);
+    for (int p = 0; p < 8 && 8 * g + p < rows; ++p) {
+        const block_q6_K *src = (const block_q6_K *)((const char *)w + (size_t)(8 * g + p) * w_stride);
+        for (int64_t b = 0; b < nb; ++b) {
+            block_q6_Kx8 *o = &dst[b];
+            o->d[p] = src[b].d;
+            for (int s = 0; s < 16; ++s) o->sc[s][p] = src[b].scales[s];
+            for (int h = 0; h < 2; ++h)
+                for (int j = 0; j < 8; ++j) {
+                    for (int c = 0; c < 2; ++c) memcpy(&o->q[h][j / 2].ql[c][j % 2][4 * p], src[b].ql + 64 * h + 32 * c + 4 * j, 4);
+                    memcpy(&o->q[h][j / 2].qh[j % 2][4 * p], src[b].qh + 32 * h + 4 * j, 4);
+                }
+        }
+    }
+}
+
+int ls_repack_rows(int type, int64_t n, const void *w, size_t w_stride, int64_t rows,
+                   int64_t g0, int64_t g1, void *dst) {
+    const int x8 = ls_repack_type(type);
+    if (x8 < 0 || n < 0 || n % QK_K || rows < 0) return 0;
+    const int64_t nb = n / QK_K;
+    const size_t group = 8 * ls_row_size(x8, n);
+    for (int64_t g = g0; g < g1; ++g) {
+        void *o = (char *)dst + (size_t)g * group;
+        if (type == LS_TYPE_Q4_K) repack_q4_K_group(nb, w, w_stride, rows, g, o);
+        else repack_q6_K_group(nb, w, w_stride, rows, g, o);
+    }
+    return 1;
+}
+
+// W rows r0..r1-1 (n_out, n) in Q4_K x8 @ x (T, n) in Q8_K -> y[t * ldy + r]: the fold of
+// matmul_rows_q4_K_q8_K_lanes, reading the x8 layout (r0 a multiple of 8)
+static int64_t matmul_rows_q4_K_x8_q8_K(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    const int64_t nb = n / QK_K;
+    for (int64_t t = 0; t < T; ++t) {
+        const block_q8_K *xb = (const block_q8_K *)((const char *)x + (size_t)t * x_stride);
+        for (int64_t r = r0; r < r1; ++r) {
+            const block_q4_Kx8 *g = (const block_q4_Kx8 *)((const char *)w + (size_t)(r / 8 * 8) * w_stride);
+            const int p = (int)(r % 8);
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nb; ++b) {
+                int isum = 0, msum = 0;
+                for (int s = 0; s < 8; ++s) {
+                    msum += g[b].m[s / 2][p][s % 2] * (xb[b].bsums[2 * s] + xb[b].bsums[2 * s + 1]);
+                    int dot = 0;
+                    for (int l = 0; l < 32; ++l) {
+                        const uint8_t q = g[b].qs[s / 2][l / 4][4 * p + l % 4];
+                        dot += (s % 2 ? q >> 4 : q & 15) * xb[b].qs[32 * s + l];
+                    }
+                    isum += g[b].sc[s][p] * dot;
+                }
+                acc = fmaf((float)isum, ls_fp16_to_fp32(g[b].d[p]) * xb[b].d, acc);
+                acc = fmaf(-(float)msum, ls_fp16_to_fp32(g[b].dmin[p]) * xb[b].d, acc);
+            }
+            y[(size_t)t * ldy + r] = acc;
+        }
+    }
+    return r1;
+}
+
+// W rows r0..r1-1 (n_out, n) in Q6_K x8 @ x (T, n) in Q8_K -> y[t * ldy + r]: the fold of
+// matmul_rows_q6_K_q8_K_lanes, reading the x8 layout (r0 a multiple of 8)
+static int64_t matmul_rows_q6_K_x8_q8_K(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    const int64_t nb = n / QK_K;
+    for (int64_t t = 0; t < T; ++t) {
+        const block_q8_K *xb = (const block_q8_K *)((const char *)x + (size_t)t * x_stride);
+        for (int64_t r = r0; r < r1; ++r) {
+            const block_q6_Kx8 *g = (const block_q6_Kx8 *)((const char *)w + (size_t)(r / 8 * 8) * w_stride);
+            const int p = (int)(r % 8);
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nb; ++b) {
+                int isum = 0;
+                for (int k = 0; k < QK_K; ++k) {
+                    const int h = k / 128, c = (k % 128) / 32, l = k % 32;
+                    const uint8_t L = g[b].q[h][l / 8].ql[c % 2][l / 4 % 2][4 * p + l % 4];
+                    const uint8_t H = g[b].q[h][l / 8].qh[l / 4 % 2][4 * p + l % 4];
+                    const int qv = (c < 2 ? L & 15 : L >> 4) | (((H >> (2 * c)) & 3) << 4);
+                    isum += g[b].sc[k / 16][p] * ((qv - 32) * xb[b].qs[k]);
+                }
+                acc = fmaf((float)isum, ls_fp16_to_fp32(g[b].d[p]) * xb[b].d, acc);
+            }
+            y[(size_t)t * ldy + r] = acc;
+        }
+    }
+    return r1;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -844,5 +983,13 @@ const ls_kernel_table ls_kernels_scalar = {
         [LS_TYPE_Q8_K] = dequantize_row_q8_K,
         [LS_TYPE_IQ4_NL] = dequantize_row_iq4_nl,
         [LS_TYPE_IQ4_XS] = dequantize_row_iq4_xs,
+    },
+    .gemm = {
+        [LS_TYPE_Q4_K_X8] = matmul_rows_q4_K_x8_q8_K,
+        [LS_TYPE_Q6_K_X8] = matmul_rows_q6_K_x8_q8_K,
+    },
+    .gemv = {
+        [LS_TYPE_Q4_K_X8] = matmul_rows_q4_K_x8_q8_K,
+        [LS_TYPE_Q6_K_X8] = matmul_rows_q6_K_x8_q8_K,
     },
 };

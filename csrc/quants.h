@@ -37,6 +37,8 @@ enum ls_type {
     LS_TYPE_Q6_K = 14, LS_TYPE_Q8_K = 15,
     LS_TYPE_IQ4_NL = 20, LS_TYPE_IQ4_XS = 23,   /* i-quants: non-linear 4-bit levels (formats.h) */
     LS_TYPE_BF16 = 30,
+    /* llmstream's repacked layouts (formats.h "x8"), never in files: made by ls_repack_rows */
+    LS_TYPE_Q4_K_X8 = 64, LS_TYPE_Q6_K_X8 = 65,
 };
 
 enum ls_simd { LS_SIMD_SCALAR = 0, LS_SIMD_AVX2 = 1 };
@@ -69,6 +71,18 @@ void    ls_vec_dot_x4(int type, int64_t n, const void *w, const void *x, size_t 
  * Single-threaded: callers split the rows between threads. */
 void    ls_matmul_rows(int type, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy);
+
+/* Repacking (formats.h, "Repacked layouts"): the x8 type weights of `type` can be rewritten to,
+ * else -1. A tensor in an x8 type is used by ls_matmul_rows exactly as one in its source type (rows
+ * r0..r1 with r0 a multiple of 8, w_stride = ls_row_size(x8 type, n)) and gives the same bits. */
+int     ls_repack_type(int type);
+/* Bytes of a tensor of `rows` rows of n elements in the x8 type of `type` (rows rounded up to 8). */
+size_t  ls_repack_size(int type, int64_t rows, int64_t n);
+/* Groups g0..g1-1 (rows 8g .. 8g+7) of W (rows, n) in `type` (w_stride bytes apart) -> the same
+ * groups of dst, laid out in ls_repack_type(type); rows >= `rows` are written as zeros. Returns 0
+ * (writing nothing) for a type without an x8 layout. Groups are independent: split them freely. */
+int     ls_repack_rows(int type, int64_t n, const void *w, size_t w_stride, int64_t rows,
+                       int64_t g0, int64_t g1, void *dst);
 
 /* SIMD level in use; ls_set_simd returns the level actually set (AVX2 only when the CPU has it). */
 int     ls_get_simd(void);

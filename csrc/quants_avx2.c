@@ -1030,6 +1030,19 @@ static inline __attribute__((always_inline)) void gemm_q4_K_rows8_tile(
     for (int t = 0; t < nt; ++t) store_rows8(y + (size_t)(t0 + t) * ldy, acc[t], rows);
 }
 
+/* All T tokens against the tiles of one 8-row group, 4 at a time. */
+static void q4_K_tiles_tokens(int64_t nb, const q4_K_rows8_tile *tiles, const uint8_t *x, size_t x_stride,
+                              const q8_K_side *side, int64_t T, float *y, size_t ldy, int rows) {
+    int64_t t = 0;
+    for (; t + 4 <= T; t += 4) gemm_q4_K_rows8_tile(nb, tiles, x, x_stride, side, t, 4, y, ldy, rows);
+    switch (T - t) {
+    case 3: gemm_q4_K_rows8_tile(nb, tiles, x, x_stride, side, t, 3, y, ldy, rows); break;
+    case 2: gemm_q4_K_rows8_tile(nb, tiles, x, x_stride, side, t, 2, y, ldy, rows); break;
+    case 1: gemm_q4_K_rows8_tile(nb, tiles, x, x_stride, side, t, 1, y, ldy, rows); break;
+    default: break;
+    }
+}
+
 // W rows r0..r1-1 (n_out, n) in Q4_K @ x (T, n) in Q8_K, T >= 4 -> y[t * ldy + r]
 //   = fold over super-blocks b: acc = fma(isum_b, d_b * dx_b, acc); acc = fma(-msum_b, dmin_b * dx_b, acc)
 static int64_t gemm_q4_K_q8_K_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
@@ -1048,14 +1061,7 @@ static int64_t gemm_q4_K_q8_K_avx2(int64_t n, const void *w, size_t w_stride, in
             for (size_t o = 0; o < bytes; o += 64) _mm_prefetch(next + o, _MM_HINT_T0);
         }
         for (int64_t b = 0; b < nb; ++b) tile_q4_K_rows8(rp, b, &tiles[b]);
-        int64_t t = 0;
-        for (; t + 4 <= T; t += 4) gemm_q4_K_rows8_tile(nb, tiles, x, x_stride, side, t, 4, y + r, ldy, rows);
-        switch (T - t) {
-        case 3: gemm_q4_K_rows8_tile(nb, tiles, x, x_stride, side, t, 3, y + r, ldy, rows); break;
-        case 2: gemm_q4_K_rows8_tile(nb, tiles, x, x_stride, side, t, 2, y + r, ldy, rows); break;
-        case 1: gemm_q4_K_rows8_tile(nb, tiles, x, x_stride, side, t, 1, y + r, ldy, rows); break;
-        default: break;
-        }
+        q4_K_tiles_tokens(nb, tiles, x, x_stride, side, T, y + r, ldy, rows);
     }
     return r1;
 }
@@ -1210,6 +1216,19 @@ static inline __attribute__((always_inline)) void gemm_q6_K_rows8_tile(
     for (int t = 0; t < nt; ++t) store_rows8(y + (size_t)(t0 + t) * ldy, acc[t], rows);
 }
 
+/* All T tokens against the tiles of one 8-row group, 4 at a time. */
+static void q6_K_tiles_tokens(int64_t nb, const q6_K_rows8_tile *tiles, const uint8_t *x, size_t x_stride,
+                              int64_t T, float *y, size_t ldy, int rows) {
+    int64_t t = 0;
+    for (; t + 4 <= T; t += 4) gemm_q6_K_rows8_tile(nb, tiles, x, x_stride, t, 4, y, ldy, rows);
+    switch (T - t) {
+    case 3: gemm_q6_K_rows8_tile(nb, tiles, x, x_stride, t, 3, y, ldy, rows); break;
+    case 2: gemm_q6_K_rows8_tile(nb, tiles, x, x_stride, t, 2, y, ldy, rows); break;
+    case 1: gemm_q6_K_rows8_tile(nb, tiles, x, x_stride, t, 1, y, ldy, rows); break;
+    default: break;
+    }
+}
+
 // W rows r0..r1-1 (n_out, n) in Q6_K @ x (T, n) in Q8_K, T >= 4 -> y[t * ldy + r]
 //   = fold over super-blocks b: acc = fma(sum_s sc_s * ((q - 32)·x)_s, d_b * dx_b, acc)
 static int64_t gemm_q6_K_q8_K_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
@@ -1226,14 +1245,7 @@ static int64_t gemm_q6_K_q8_K_avx2(int64_t n, const void *w, size_t w_stride, in
             for (size_t o = 0; o < bytes; o += 64) _mm_prefetch(next + o, _MM_HINT_T0);
         }
         for (int64_t b = 0; b < nb; ++b) tile_q6_K_rows8(rp, b, &tiles[b]);
-        int64_t t = 0;
-        for (; t + 4 <= T; t += 4) gemm_q6_K_rows8_tile(nb, tiles, x, x_stride, t, 4, y + r, ldy, rows);
-        switch (T - t) {
-        case 3: gemm_q6_K_rows8_tile(nb, tiles, x, x_stride, t, 3, y + r, ldy, rows); break;
-        case 2: gemm_q6_K_rows8_tile(nb, tiles, x, x_stride, t, 2, y + r, ldy, rows); break;
-        case 1: gemm_q6_K_rows8_tile(nb, tiles, x, x_stride, t, 1, y + r, ldy, rows); break;
-        default: break;
-        }
+        q6_K_tiles_tokens(nb, tiles, x, x_stride, T, y + r, ldy, rows);
     }
     return r1;
 }
@@ -1285,6 +1297,261 @@ static int64_t gemv_q6_K_q8_K_avx2(int64_t n, const void *w, size_t w_stride, in
     __m256i *v = avx2_thread_buffer((size_t)nb * 8 * sizeof(__m256i), 0);
     if (!v) return r0;
     gemv_q6_K_rows(T, nb, w, w_stride, r0, r1, x, x_stride, y, ldy, v);
+    return r1;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Repacked (x8) weights: the 8 rows of a group are already interleaved (formats.h "Repacked
+ * layouts"), so these are the gemm tiles above without building tiles — one kernel for any T,
+ * tokens 4 at a time, each weight byte read once per call. The integer sums are exact and the
+ * float fold per row is the scalar twins' (matmul_rows_q4_K_x8_q8_K, matmul_rows_q6_K_x8_q8_K in
+ * quants.c), which is that of gemm_q4_K / gemm_q6_K above: a repacked tensor gives the same bits. */
+
+/* The x8 block this many blocks ahead is fetched while one is computed (the next ones in memory,
+ * past the group's end too: the groups of a tensor are contiguous; a prefetch never faults). */
+#ifndef X8_PREFETCH_AHEAD
+#define X8_PREFETCH_AHEAD 2
+#endif
+static inline void x8_prefetch(const void *p, size_t bytes) {
+    for (size_t o = 0; o < bytes; o += 64) _mm_prefetch((const char *)p + o, _MM_HINT_T0);
+}
+
+/* Group j = 2i + jj of half h of a Q6_K x8 block -> its quants (0..63), q[c]: quarter c. */
+static inline __attribute__((always_inline)) void ls_q6_K_quants_x8_avx2(const block_q6_Kx8 *B, int h, int i, int jj,
+                                                                        __m256i q[4]) {
+    ls_q6_K_quants_avx2(_mm256_loadu_si256((const __m256i *)B->q[h][i].ql[0][jj]),
+                        _mm256_loadu_si256((const __m256i *)B->q[h][i].ql[1][jj]),
+                        _mm256_loadu_si256((const __m256i *)B->q[h][i].qh[jj]), q);
+}
+
+/* 8 bytes v[p] -> the int16 pair (v[p], v[p]) in int32 lane p. */
+static inline __m256i x8_dup_u8(const uint8_t *v) {
+    const __m128i b = _mm_loadl_epi64((const __m128i *)v);
+    return _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(b, b));
+}
+
+/* 8 int8 v[p] -> the int16 pair (v[p], v[p]) in int32 lane p. */
+static inline __m256i x8_dup_i8(const int8_t *v) {
+    const __m128i b = _mm_loadl_epi64((const __m128i *)v);
+    return _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(b, b));
+}
+
+/* 8 + 8 int8 a[p], b[p] -> the int16 pair (a[p], b[p]) in int32 lane p. */
+static inline __m256i x8_pair_i8(const int8_t *a, const int8_t *b) {
+    return _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)a), _mm_loadl_epi64((const __m128i *)b)));
+}
+
+/* Sub-block s of a Q4_K x8 block (nibbles `hi` of qs[s / 2]) · nt tokens' Q8_K blocks: isum[t] +=
+ * per lane sc_s * (q · x)_s; the 8 groups add in int16 (8 x 2 x 15 x 127 = 30480 fits). */
+static inline __attribute__((always_inline)) void q4_K_x8_sub(const block_q4_Kx8 *B, const int s,
+                                                             const block_q8_K *const *xb, const int nt, __m256i *isum) {
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    __m256i s16[4];
+    for (int j = 0; j < 8; ++j) {
+        const __m256i raw = _mm256_loadu_si256((const __m256i *)B->qs[s / 2][j]);
+        const __m256i q = _mm256_and_si256(s & 1 ? _mm256_srli_epi16(raw, 4) : raw, low4);
+        for (int t = 0; t < nt; ++t) {
+            const __m256i p = _mm256_maddubs_epi16(q, bcast_x4(xb[t]->qs + 32 * s + 4 * j));
+            s16[t] = j ? _mm256_add_epi16(s16[t], p) : p;
+            LS_KEEP_ORDER(s16[t]);
+        }
+    }
+    const __m256i sc = x8_dup_u8(B->sc[s]);
+    for (int t = 0; t < nt; ++t) {
+        isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s16[t], sc));
+        LS_KEEP_ORDER(isum[t]);
+    }
+}
+
+/* nt tokens t0.. (a constant 1..4) against one group of Q4_K x8 blocks -> 8 rows of y. */
+static inline __attribute__((always_inline)) void gemm_q4_K_x8_group(
+        int64_t nb, const block_q4_Kx8 *restrict g, const uint8_t *x, size_t x_stride, int64_t t0, const int nt,
+        float *y, size_t ldy, int rows) {
+    __m256 acc[4];
+    for (int t = 0; t < nt; ++t) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        const block_q4_Kx8 *B = &g[b];
+        x8_prefetch(B + X8_PREFETCH_AHEAD, sizeof *B);
+        const block_q8_K *xb[4];
+        __m256i isum[4];
+        for (int t = 0; t < nt; ++t) {
+            xb[t] = (const block_q8_K *)(x + (size_t)(t0 + t) * x_stride) + b;
+            isum[t] = _mm256_setzero_si256();
+        }
+        q4_K_x8_sub(B, 0, xb, nt, isum); q4_K_x8_sub(B, 1, xb, nt, isum);
+        q4_K_x8_sub(B, 2, xb, nt, isum); q4_K_x8_sub(B, 3, xb, nt, isum);
+        q4_K_x8_sub(B, 4, xb, nt, isum); q4_K_x8_sub(B, 5, xb, nt, isum);
+        q4_K_x8_sub(B, 6, xb, nt, isum); q4_K_x8_sub(B, 7, xb, nt, isum);
+        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)B->d));
+        const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)B->dmin));
+        for (int t = 0; t < nt; ++t) {
+            /* sub-block sums of x as int16 pairs: dword 0/1 of the low half = (S0,S1), (S2,S3), of
+             * the high half (S4,S5), (S6,S7) */
+            const __m256i S = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)xb[t]->bsums), _mm256_set1_epi16(1));
+            const __m256i S16 = _mm256_packs_epi32(S, S);
+            __m256i msum = _mm256_setzero_si256();
+            for (int j = 0; j < 4; ++j) {
+                const __m256i pair = _mm256_permutevar8x32_epi32(S16, _mm256_set1_epi32((j & 1) + 4 * (j >> 1)));
+                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)B->m[j])), pair));
+            }
+            const __m256 dx = _mm256_set1_ps(xb[t]->d);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, dx), acc[t]);
+            acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, dx), acc[t]);
+        }
+    }
+    for (int t = 0; t < nt; ++t) store_rows8(y + (size_t)(t0 + t) * ldy, acc[t], rows);
+}
+
+/* Many tokens (a prompt): the group's quants are unpacked once into the tiles of gemm_q4_K_q8_K_avx2
+ * (the same registers the tiling would make, without the transposition) and that kernel's tile loop
+ * does the rest — cheaper per token than unpacking the nibbles for every 4 tokens. */
+#define X8_TILE_MIN_T 8
+
+// group of Q4_K x8 blocks B[0..nb-1] -> the tiles of gemm_q4_K_q8_K_avx2
+static void tile_q4_K_from_x8(int64_t nb, const block_q4_Kx8 *B, q4_K_rows8_tile *tiles) {
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    for (int64_t b = 0; b < nb; ++b) {
+        q4_K_rows8_tile *tl = &tiles[b];
+        for (int k = 0; k < 4; ++k)
+            for (int j = 0; j < 8; ++j) {
+                const __m256i raw = _mm256_loadu_si256((const __m256i *)B[b].qs[k][j]);
+                _mm256_store_si256(&tl->q[2 * k][j], _mm256_and_si256(raw, low4));
+                _mm256_store_si256(&tl->q[2 * k + 1][j], _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4));
+            }
+        for (int s = 0; s < 8; ++s) _mm256_store_si256(&tl->sc[s], x8_dup_u8(B[b].sc[s]));
+        for (int j = 0; j < 4; ++j) _mm256_store_si256(&tl->m[j], _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)B[b].m[j])));
+        _mm256_storeu_ps(tl->d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)B[b].d)));
+        _mm256_storeu_ps(tl->dmin, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)B[b].dmin)));
+    }
+}
+
+// W rows r0..r1-1 (n_out, n) in Q4_K x8 @ x (T, n) in Q8_K, any T, r0 % 8 == 0 -> y[t * ldy + r]
+//   = fold over super-blocks b: acc = fma(isum_b, d_b * dx_b, acc); acc = fma(-msum_b, dmin_b * dx_b, acc)
+static int64_t gemm_q4_K_x8_q8_K_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                      const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    const int64_t nb = n / QK_K;
+    if (T >= X8_TILE_MIN_T) {
+        q4_K_rows8_tile *tiles = avx2_thread_buffer((size_t)nb * sizeof(q4_K_rows8_tile), 0);
+        q8_K_side *side = avx2_thread_buffer((size_t)(T * nb) * sizeof(q8_K_side), 1);
+        if (tiles && side) {
+            q8_K_side_data(nb, x, x_stride, T, side);
+            for (int64_t r = r0; r < r1; r += 8) {
+                tile_q4_K_from_x8(nb, (const block_q4_Kx8 *)((const char *)w + (size_t)r * w_stride), tiles);
+                q4_K_tiles_tokens(nb, tiles, x, x_stride, side, T, y + r, ldy, r1 - r < 8 ? (int)(r1 - r) : 8);
+            }
+            return r1;
+        }
+    }
+    for (int64_t r = r0; r < r1; r += 8) {
+        const block_q4_Kx8 *restrict g = (const block_q4_Kx8 *)((const char *)w + (size_t)r * w_stride);
+        const int rows = r1 - r < 8 ? (int)(r1 - r) : 8;
+        int64_t t = 0;
+        for (; t + 4 <= T; t += 4) gemm_q4_K_x8_group(nb, g, x, x_stride, t, 4, y + r, ldy, rows);
+        switch (T - t) {
+        case 3: gemm_q4_K_x8_group(nb, g, x, x_stride, t, 3, y + r, ldy, rows); break;
+        case 2: gemm_q4_K_x8_group(nb, g, x, x_stride, t, 2, y + r, ldy, rows); break;
+        case 1: gemm_q4_K_x8_group(nb, g, x, x_stride, t, 1, y + r, ldy, rows); break;
+        default: break;
+        }
+    }
+    return r1;
+}
+
+/* nt tokens t0.. (a constant 1..4) against one group of Q6_K x8 blocks -> 8 rows of y. Per 128-half
+ * h and pair of groups j = 2i, 2i + 1 (they share each quarter's sub-block, 8h + 2c + i / 2): two
+ * groups add in int16 (2 x 2 x 63 x 127 = 32004 fits) before vpmaddwd applies the scale. */
+static inline __attribute__((always_inline)) void gemm_q6_K_x8_group(
+        int64_t nb, const block_q6_Kx8 *restrict g, const uint8_t *x, size_t x_stride, int64_t t0, const int nt,
+        float *y, size_t ldy, int rows) {
+    __m256 acc[4];
+    for (int t = 0; t < nt; ++t) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        const block_q6_Kx8 *B = &g[b];
+        x8_prefetch(B + X8_PREFETCH_AHEAD, sizeof *B);
+        const block_q8_K *xb[4];
+        __m256i isum[4];
+        for (int t = 0; t < nt; ++t) {
+            xb[t] = (const block_q8_K *)(x + (size_t)(t0 + t) * x_stride) + b;
+            isum[t] = _mm256_setzero_si256();
+        }
+        __m256i scv[16];     /* the 16 scales as int16 pairs, expanded once per super-block */
+        for (int k = 0; k < 16; ++k) scv[k] = x8_dup_i8(B->sc[k]);
+        for (int h = 0; h < 2; ++h) {
+            for (int i = 0; i < 4; ++i) {
+                __m256i qa[4], qb[4];
+                ls_q6_K_quants_x8_avx2(B, h, i, 0, qa);
+                ls_q6_K_quants_x8_avx2(B, h, i, 1, qb);
+                for (int c = 0; c < 4; ++c) {
+                    const __m256i sc = _mm256_load_si256(&scv[8 * h + 2 * c + i / 2]);
+                    for (int t = 0; t < nt; ++t) {
+                        const int8_t *xq = xb[t]->qs + 128 * h + 32 * c + 8 * i;
+                        __m256i p = _mm256_maddubs_epi16(qa[c], bcast_x4(xq));
+                        p = _mm256_add_epi16(p, _mm256_maddubs_epi16(qb[c], bcast_x4(xq + 4)));
+                        isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(p, sc));
+                        LS_KEEP_ORDER(isum[t]);
+                    }
+                }
+            }
+        }
+        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)B->d));
+        for (int t = 0; t < nt; ++t) {
+            __m256i off = _mm256_setzero_si256();
+            for (int j = 0; j < 8; ++j) {
+                int32_t bp;
+                memcpy(&bp, &xb[t]->bsums[2 * j], 4);
+                off = _mm256_add_epi32(off, _mm256_madd_epi16(x8_pair_i8(B->sc[2 * j], B->sc[2 * j + 1]), _mm256_set1_epi32(bp)));
+            }
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(isum[t], _mm256_slli_epi32(off, 5))),
+                                     _mm256_mul_ps(d, _mm256_set1_ps(xb[t]->d)), acc[t]);
+        }
+    }
+    for (int t = 0; t < nt; ++t) store_rows8(y + (size_t)(t0 + t) * ldy, acc[t], rows);
+}
+
+// group of Q6_K x8 blocks B[0..nb-1] -> the tiles of gemm_q6_K_q8_K_avx2 (tile q[4s + j]: elements
+// 16s + 4j .. of each lane; x8 group jx of quarter c of half h is sub-block 8h + 2c + jx / 4, j = jx % 4)
+static void tile_q6_K_from_x8(int64_t nb, const block_q6_Kx8 *B, q6_K_rows8_tile *tiles) {
+    for (int64_t b = 0; b < nb; ++b) {
+        q6_K_rows8_tile *tl = &tiles[b];
+        for (int h = 0; h < 2; ++h)
+            for (int jx = 0; jx < 8; ++jx) {
+                __m256i q[4];
+                ls_q6_K_quants_x8_avx2(&B[b], h, jx / 2, jx % 2, q);
+                for (int c = 0; c < 4; ++c) _mm256_store_si256(&tl->q[4 * (8 * h + 2 * c + jx / 4) + jx % 4], q[c]);
+            }
+        for (int s = 0; s < 16; ++s) _mm256_store_si256(&tl->sc[s], x8_dup_i8(B[b].sc[s]));
+        for (int j = 0; j < 8; ++j) _mm256_store_si256(&tl->scp[j], x8_pair_i8(B[b].sc[2 * j], B[b].sc[2 * j + 1]));
+        _mm256_storeu_ps(tl->d, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)B[b].d)));
+    }
+}
+
+// W rows r0..r1-1 (n_out, n) in Q6_K x8 @ x (T, n) in Q8_K, any T, r0 % 8 == 0 -> y[t * ldy + r]
+//   = fold over super-blocks b: acc = fma(sum_s sc_s * ((q - 32)·x)_s, d_b * dx_b, acc)
+static int64_t gemm_q6_K_x8_q8_K_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                      const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    const int64_t nb = n / QK_K;
+    if (T >= X8_TILE_MIN_T) {
+        q6_K_rows8_tile *tiles = avx2_thread_buffer((size_t)nb * sizeof(q6_K_rows8_tile), 0);
+        if (tiles) {
+            for (int64_t r = r0; r < r1; r += 8) {
+                tile_q6_K_from_x8(nb, (const block_q6_Kx8 *)((const char *)w + (size_t)r * w_stride), tiles);
+                q6_K_tiles_tokens(nb, tiles, x, x_stride, T, y + r, ldy, r1 - r < 8 ? (int)(r1 - r) : 8);
+            }
+            return r1;
+        }
+    }
+    for (int64_t r = r0; r < r1; r += 8) {
+        const block_q6_Kx8 *restrict g = (const block_q6_Kx8 *)((const char *)w + (size_t)r * w_stride);
+        const int rows = r1 - r < 8 ? (int)(r1 - r) : 8;
+        int64_t t = 0;
+        for (; t + 4 <= T; t += 4) gemm_q6_K_x8_group(nb, g, x, x_stride, t, 4, y + r, ldy, rows);
+        switch (T - t) {
+        case 3: gemm_q6_K_x8_group(nb, g, x, x_stride, t, 3, y + r, ldy, rows); break;
+        case 2: gemm_q6_K_x8_group(nb, g, x, x_stride, t, 2, y + r, ldy, rows); break;
+        case 1: gemm_q6_K_x8_group(nb, g, x, x_stride, t, 1, y + r, ldy, rows); break;
+        default: break;
+        }
+    }
     return r1;
 }
 
@@ -1565,11 +1832,15 @@ const ls_kernel_table ls_kernels_avx2 = {
         [LS_TYPE_Q8_0] = gemm_q8_0_q8_0_avx2,
         [LS_TYPE_Q4_K] = gemm_q4_K_q8_K_avx2,
         [LS_TYPE_Q6_K] = gemm_q6_K_q8_K_avx2,
+        [LS_TYPE_Q4_K_X8] = gemm_q4_K_x8_q8_K_avx2,
+        [LS_TYPE_Q6_K_X8] = gemm_q6_K_x8_q8_K_avx2,
     },
     .gemv = {
         [LS_TYPE_Q4_0] = gemv_q4_0_q8_0_avx2,
         [LS_TYPE_Q8_0] = gemv_q8_0_q8_0_avx2,
         [LS_TYPE_Q4_K] = gemv_q4_K_q8_K_avx2,
         [LS_TYPE_Q6_K] = gemv_q6_K_q8_K_avx2,
+        [LS_TYPE_Q4_K_X8] = gemm_q4_K_x8_q8_K_avx2,
+        [LS_TYPE_Q6_K_X8] = gemm_q6_K_x8_q8_K_avx2,
     },
 };

@@ -10,7 +10,7 @@
 #include "formats.h"
 #include "quants.h"
 
-#define LS_TYPE_SLOTS 31    /* type ids are < 31 (BF16 = 30) */
+#define LS_TYPE_SLOTS 66    /* type ids are < 66 (GGML's < 31, BF16 = 30; the x8 layouts 64, 65) */
 
 typedef float (*ls_vec_dot_fn)(int64_t n, const void *w, const void *x);
 typedef void (*ls_quantize_fn)(const float *x, void *y, int64_t n);
@@ -29,7 +29,8 @@ typedef struct {
     ls_quantize_fn quantize[LS_TYPE_SLOTS];     /* indexed by the activation (vec_dot) type */
     ls_dequantize_fn dequantize[LS_TYPE_SLOTS];
     ls_vec_dot_x4_fn vec_dot_x4[LS_TYPE_SLOTS]; /* indexed by the weight type; NULL: 4 vec_dots */
-    ls_matmul_rows_fn gemm[LS_TYPE_SLOTS];      /* 4+ tokens, a row per lane: quants_avx2.c, quants_avx512.c */
+    ls_matmul_rows_fn gemm[LS_TYPE_SLOTS];      /* 4+ tokens, a row per lane: quants_avx2.c, quants_avx512.c;
+                                                 * for an x8 layout (formats.h) its kernel for any T */
     ls_matmul_rows_fn gemv[LS_TYPE_SLOTS];      /* 1-3 tokens, bit for bit as gemm */
 } ls_kernel_table;
 
@@ -153,18 +154,23 @@ static inline __m256i ls_unpack_scales_mins_k4_avx2(const uint8_t *q) {
     return _mm256_cvtepu8_epi16(_mm_set_epi32((int)mn_hi, (int)mn_lo, (int)sc_hi, (int)sc_lo));
 }
 
-/* The quants (0..63) of elements 128h .. 128h+127 of a Q6_K block, 32 a register, in element order. */
-static inline __attribute__((always_inline)) void ls_q6_K_quants_half_avx2(const block_q6_K *blk, int h, __m256i q[4]) {
+/* Q6_K quants (0..63) from 32 bytes each of ql (l0 = L[l], l1 = L[l + 32]) and qh (hb = H[l]), in
+ * Q6_K's order (formats.h): q[c] holds the elements of quarter c (l, 32 + l, 64 + l, 96 + l). */
+static inline __attribute__((always_inline)) void ls_q6_K_quants_avx2(__m256i l0, __m256i l1, __m256i hb, __m256i q[4]) {
     const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(0x03);
-    const __m256i l0 = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h));
-    const __m256i l1 = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h + 32));
-    const __m256i hb = _mm256_loadu_si256((const __m256i *)(blk->qh + 32 * h));
     q[0] = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(hb, two), 4));
     q[1] = _mm256_or_si256(_mm256_and_si256(l1, low4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), two), 4));
     q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), two), 4));
     q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), two), 4));
+}
+
+/* The quants (0..63) of elements 128h .. 128h+127 of a Q6_K block, 32 a register, in element order. */
+static inline __attribute__((always_inline)) void ls_q6_K_quants_half_avx2(const block_q6_K *blk, int h, __m256i q[4]) {
+    ls_q6_K_quants_avx2(_mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h)),
+                        _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h + 32)),
+                        _mm256_loadu_si256((const __m256i *)(blk->qh + 32 * h)), q);
 }
 #endif
 

@@ -20,6 +20,10 @@ cdef extern from "quants.h" nogil:
     int ls_get_simd()
     int ls_set_simd(int level)
     int ls_cpu_has_avx2()
+    int ls_repack_type(int type)
+    size_t ls_repack_size(int type, int64_t rows, int64_t n)
+    int ls_repack_rows(int type, int64_t n, const void *w, size_t w_stride, int64_t rows,
+                       int64_t g0, int64_t g1, void *dst)
 
 cdef extern from "quants_impl.h" nogil:
     int ls_simd_has_vec_dot(int type)
@@ -50,6 +54,9 @@ TYPE_Q8_K = 15
 TYPE_IQ4_NL = 20
 TYPE_IQ4_XS = 23
 TYPE_BF16 = 30
+# llmstream's repacked layouts (csrc/formats.h "x8"): only matmul and the fused layers take them
+TYPE_Q4_K_X8 = 64
+TYPE_Q6_K_X8 = 65
 
 TYPE_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1",
               10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K",
@@ -294,3 +301,40 @@ def vec_dot_rows(int type, int64_t n, const uint8_t[::1] w, const uint8_t[::1] x
         for r in prange(rows, num_threads=nt, schedule="static"):
             o[r] = ls_vec_dot(type, n, &w[r * rb], &xq[0])
     return out
+
+
+def repack_type(int type):
+    """The repacked ("x8", csrc/formats.h) type weights of GGML type `type` can be rewritten to,
+    or -1 when it has none."""
+    return ls_repack_type(type)
+
+
+def repack(const uint8_t[:, ::1] w, int type, int64_t n_in, int threads=0):
+    """W (rows, row bytes) raw rows of `type` -> (W8 (rows, x8 row bytes) uint8, x8 type).
+
+    W8 holds the same weights with each group of 8 rows interleaved (csrc/formats.h "Repacked
+    layouts"); matmul(W8, x8 type, ...) gives exactly matmul(W, type, ...). W8 is a view of the
+    first `rows` rows of a buffer padded with zero rows to a multiple of 8 (the kernels read whole
+    groups). The groups are converted on `threads` OpenMP threads (0 = effective_threads()).
+    Raises ValueError for a type without an x8 layout or rows that are not n_in elements."""
+    _check_type(type)
+    cdef int x8 = ls_repack_type(type)
+    if x8 < 0:
+        raise ValueError(f"{TYPE_NAMES[type]} has no repacked layout")
+    _check_n(type, n_in)
+    cdef int64_t rows = w.shape[0]
+    if <size_t>w.shape[1] != ls_row_size(type, n_in):
+        raise ValueError(f"{TYPE_NAMES[type]} rows of {n_in} elements are {ls_row_size(type, n_in)} "
+                         f"bytes, got {w.shape[1]}")
+    cdef size_t rb = ls_row_size(x8, n_in)
+    cdef int64_t groups = (rows + 7) // 8
+    buf = np.empty((groups * 8, rb), dtype=np.uint8)
+    cdef uint8_t[:, ::1] o = buf
+    cdef int64_t g
+    cdef int nt = threads if threads > 0 else effective_threads()
+    if rows == 0 or rb == 0:
+        return buf[:rows], x8
+    with nogil:
+        for g in prange(groups, num_threads=nt, schedule="dynamic"):
+            ls_repack_rows(type, n_in, &w[0, 0], <size_t>w.shape[1], rows, g, g + 1, &o[0, 0])
+    return buf[:rows], x8

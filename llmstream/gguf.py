@@ -280,6 +280,17 @@ class GGUFFile:
         return np.frombuffer(self._mmap, np.uint8, info.nbytes, info.offset).reshape(
             info.n_rows, info.row_bytes)
 
+    def release(self, name: str) -> None:
+        """Drop the tensor's pages from this process's resident memory (madvise MADV_DONTNEED on
+        the whole pages inside it): for a tensor whose bytes were copied elsewhere (a repacked
+        weight). They stay in the page cache and come back if the mmap is read again."""
+        info = self.tensors[name]
+        page = mmap.PAGESIZE
+        start = -(-info.offset // page) * page
+        end = (info.offset + info.nbytes) // page * page
+        if end > start and hasattr(mmap, "MADV_DONTNEED"):
+            self._mmap.madvise(mmap.MADV_DONTNEED, start, end - start)
+
     def close(self):
         # numpy views keep the mmap alive through the buffer protocol; closing with live views
         # raises BufferError, in which case the mapping is released when the last view goes.
