@@ -167,3 +167,17 @@ void ls_attn_head(const float *q, const uint16_t *k, const uint16_t *v, size_t k
         }
     }
 }
+
+// p (n,) uint64 -> sum, four independent chains (the loads, not the adds, set the pace)
+uint64_t ls_sum_u64(const uint64_t *p, size_t n) {
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        s0 += p[i];
+        s1 += p[i + 1];
+        s2 += p[i + 2];
+        s3 += p[i + 3];
+    }
+    for (; i < n; ++i) s0 += p[i];
+    return s0 + s1 + s2 + s3;
+}

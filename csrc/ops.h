@@ -24,6 +24,8 @@ void ls_attn_head(const float *q, const uint16_t *k, const uint16_t *v, size_t k
 void ls_attn_head_avx2(const float *q, const uint16_t *k, const uint16_t *v, size_t kv_stride,
                        const int32_t *blocks, int block_size, int first_key, int n_keys, int head_dim, float scale,
                        float *scores, float *out);
+/* The sum of p (n,) as uint64 words, read once in order: the bench's streaming-read bandwidth probe. */
+uint64_t ls_sum_u64(const uint64_t *p, size_t n);
 static inline int ls_min_int(int a, int b) { return a < b ? a : b; }
 /* Row of the KV pool that holds position pos of a sequence with block table `blocks`. */
 static inline size_t ls_kv_row(const int32_t *blocks, int block_size, int pos) {

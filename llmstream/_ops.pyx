@@ -9,7 +9,7 @@ import os
 
 from cython.parallel cimport prange, parallel, threadid
 from libc.math cimport sqrt
-from libc.stdint cimport uint8_t, uint16_t, int32_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, int32_t, int64_t, uint64_t
 
 cdef extern from *:
     """
@@ -47,6 +47,7 @@ cdef extern from "ops.h" nogil:
                       int first_key, int n_keys, int head_dim, float scale,
                       float *scores, uint16_t *q16, float *vrow, float *out)
     size_t ls_kv_row(const int32_t *blocks, int block_size, int pos)
+    uint64_t ls_sum_u64(const uint64_t *p, size_t n)
 
 cdef int _threads = 0
 
@@ -114,6 +115,35 @@ cpdef int team_size(double work_bytes, int64_t items) except -1:
 cdef inline void _check(bint ok, str msg) except *:
     if not ok:
         raise ValueError(msg)
+
+
+def read_bandwidth(size_t nbytes=1 << 29, int repeats=3, int threads=0):
+    """The machine's streaming read bandwidth in GB/s (1e9 bytes/s): `threads` OpenMP threads
+    (0 = effective_threads()) summing a buffer of nbytes (default 512 MiB, far past the caches) in
+    1 MiB pieces pulled in turn; the best of `repeats` passes. What a decode step that reads every
+    weight once is bound by (the bench prints tg x file size as a fraction of it)."""
+    import time
+    cdef size_t words = max(nbytes // 8, <size_t>(1 << 17))
+    cdef size_t piece = 1 << 17                     # 1 MiB of uint64
+    cdef Py_ssize_t n_pieces = <Py_ssize_t>((words + piece - 1) // piece)
+    buf = np.ones(words, dtype=np.uint64)            # pages touched (written) before timing
+    sums = np.zeros(n_pieces, dtype=np.uint64)
+    cdef const uint64_t[::1] b = buf
+    cdef uint64_t[::1] s = sums
+    cdef Py_ssize_t i
+    cdef size_t lo
+    cdef int nt = threads if threads > 0 else effective_threads()
+    best = float("inf")
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        with nogil:
+            for i in prange(n_pieces, num_threads=nt, schedule="dynamic"):
+                lo = <size_t>i * piece
+                s[i] = ls_sum_u64(&b[lo], min(piece, words - lo))
+        best = min(best, time.perf_counter() - t0)
+    if int(sums.sum()) != words:
+        raise RuntimeError("bandwidth probe: wrong sum")
+    return words * 8 / best / 1e9
 
 
 def vec_dot_row_bytes(int wtype, int64_t n_in):

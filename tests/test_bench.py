@@ -68,7 +68,19 @@ def test_bench_command_prints_a_json_row_per_type(tmp_path):
     for row in rows:
         assert row["pp_tok_s"] > 0 and row["tg_tok_s"] > 0 and row["rss_mb"] > 0
         assert row["pp_ratio"] is None  # no llama.cpp measured
-    assert "tiny-Q4_0" in r.stdout and "ratio" in r.stdout
+        assert row["read_gb_s"] > 0
+        # tg x file size / bandwidth, from the row's own figures
+        size = (tmp_path / f"tiny-{row['type']}.gguf").stat().st_size
+        assert abs(row["tg_roofline"] - row["tg_tok_s"] * size / (row["read_gb_s"] * 1e9)) < 0.01
+    assert "tiny-Q4_0" in r.stdout and "ratio" in r.stdout and "tg BW%" in r.stdout
+    assert "GB/s streaming read" in r.stderr
+
+
+def test_the_bandwidth_probe_reads_the_whole_buffer_on_any_thread_count():
+    from llmstream import _ops
+    for threads in (1, 2, 3):
+        gb_s = _ops.read_bandwidth(nbytes=(8 << 20) + 24, repeats=1, threads=threads)
+        assert 0.1 < gb_s < 10_000
 
 
 def _bench(tmp_path, *args):
