@@ -341,4 +341,37 @@ typedef struct {
 } block_iq4_xs;
 _Static_assert(sizeof(block_iq4_xs) == 2 + 2 + QK_K / 64 + QK_K / 2, "block_iq4_xs must be 136 bytes");
 
+/* ---------------------------------------------------------------------------------------------
+ * Repacked IQ4 layouts (see "Repacked layouts" above: 8 rows interleaved, group g of rows 8g..8g+7,
+ * block b is block g * nb + b, rows past the tensor's end are zero, lane p is row 8g + p). The
+ * indices keep their nibbles; each 32-byte line holds 4 bytes of every row, lane p at bytes 4p..4p+3,
+ * and the lines come in the order the kernels read them (tokens 4 at a time, one pass over a block).
+ *
+ * IQ4_NL x8 — 8 rows x 32 elements in 144 bytes (18 a row, as IQ4_NL).
+ *   bytes 0-15     d[8]      fp16 d of row p
+ *   bytes 16-143   qs[4][32] qs[j][4p + e] = row p's IQ4_NL qs[4j + e]: low nibble element 4j + e,
+ *                  high nibble element 16 + 4j + e
+ *   y = d * T[q], as IQ4_NL.
+ */
+typedef struct {
+    ls_fp16_t d[8];
+    uint8_t qs[4][32];
+} block_iq4_nlx8;
+_Static_assert(sizeof(block_iq4_nlx8) == 8 * sizeof(block_iq4_nl), "block_iq4_nlx8 must be 144 bytes");
+
+/* IQ4_XS x8 — 8 rows x 256 elements in 1104 bytes (138 a row: the 136 of IQ4_XS, its 6 bytes of
+ * packed scales as 8 unpacked).
+ *   bytes 0-15     d[8]         fp16 d of row p
+ *   bytes 16-79    sc[8][8]     sc[s][p] = ls[s] - 32 (int8, -32..31) of sub-block s of row p
+ *   bytes 80-1103  qs[8][4][32] qs[s][j][4p + e] = row p's IQ4_XS qs[16s + 4j + e]: low nibble
+ *                  element 32s + 4j + e, high nibble element 32s + 16 + 4j + e (sub-block s)
+ *   y = (d * sc[s]) * T[q], as IQ4_XS.
+ */
+typedef struct {
+    ls_fp16_t d[8];
+    int8_t sc[8][8];
+    uint8_t qs[8][4][32];
+} block_iq4_xsx8;
+_Static_assert(sizeof(block_iq4_xsx8) == 8 * (sizeof(block_iq4_xs) + 2), "block_iq4_xsx8 must be 1104 bytes");
+
 #endif

@@ -38,10 +38,12 @@ static const ls_type_traits k_traits[LS_TYPE_SLOTS] = {
     [LS_TYPE_Q5_K] = {QK_K, sizeof(block_q5_K), LS_TYPE_Q8_K, 0},
     [LS_TYPE_Q6_K] = {QK_K, sizeof(block_q6_K), LS_TYPE_Q8_K, LS_TYPE_Q6_K_X8},
     [LS_TYPE_Q8_K] = {QK_K, sizeof(block_q8_K), LS_TYPE_Q8_K, 0},
-    [LS_TYPE_IQ4_NL] = {QK4_NL, sizeof(block_iq4_nl), LS_TYPE_Q8_0, 0},
-    [LS_TYPE_IQ4_XS] = {QK_K, sizeof(block_iq4_xs), LS_TYPE_Q8_K, 0},
+    [LS_TYPE_IQ4_NL] = {QK4_NL, sizeof(block_iq4_nl), LS_TYPE_Q8_0, LS_TYPE_IQ4_NL_X8},
+    [LS_TYPE_IQ4_XS] = {QK_K, sizeof(block_iq4_xs), LS_TYPE_Q8_K, LS_TYPE_IQ4_XS_X8},
     [LS_TYPE_Q4_K_X8] = {QK_K, sizeof(block_q4_Kx8) / 8, LS_TYPE_Q8_K, 1},
     [LS_TYPE_Q6_K_X8] = {QK_K, sizeof(block_q6_Kx8) / 8, LS_TYPE_Q8_K, 1},
+    [LS_TYPE_IQ4_NL_X8] = {QK4_NL, sizeof(block_iq4_nlx8) / 8, LS_TYPE_Q8_0, 1},
+    [LS_TYPE_IQ4_XS_X8] = {QK_K, sizeof(block_iq4_xsx8) / 8, LS_TYPE_Q8_K, 1},
 };
 
 /* Any type the traits know: GGML's and the x8 layouts (which only ls_matmul_rows takes). */
@@ -105,7 +107,7 @@ void ls_matmul_rows(int type, int64_t n, const void *w, size_t w_stride, int64_t
                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     if (traits_ok(type) && k_traits[type].x8 == 1) {
         /* an x8 layout: one kernel for any T, without buffers (never declines) */
-        if (n >= 0 && n % QK_K == 0 && r0 % 8 == 0) ls_kernels()->gemm[type](n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
+        if (n >= 0 && n % k_traits[type].blck == 0 && r0 % 8 == 0) ls_kernels()->gemm[type](n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
         return;
     }
     if (!ls_row_ok(type, n)) return;
@@ -250,7 +252,7 @@ int ls_repack_type(int type) {
 
 size_t ls_repack_size(int type, int64_t rows, int64_t n) {
     const int x8 = ls_repack_type(type);
-    if (x8 < 0 || rows < 0 || n < 0 || n % QK_K) return 0;
+    if (x8 < 0 || rows < 0 || n < 0 || n % k_traits[x8].blck) return 0;
     return (size_t)((rows + 7) / 8 * 8) * ls_row_size(x8, n);
 }
 
@@ -295,16 +297,112 @@ static void repack_q6_K_group(int64_t nb, const void *w, size_t w_stride, int64_
     }
 }
 
+/* ---- Repacked IQ4_NL / IQ4_XS (x8, formats.h): repacking, and the scalar twins of their AVX2
+ * kernels (gemm_iq4_nl_x8_q8_0_avx2, gemm_iq4_xs_x8_q8_K_avx2). IQ4 has no row-per-lane kernel on
+ * its file layout, so these define the float fold: per row and block b, in order,
+ *     acc = fmaf((float)isum_b, d_b * dx_b, acc),   y = acc   (acc starting at 0)
+ * with isum_b exact: IQ4_NL sum_k T[q_k] x_k; IQ4_XS sum_s (ls_s - 32) * (T[q]·x)_s. vec_dot adds
+ * the same block sums in another float order (sum += isum * (dw * dx)): results agree to float
+ * rounding; the AVX2 kernels give these bits (tests/test_repack.py). */
+
+// rows 8g..8g+7 of W (IQ4_NL, or IQ4_XS if xs) -> group g in its x8 layout (missing rows: zeros)
+static void repack_iq4_group(const int xs, int64_t nb, const void *w, size_t w_stride, int64_t rows, int64_t g,
+                             void *dst) {
+    memset(dst, 0, (size_t)nb * (xs ? sizeof(block_iq4_xsx8) : sizeof(block_iq4_nlx8)));
+    for (int p = 0; p < 8 && 8 * g + p < rows; ++p) {
+        const char *src = (const char *)w + (size_t)(8 * g + p) * w_stride;
+        for (int64_t b = 0; b < nb; ++b) {
+            if (xs) {
+                const block_iq4_xs *sb = (const block_iq4_xs *)src + b;
+                block_iq4_xsx8 *o = (block_iq4_xsx8 *)dst + b;
+                o->d[p] = sb->d;
+                for (int s = 0; s < 8; ++s) {
+                    o->sc[s][p] = (int8_t)ls_iq4_xs_scale(sb, s);
+                    for (int j = 0; j < 4; ++j) memcpy(&o->qs[s][j][4 * p], sb->qs + 16 * s + 4 * j, 4);
+                }
+            } else {
+                const block_iq4_nl *sb = (const block_iq4_nl *)src + b;
+                block_iq4_nlx8 *o = (block_iq4_nlx8 *)dst + b;
+                o->d[p] = sb->d;
+                for (int j = 0; j < 4; ++j) memcpy(&o->qs[j][4 * p], sb->qs + 4 * j, 4);
+            }
+        }
+    }
+}
+
+/* sum_k T[q_k] * q8[k] over the 32 elements of lane p in 4 interleaved lines qs[j][4p + e] (exact). */
+static inline int iq4_x8_dot32(const uint8_t (*qs)[32], int p, const int8_t *q8) {
+    int sum = 0;
+    for (int j = 0; j < 4; ++j)
+        for (int e = 0; e < 4; ++e) {
+            const uint8_t q = qs[j][4 * p + e];
+            sum += ls_kvalues_iq4nl[q & 15] * q8[4 * j + e] + ls_kvalues_iq4nl[q >> 4] * q8[16 + 4 * j + e];
+        }
+    return sum;
+}
+
+// W rows r0..r1-1 (n_out, n) in IQ4_NL x8 @ x (T, n) in Q8_0 (xs = 0), or in IQ4_XS x8 @ x in Q8_K
+// (xs = 1) -> y[t * ldy + r] = fold over the blocks b: acc = fmaf((float)isum_b, d_b * dx_b, acc), with
+// isum_b = sum_k T[q_k] x_k (IQ4_NL), sum_s (ls_s - 32) * (T[q]·x)_s (IQ4_XS)   (r0 a multiple of 8)
+static void matmul_rows_iq4_x8(const int xs, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                               const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    const int64_t nb = n / (xs ? QK_K : QK4_NL);
+    for (int64_t t = 0; t < T; ++t) {
+        const char *xt = (const char *)x + (size_t)t * x_stride;
+        for (int64_t r = r0; r < r1; ++r) {
+            const char *g = (const char *)w + (size_t)(r / 8 * 8) * w_stride;
+            const int p = (int)(r % 8);
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nb; ++b) {
+                int isum = 0;    /* IQ4_XS: |isum| <= 256 * 32 * 127 * 127 < 2^31 */
+                float dw, dx;
+                if (xs) {
+                    const block_iq4_xsx8 *wb = (const block_iq4_xsx8 *)g + b;
+                    const block_q8_K *xb = (const block_q8_K *)xt + b;
+                    for (int s = 0; s < 8; ++s) isum += wb->sc[s][p] * iq4_x8_dot32(wb->qs[s], p, xb->qs + 32 * s);
+                    dw = ls_fp16_to_fp32(wb->d[p]);
+                    dx = xb->d;
+                } else {
+                    const block_iq4_nlx8 *wb = (const block_iq4_nlx8 *)g + b;
+                    const block_q8_0 *xb = (const block_q8_0 *)xt + b;
+                    isum = iq4_x8_dot32(wb->qs, p, xb->qs);
+                    dw = ls_fp16_to_fp32(wb->d[p]);
+                    dx = ls_fp16_to_fp32(xb->d);
+                }
+                acc = fmaf((float)isum, dw * dx, acc);
+            }
+            y[(size_t)t * ldy + r] = acc;
+        }
+    }
+}
+
+static int64_t matmul_rows_iq4_nl_x8_q8_0(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                          const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    matmul_rows_iq4_x8(0, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
+    return r1;
+}
+
+static int64_t matmul_rows_iq4_xs_x8_q8_K(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                          const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    matmul_rows_iq4_x8(1, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
+    return r1;
+}
+
 int ls_repack_rows(int type, int64_t n, const void *w, size_t w_stride, int64_t rows,
                    int64_t g0, int64_t g1, void *dst) {
     const int x8 = ls_repack_type(type);
-    if (x8 < 0 || n < 0 || n % QK_K || rows < 0) return 0;
-    const int64_t nb = n / QK_K;
+    if (x8 < 0 || n < 0 || n % k_traits[x8].blck || rows < 0) return 0;
+    const int64_t nb = n / k_traits[x8].blck;
     const size_t group = 8 * ls_row_size(x8, n);
     for (int64_t g = g0; g < g1; ++g) {
         void *o = (char *)dst + (size_t)g * group;
-        if (type == LS_TYPE_Q4_K) repack_q4_K_group(nb, w, w_stride, rows, g, o);
-        else repack_q6_K_group(nb, w, w_stride, rows, g, o);
+        switch (type) {
+        case LS_TYPE_Q4_K: repack_q4_K_group(nb, w, w_stride, rows, g, o); break;
+        case LS_TYPE_Q6_K: repack_q6_K_group(nb, w, w_stride, rows, g, o); break;
+        case LS_TYPE_IQ4_NL: repack_iq4_group(0, nb, w, w_stride, rows, g, o); break;
+        case LS_TYPE_IQ4_XS: repack_iq4_group(1, nb, w, w_stride, rows, g, o); break;
+        default: return 0;
+        }
     }
     return 1;
 }
@@ -987,9 +1085,13 @@ const ls_kernel_table ls_kernels_scalar = {
     .gemm = {
         [LS_TYPE_Q4_K_X8] = matmul_rows_q4_K_x8_q8_K,
         [LS_TYPE_Q6_K_X8] = matmul_rows_q6_K_x8_q8_K,
+        [LS_TYPE_IQ4_NL_X8] = matmul_rows_iq4_nl_x8_q8_0,
+        [LS_TYPE_IQ4_XS_X8] = matmul_rows_iq4_xs_x8_q8_K,
     },
     .gemv = {
         [LS_TYPE_Q4_K_X8] = matmul_rows_q4_K_x8_q8_K,
         [LS_TYPE_Q6_K_X8] = matmul_rows_q6_K_x8_q8_K,
+        [LS_TYPE_IQ4_NL_X8] = matmul_rows_iq4_nl_x8_q8_0,
+        [LS_TYPE_IQ4_XS_X8] = matmul_rows_iq4_xs_x8_q8_K,
     },
 };

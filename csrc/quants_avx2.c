@@ -1791,6 +1791,159 @@ static float vec_dot_iq4_xs_q8_K_avx2(int64_t n, const void *vw, const void *vx)
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * Repacked IQ4_NL / IQ4_XS (x8) weights: as the Q4_K x8 kernels above (int32 lane p is row p of the
+ * group, a token's 4 activations broadcast to every lane, tokens 4 at a time, one kernel for any T,
+ * each block read once per 4 tokens in memory order), with the levels T[q] signed (-127..113):
+ * a line of 32 index bytes becomes two registers of levels by vpshufb through the table (low and
+ * high nibbles: elements 4j+e and 16+4j+e of each lane's row), their magnitudes |T| once per line
+ * (vpabsb), then per token maddubs(|T|, sign(x, T)) = the exact int16 pair sums T*x + T*x, each at
+ * most 2 * 127 * 127 = 32258 (|x| <= 127 as the Q8_0 / Q8_K quantizers make them; T is never 0, so
+ * the sign trick loses no product). Two such pairs could reach 64516, past int16: every one is
+ * widened to int32 by vpmaddwd before it is added (IQ4_NL: with ones; IQ4_XS: with the sub-block's
+ * scale ls - 32 as an int16 pair: at most 2 * 32258 * 32 per lane and half-line, 64 half-lines a
+ * block: 1.3e8 < 2^31). The float fold per row is the scalar twin's (matmul_rows_iq4_x8 in quants.c):
+ * per block b, acc = fma(float(isum_b), d_b * dx_b, acc). */
+
+/* The IQ4_NL x8 block this many blocks ahead is fetched while one is computed (144-byte blocks:
+ * ~2.3 KB ahead, as X8_PREFETCH_AHEAD blocks of the 256-element layouts). */
+#ifndef IQ4_NL_X8_PREFETCH_AHEAD
+#define IQ4_NL_X8_PREFETCH_AHEAD 16
+#endif
+
+/* The levels of half a line (the low or the high nibbles of 32 index bytes: 8 lanes x 4 elements)
+ * and their magnitudes. For a prompt (T >= X8_TILE_MIN_T) a group's are decoded once into a per-thread
+ * buffer, in the order the kernels read them (measured ~8 % faster than decoding them for every 4
+ * tokens; results are the same). */
+typedef struct { __m256i lv, av; } iq4_x8_half;
+
+/* Nibbles hi (0: low, 1: high) of a 32-byte line of IQ4 x8 indices -> their levels and |levels|. */
+static inline __attribute__((always_inline)) iq4_x8_half iq4_x8_levels(__m256i raw, const int hi, __m256i table) {
+    const __m256i idx = _mm256_and_si256(hi ? _mm256_srli_epi16(raw, 4) : raw, _mm256_set1_epi8(0x0f));
+    iq4_x8_half h;
+    h.lv = _mm256_shuffle_epi8(table, idx);
+    h.av = _mm256_abs_epi8(h.lv);
+    return h;
+}
+
+/* Half-line hi of the line at q: from the tile (*tl, advanced) when there is one, else decoded. */
+static inline __attribute__((always_inline)) iq4_x8_half iq4_x8_half_at(const uint8_t *q, const int hi, __m256i table,
+                                                                       const iq4_x8_half **tl) {
+    if (*tl) return *(*tl)++;
+    return iq4_x8_levels(_mm256_loadu_si256((const __m256i *)q), hi, table);
+}
+
+// nb blocks of bsize bytes at g, each with `lines` index lines from byte qoff -> tl[b * 2 * lines + 2l + hi]
+static void iq4_x8_tile(int64_t nb, const uint8_t *g, size_t bsize, size_t qoff, int lines, iq4_x8_half *tl) {
+    const __m256i table = iq4_table_avx2();
+    for (int64_t b = 0; b < nb; ++b)
+        for (int l = 0; l < lines; ++l) {
+            const __m256i raw = _mm256_loadu_si256((const __m256i *)(g + (size_t)b * bsize + qoff + 32 * l));
+            *tl++ = iq4_x8_levels(raw, 0, table);
+            *tl++ = iq4_x8_levels(raw, 1, table);
+        }
+}
+
+/* Levels h (8 lanes x 4 elements) · the 4 int8 activations at xq (on every lane) -> the int16 pair
+ * sums (exact, |.| <= 32258). */
+static inline __m256i iq4_x8_pairs(iq4_x8_half h, const int8_t *xq) {
+    return _mm256_maddubs_epi16(h.av, _mm256_sign_epi8(bcast_x4(xq), h.lv));
+}
+
+/* nt tokens t0.. (a constant 1..4) against one group of IQ4_NL x8 blocks (xs = 0; Q8_0 activations)
+ * or IQ4_XS x8 blocks (xs = 1; Q8_K), levels from the tile tl when not NULL -> 8 rows of y. */
+static inline __attribute__((always_inline)) void gemm_iq4_x8_group(
+        const int xs, int64_t nb, const void *restrict g, const iq4_x8_half *tl, const uint8_t *x, size_t x_stride,
+        float *y, size_t ldy, int rows, int64_t t0, const int nt) {
+    const size_t bsize = xs ? sizeof(block_iq4_xsx8) : sizeof(block_iq4_nlx8);
+    const size_t qoff = xs ? offsetof(block_iq4_xsx8, qs) : offsetof(block_iq4_nlx8, qs);
+    const size_t xsize = xs ? sizeof(block_q8_K) : sizeof(block_q8_0);
+    const __m256i table = iq4_table_avx2(), ones = _mm256_set1_epi16(1);
+    __m256 acc[4];
+    for (int t = 0; t < nt; ++t) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t *B = (const uint8_t *)g + (size_t)b * bsize;     /* d[8] first in both layouts */
+        if (!tl) x8_prefetch(B + (xs ? X8_PREFETCH_AHEAD : IQ4_NL_X8_PREFETCH_AHEAD) * bsize, bsize);
+        const int8_t *xq[4];
+        float dx[4];
+        __m256i isum[4];
+        for (int t = 0; t < nt; ++t) {
+            const uint8_t *xt = x + (size_t)(t0 + t) * x_stride + (size_t)b * xsize;
+            xq[t] = xs ? ((const block_q8_K *)xt)->qs : ((const block_q8_0 *)xt)->qs;
+            dx[t] = xs ? ((const block_q8_K *)xt)->d : ls_fp16_to_fp32_f16c(((const block_q8_0 *)xt)->d);
+        }
+        for (int s = 0; s < (xs ? 8 : 1); ++s) {
+            /* per lane: IQ4_XS the sub-block's scale as an int16 pair, IQ4_NL ones */
+            const __m256i m = xs ? x8_dup_i8(((const block_iq4_xsx8 *)B)->sc[s]) : ones;
+            for (int j = 0; j < 4; ++j)
+                for (int hi = 0; hi < 2; ++hi) {
+                    const iq4_x8_half h = iq4_x8_half_at(B + qoff + 128 * s + 32 * j, hi, table, &tl);
+                    for (int t = 0; t < nt; ++t) {
+                        const __m256i p = _mm256_madd_epi16(iq4_x8_pairs(h, xq[t] + 32 * s + 16 * hi + 4 * j), m);
+                        isum[t] = s || j || hi ? _mm256_add_epi32(isum[t], p) : p;
+                        LS_KEEP_ORDER(isum[t]);
+                    }
+                }
+        }
+        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)B));
+        for (int t = 0; t < nt; ++t)
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, _mm256_set1_ps(dx[t])), acc[t]);
+    }
+    for (int t = 0; t < nt; ++t) store_rows8(y + (size_t)(t0 + t) * ldy, acc[t], rows);
+}
+
+/* Tokens 0..T-1 against one group: GROUP(args..., t0, nt) 4 at a time, then the last 1-3, every nt
+ * a constant (the always_inline group kernels specialize on it). */
+#define X8_TOKENS(T, GROUP, ...)                                                                    \
+    do {                                                                                            \
+        int64_t t_ = 0;                                                                             \
+        for (; t_ + 4 <= (T); t_ += 4) GROUP(__VA_ARGS__, t_, 4);                                   \
+        switch ((T) - t_) {                                                                         \
+        case 3: GROUP(__VA_ARGS__, t_, 3); break;                                                   \
+        case 2: GROUP(__VA_ARGS__, t_, 2); break;                                                   \
+        case 1: GROUP(__VA_ARGS__, t_, 1); break;                                                   \
+        default: break;                                                                             \
+        }                                                                                           \
+    } while (0)
+
+/* Rows r0..r1-1 (r0 % 8 == 0) of an IQ4 x8 tensor (xs: as gemm_iq4_x8_group), group after group
+ * against the T tokens, the group's levels decoded into a tile first when T >= X8_TILE_MIN_T (and
+ * the buffer can be had). */
+static inline __attribute__((always_inline)) void gemm_iq4_x8_rows(
+        const int xs, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    const int64_t nb = n / (xs ? QK_K : QK4_NL);
+    const int lines = xs ? 32 : 4;
+    iq4_x8_half *tl = T >= X8_TILE_MIN_T ? avx2_thread_buffer((size_t)nb * 2 * lines * sizeof(iq4_x8_half), 0) : NULL;
+    for (int64_t r = r0; r < r1; r += 8) {
+        const uint8_t *g = (const uint8_t *)w + (size_t)r * w_stride;
+        const int rows = r1 - r < 8 ? (int)(r1 - r) : 8;
+        if (tl) {
+            iq4_x8_tile(nb, g, xs ? sizeof(block_iq4_xsx8) : sizeof(block_iq4_nlx8),
+                        xs ? offsetof(block_iq4_xsx8, qs) : offsetof(block_iq4_nlx8, qs), lines, tl);
+            X8_TOKENS(T, gemm_iq4_x8_group, xs, nb, g, tl, x, x_stride, y + r, ldy, rows);
+        } else {
+            X8_TOKENS(T, gemm_iq4_x8_group, xs, nb, g, NULL, x, x_stride, y + r, ldy, rows);
+        }
+    }
+}
+
+// W rows r0..r1-1 (n_out, n) in IQ4_NL x8 @ x (T, n) in Q8_0, any T, r0 % 8 == 0 -> y[t * ldy + r]
+//   = fold over blocks b: acc = fma(float(sum_k T[q_k] x_k), d_b * dx_b, acc)
+static int64_t gemm_iq4_nl_x8_q8_0_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    gemm_iq4_x8_rows(0, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
+    return r1;
+}
+
+// W rows r0..r1-1 (n_out, n) in IQ4_XS x8 @ x (T, n) in Q8_K, any T, r0 % 8 == 0 -> y[t * ldy + r]
+//   = fold over super-blocks b: acc = fma(float(sum_s (ls_s - 32) * (T[q]·x)_s), d_b * dx_b, acc)
+static int64_t gemm_iq4_xs_x8_q8_K_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    gemm_iq4_x8_rows(1, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
+    return r1;
+}
+
+/* ---------------------------------------------------------------------------------------------
  * The AVX2 table */
 
 const ls_kernel_table ls_kernels_avx2 = {
@@ -1834,6 +1987,8 @@ const ls_kernel_table ls_kernels_avx2 = {
         [LS_TYPE_Q6_K] = gemm_q6_K_q8_K_avx2,
         [LS_TYPE_Q4_K_X8] = gemm_q4_K_x8_q8_K_avx2,
         [LS_TYPE_Q6_K_X8] = gemm_q6_K_x8_q8_K_avx2,
+        [LS_TYPE_IQ4_NL_X8] = gemm_iq4_nl_x8_q8_0_avx2,
+        [LS_TYPE_IQ4_XS_X8] = gemm_iq4_xs_x8_q8_K_avx2,
     },
     .gemv = {
         [LS_TYPE_Q4_0] = gemv_q4_0_q8_0_avx2,
@@ -1842,5 +1997,7 @@ const ls_kernel_table ls_kernels_avx2 = {
         [LS_TYPE_Q6_K] = gemv_q6_K_q8_K_avx2,
         [LS_TYPE_Q4_K_X8] = gemm_q4_K_x8_q8_K_avx2,
         [LS_TYPE_Q6_K_X8] = gemm_q6_K_x8_q8_K_avx2,
+        [LS_TYPE_IQ4_NL_X8] = gemm_iq4_nl_x8_q8_0_avx2,
+        [LS_TYPE_IQ4_XS_X8] = gemm_iq4_xs_x8_q8_K_avx2,
     },
 };
