@@ -7,10 +7,11 @@ decoding one go into the same forward. The engine keeps no sequence state: the p
 and values, the caller (the scheduler, or a `Session` for one sequence) the positions.
 
 Weights stay in the mmap'd GGUF in their quantized form (`Linear` holds a zero-copy view), except
-where repacking pays: on CPUs whose matmul kernels are AVX2 (no AVX-512), Q4_K and Q6_K matmul
-weights are rewritten once at load with 8 rows interleaved (csrc/formats.h "Repacked layouts"; the
-same numbers, the same results bit for bit, ~3 % more bytes for Q4_K; LLMSTREAM_REPACK=0 keeps the
-file's layout). Every buffer a forward pass writes is made once per model (`Workspace`), so decoding
+where repacking pays: on CPUs whose matmul kernels are AVX2 (no AVX-512), the matmul weights of the
+types with an "x8" layout (`_ops.repack_type`: Q4_K, Q6_K, IQ4_NL, IQ4_XS) are rewritten once at load
+with 8 rows interleaved (csrc/formats.h "Repacked layouts"; the same numbers, the same results bit for
+bit — IQ4's to float rounding, their file layout having no such kernel to match —, ~3 % more bytes for
+Q4_K, 1.5 % for IQ4_XS; LLMSTREAM_REPACK=0 keeps the file's layout). Every buffer a forward pass writes is made once per model (`Workspace`), so decoding
 allocates nothing.
 The per-family forward passes live in `models/`.
 """
