@@ -224,6 +224,19 @@ typedef struct {
 } block_q4_Kx8;
 _Static_assert(sizeof(block_q4_Kx8) == 8 * (sizeof(block_q4_K) + 4), "block_q4_Kx8 must be 1184 bytes");
 
+/* Q5_K x8 — 8 rows x 256 elements in 1440 bytes (180 a row, the 176 of Q5_K + 4 unpacked scales).
+ *   bytes 0-1183     k4         the Q4_K x8 block of the low 4 bits: d, dmin, sc, m and qs as there
+ *                               (Q5_K packs its scales, mins and low nibbles exactly as Q4_K)
+ *   bytes 1184-1439  qh[8][32]  qh[j][4p + e] = row p's qh[4j + e]: bit s = the 5th bit of element
+ *                               32s + 4j + e
+ *   q = low4 | (high bit << 4) (0..31);  y = (d * sc[s]) * q - dmin * m[s], as Q5_K.
+ */
+typedef struct {
+    block_q4_Kx8 k4;
+    uint8_t qh[8][32];
+} block_q5_Kx8;
+_Static_assert(sizeof(block_q5_Kx8) == 8 * (sizeof(block_q5_K) + 4), "block_q5_Kx8 must be 1440 bytes");
+
 /* Q6_K x8 — 8 rows x 256 elements in 1680 bytes (210 a row, as Q6_K).
  *   bytes 0-15      d[8]       fp16 d of row p
  *   bytes 16-143    sc[16][8]  sc[s][p] = int8 scale of sub-block s (16 elements) of row p
