@@ -46,6 +46,8 @@ int ls_simd_has_quantize(int type);
 int ls_simd_has_vec_dot_x4(int type);
 /* cpu.c: 1 when the AVX2 table has its own gemm / gemv pair (a row per lane) for weights of `type`. */
 int ls_simd_has_gemm(int type);
+/* cpu.c: 1 when weights of `type` are multiplied by the AVX-512 kernels now. */
+int ls_matmul_uses_avx512(int type);
 /* cpu.c: 1 when the CPU has AVX512F/BW/VL/VNNI; ls_set_avx512(0) makes the AVX2 level use the
  * AVX2 kernels only even then (tests; LLMSTREAM_AVX512=0). Both return whether they are used. */
 int ls_cpu_has_avx512(void);

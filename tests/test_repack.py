@@ -216,13 +216,25 @@ def test_a_repacked_q5_K_model_is_batch_invariant_and_close_to_the_file_layout()
     assert np.abs(whole - plain).max() <= 0.1 * sd
 
 
-def test_repacking_is_on_for_avx2_without_avx512_and_env_decides(monkeypatch):
+def test_repacking_is_on_for_avx2_and_env_decides(monkeypatch):
     monkeypatch.delenv("LLMSTREAM_REPACK", raising=False)
-    assert repack_by_default() == (_ops.get_simd() == _ops.SIMD_AVX2 and not _ops.get_avx512())
+    assert repack_by_default() == (_ops.get_simd() == _ops.SIMD_AVX2)
     monkeypatch.setenv("LLMSTREAM_REPACK", "0")
     assert repack_by_default() is False
     monkeypatch.setenv("LLMSTREAM_REPACK", "1")
     assert repack_by_default() is True
+
+
+def test_types_the_avx512_kernels_multiply_keep_the_file_layout(avx512):
+    """On AVX-512 VNNI CPUs Q4_K / Q6_K (which quants_avx512.c multiplies) stay as in the file and Q5_K
+    (which it does not) is repacked; without AVX-512 all three are repacked."""
+    for name, kinds in (("llama-gqa-Q5_K_M.gguf", (Q5_K, Q6_K)), ("llama-gqa-Q4_K_M.gguf", (Q4_K, Q6_K))):
+        with Model(shared_path("reference", name), repack=True) as m:
+            types = {l.type for layer in m.layers for l in vars(layer).values() if isinstance(l, Linear)}
+        for t in kinds:
+            on_avx512 = _ops.matmul_uses_avx512(t)
+            assert on_avx512 == (avx512 and t != Q5_K)
+            assert (t in types) == on_avx512 and (_ops.repack_type(t) in types) != on_avx512, (name, t)
 
 
 def _mapping_rss_kb(path):
