@@ -10,7 +10,7 @@
 #include "formats.h"
 #include "quants.h"
 
-#define LS_TYPE_SLOTS 71    /* type ids are < 71 (GGML's < 31, BF16 = 30; the x8 layouts 64..70) */
+#define LS_TYPE_SLOTS 73    /* type ids are < 73 (GGML's < 31, BF16 = 30; the x8 layouts 64..72) */
 
 typedef float (*ls_vec_dot_fn)(int64_t n, const void *w, const void *x);
 typedef void (*ls_quantize_fn)(const float *x, void *y, int64_t n);

@@ -13,10 +13,10 @@ from conftest import shared_path
 from llmstream import _ops
 from llmstream.engine import Linear, Model, Session, repack_by_default
 from llmstream.gguf import GGUFFile
-from quants_ref import NAMES, Q4_0, Q4_K, Q5_K, Q6_K, VEC_DOT_TYPE, random_activations, random_weights
+from quants_ref import NAMES, Q2_K, Q3_K, Q4_0, Q4_K, Q5_K, Q6_K, VEC_DOT_TYPE, random_activations, random_weights
 
 X8_TYPES = [Q4_K, Q6_K]          # with a row-per-lane kernel on the source layout (matmul_lanes_ref)
-X8_ONLY_TYPES = [Q5_K]           # whose source layout runs through vec_dot
+X8_ONLY_TYPES = [Q5_K, Q2_K, Q3_K]   # whose source layout runs through vec_dot
 
 
 def _matmul(t, w, x):
@@ -111,24 +111,33 @@ def test_x8_kernels_equal_their_scalar_twin_and_the_source_to_rounding(t):
                 np.testing.assert_array_equal(got, _scalar(lambda: _matmul(t8, w8, x)),
                                               err_msg=f"{NAMES[t]} n={n} rows={rows} T={T}")
                 src = _matmul(t, w, x)
-                np.testing.assert_allclose(got, src, rtol=1e-4, atol=1e-4 * np.abs(src).max())
+                # per token (their scales differ by 5e4): to rounding of that token's largest output
+                tol = 1e-3 * np.abs(src).max(axis=1, keepdims=True)
+                assert (np.abs(got - src) <= tol).all(), f"{NAMES[t]} n={n} rows={rows} T={T}"
 
 
-def test_q5_K_x8_extreme_quants_do_not_overflow():
-    """All 5-bit quants 31 with scales 63 against activations of +-127: the int16 sums of 4 groups
-    at their bound (4 x 2 x 31 x 127)."""
-    rng = np.random.default_rng(7450)
+@pytest.mark.parametrize("t", X8_ONLY_TYPES, ids=[NAMES[t] for t in X8_ONLY_TYPES])
+def test_x8_extreme_quants_do_not_overflow(t):
+    """Every quant, scale and min at its largest against activations of +-127: the int16 sums of
+    the x8 kernels at their bounds (Q5_K: 4 x 2 x 31 x 127; Q3_K: 4 x 2 x 7 x 127)."""
+    rng = np.random.default_rng(7450 + t)
     n, rows = 512, 16
-    w = _weights(Q5_K, n, rows, rng)
+    w = _weights(t, n, rows, rng)
     blocks = w.reshape(rows, n // 256, -1)
-    blocks[:8, :, 4:] = 0xff                      # scales, mins 63; qh and qs all ones: quants 31
-    w8, t8 = _ops.repack(w, Q5_K, n)
+    if t == Q5_K:
+        blocks[:8, :, 4:] = 0xff                  # scales, mins 63; qh and qs all ones: quants 31
+    elif t == Q2_K:
+        blocks[:8, :, :80] = 0xff                 # scales, mins 15; quants 3
+    else:
+        blocks[:8, :, :108] = 0xff                # high bits set, quants 3 (q = 3), scales 63 - 32
+        blocks[8:, :, 32:96] = 0x00               # high bits random, low bits 0 (q = 0 or -4)
+    w8, t8 = _ops.repack(w, t, n)
     for sign in (1.0, -1.0):
         x = np.full((9, n), sign, np.float32)
         x[1] = -x[1]
         got = _matmul(t8, w8, x)
         np.testing.assert_array_equal(got, _scalar(lambda: _matmul(t8, w8, x)))
-        src = _matmul(Q5_K, w, x)
+        src = _matmul(t, w, x)
         np.testing.assert_allclose(got, src, rtol=1e-4, atol=1e-4 * np.abs(src).max())
 
 
@@ -197,23 +206,27 @@ def test_a_repacked_model_gives_the_same_logits(name):
         np.testing.assert_array_equal(a, b)
 
 
-def test_a_repacked_q5_K_model_is_batch_invariant_and_close_to_the_file_layout():
-    path = shared_path("reference", "llama-gqa-Q5_K_M.gguf")
+@pytest.mark.parametrize("name", ["llama-gqa-Q5_K_M.gguf", "llama-gqa-Q2_K.gguf", "llama-gqa-Q3_K_M.gguf",
+                                  "phi2-Q3_K_M.gguf"])
+def test_a_repacked_model_is_batch_invariant_and_close_to_the_file_layout(name):
+    """Files with x8-only types: a token's logits do not depend on batching, and they stay within
+    what the scalar and AVX2 levels differ by on these files (measured: rms 0.0068 / 0.0086 / 0.012
+    sigma, max 0.051 / 0.057 / 0.072 sigma for Q2_K / Q5_K_M / Q3_K_M)."""
+    path = shared_path("reference", name)
     toks = (np.arange(1, 37) * 5) % 256
     with Model(path, repack=False) as m:
         plain = Session(m).prefill(toks, all_logits=True).copy()
     with Model(path, repack=True) as m:
-        assert _ops.repack_type(Q5_K) in {l.type for l in vars(m.layers[0]).values() if isinstance(l, Linear)}
+        types = {l.type for layer in m.layers for l in vars(layer).values() if isinstance(l, Linear)}
+        assert types & {_ops.repack_type(t) for t in X8_ONLY_TYPES}
         whole = Session(m).prefill(toks, all_logits=True).copy()
         s = Session(m)
         one = np.stack([s.prefill(toks[:1], all_logits=True)[0].copy()]
                        + [s.decode_step(int(t)).copy() for t in toks[1:]])
     np.testing.assert_array_equal(whole, one)
-    # another float order than vec_dot's, carried through the layers: within what the scalar and
-    # AVX2 levels differ by on this file (measured rms 0.0086 sigma, max 0.057 sigma)
     sd = plain.std()
-    assert np.sqrt(((whole - plain) ** 2).mean()) <= 0.005 * sd
-    assert np.abs(whole - plain).max() <= 0.1 * sd
+    assert np.sqrt(((whole - plain) ** 2).mean()) <= 0.02 * sd
+    assert np.abs(whole - plain).max() <= 0.15 * sd
 
 
 def test_repacking_is_on_for_avx2_and_env_decides(monkeypatch):
