@@ -38,7 +38,8 @@ enum ls_type {
     LS_TYPE_IQ4_NL = 20, LS_TYPE_IQ4_XS = 23,   /* i-quants: non-linear 4-bit levels (formats.h) */
     LS_TYPE_BF16 = 30,
     /* llmstream's repacked layouts (formats.h "x8"), never in files: made by ls_repack_rows */
-    LS_TYPE_Q4_K_X8 = 64, LS_TYPE_Q6_K_X8 = 65,
+    LS_TYPE_Q4_K_X8 = 64, LS_TYPE_Q6_K_X8 = 65, LS_TYPE_Q5_K_X8 = 70,
+    LS_TYPE_Q2_K_X8 = 71, LS_TYPE_Q3_K_X8 = 72,
     LS_TYPE_IQ4_NL_X8 = 68, LS_TYPE_IQ4_XS_X8 = 69,
 };
 
@@ -76,8 +77,8 @@ void    ls_matmul_rows(int type, int64_t n, const void *w, size_t w_stride, int6
 /* Repacking (formats.h, "Repacked layouts"): the x8 type weights of `type` can be rewritten to,
  * else -1. A tensor in an x8 type is used by ls_matmul_rows exactly as one in its source type (rows
  * r0..r1 with r0 a multiple of 8, w_stride = ls_row_size(x8 type, n)) and gives the same bits.
- * IQ4_NL / IQ4_XS have no row-per-lane kernel on the file's layout: their x8 kernels agree with
- * ls_vec_dot to float rounding (the block sums added in another order, quants.c). */
+ * Types without row-per-lane kernels on the file's layout (Q2_K, Q3_K, Q5_K, IQ4_NL, IQ4_XS): their
+ * x8 kernels agree with ls_vec_dot to float rounding (the block sums added in another order). */
 int     ls_repack_type(int type);
 /* Bytes of a tensor of `rows` rows of n elements in the x8 type of `type` (rows rounded up to 8). */
 size_t  ls_repack_size(int type, int64_t rows, int64_t n);
