@@ -1,5 +1,5 @@
-/* quants.c — scalar reference kernels (plain x86-64, no SIMD intrinsics), the type table and the
- * dispatching ls_* entry points of quants.h.
+/* quants.c — scalar reference kernels (plain x86-64, no SIMD intrinsics) and the dispatching ls_*
+ * entry points of quants.h (the type table they read is types.c).
  *
  * The dequantizers follow the formulas of formats.h in the same float operation order as
  * ggml-quants.c (so they agree bit for bit with gguf-py's numpy reference). The activation
@@ -13,59 +13,33 @@
 #include "quants_impl.h"
 
 /* ---------------------------------------------------------------------------------------------
- * Type table */
-
-typedef struct {
-    int64_t blck;      /* elements per block, 0 = unknown type */
-    size_t size;       /* bytes per block (of one row, for the x8 layouts: 1/8 of an x8 block) */
-    int vec_dot_type;  /* activation type for ls_vec_dot / ls_matmul_rows */
-    int x8;            /* the repacked layout of this type (0 = none), or 1 for an x8 type itself */
-} ls_type_traits;
-
-static const ls_type_traits k_traits[LS_TYPE_SLOTS] = {
-    [LS_TYPE_F32] = {1, 4, LS_TYPE_F32, 0},
-    [LS_TYPE_F16] = {1, 2, LS_TYPE_F16, 0},
-    [LS_TYPE_BF16] = {1, 2, LS_TYPE_BF16, 0},
-    [LS_TYPE_Q4_0] = {QK4_0, sizeof(block_q4_0), LS_TYPE_Q8_0, 0},
-    [LS_TYPE_Q4_1] = {QK4_1, sizeof(block_q4_1), LS_TYPE_Q8_1, 0},
-    [LS_TYPE_Q5_0] = {QK5_0, sizeof(block_q5_0), LS_TYPE_Q8_0, 0},
-    [LS_TYPE_Q5_1] = {QK5_1, sizeof(block_q5_1), LS_TYPE_Q8_1, 0},
-    [LS_TYPE_Q8_0] = {QK8_0, sizeof(block_q8_0), LS_TYPE_Q8_0, 0},
-    [LS_TYPE_Q8_1] = {QK8_1, sizeof(block_q8_1), LS_TYPE_Q8_1, 0},
-    [LS_TYPE_Q2_K] = {QK_K, sizeof(block_q2_K), LS_TYPE_Q8_K, LS_TYPE_Q2_K_X8},
-    [LS_TYPE_Q3_K] = {QK_K, sizeof(block_q3_K), LS_TYPE_Q8_K, LS_TYPE_Q3_K_X8},
-    [LS_TYPE_Q4_K] = {QK_K, sizeof(block_q4_K), LS_TYPE_Q8_K, LS_TYPE_Q4_K_X8},
-    [LS_TYPE_Q5_K] = {QK_K, sizeof(block_q5_K), LS_TYPE_Q8_K, LS_TYPE_Q5_K_X8},
-    [LS_TYPE_Q6_K] = {QK_K, sizeof(block_q6_K), LS_TYPE_Q8_K, LS_TYPE_Q6_K_X8},
-    [LS_TYPE_Q8_K] = {QK_K, sizeof(block_q8_K), LS_TYPE_Q8_K, 0},
-    [LS_TYPE_IQ4_NL] = {QK4_NL, sizeof(block_iq4_nl), LS_TYPE_Q8_0, 0},
-    [LS_TYPE_IQ4_XS] = {QK_K, sizeof(block_iq4_xs), LS_TYPE_Q8_K, 0},
-    [LS_TYPE_Q4_K_X8] = {QK_K, sizeof(block_q4_Kx8) / 8, LS_TYPE_Q8_K, 1},
-    [LS_TYPE_Q6_K_X8] = {QK_K, sizeof(block_q6_Kx8) / 8, LS_TYPE_Q8_K, 1},
-    [LS_TYPE_Q5_K_X8] = {QK_K, sizeof(block_q5_Kx8) / 8, LS_TYPE_Q8_K, 1},
-    [LS_TYPE_Q2_K_X8] = {QK_K, sizeof(block_q2_Kx8) / 8, LS_TYPE_Q8_K, 1},
-    [LS_TYPE_Q3_K_X8] = {QK_K, sizeof(block_q3_Kx8) / 8, LS_TYPE_Q8_K, 1},
-};
+ * Type properties, from the rows of types.c */
 
 /* Any type the traits know: GGML's and the x8 layouts (which only ls_matmul_rows takes). */
-static int traits_ok(int type) { return type >= 0 && type < LS_TYPE_SLOTS && k_traits[type].blck != 0; }
+static int traits_ok(int type) { return type >= 0 && type < LS_TYPE_SLOTS && ls_types[type].blck != 0; }
 
 /* GGML types only: what files hold and what the row-by-row entry points take. */
-int ls_type_known(int type) { return traits_ok(type) && k_traits[type].x8 != 1; }
+int ls_type_known(int type) { return traits_ok(type) && ls_types[type].x8 != 1; }
 
-int64_t ls_blck_size(int type) { return traits_ok(type) ? k_traits[type].blck : 0; }
+int64_t ls_blck_size(int type) { return traits_ok(type) ? ls_types[type].blck : 0; }
 
-size_t ls_type_size(int type) { return traits_ok(type) ? k_traits[type].size : 0; }
+size_t ls_type_size(int type) { return traits_ok(type) ? ls_types[type].size : 0; }
 
 size_t ls_row_size(int type, int64_t n) {
     if (!traits_ok(type) || n < 0) return 0;
-    return (size_t)(n / k_traits[type].blck) * k_traits[type].size;
+    return (size_t)(n / ls_types[type].blck) * ls_types[type].size;
 }
 
-int ls_vec_dot_type(int type) { return traits_ok(type) ? k_traits[type].vec_dot_type : -1; }
+int ls_vec_dot_type(int type) { return traits_ok(type) ? ls_types[type].vec_dot_type : -1; }
+
+const char *ls_type_name(int type) { return type >= 0 && type < LS_TYPE_SLOTS ? ls_types[type].name : NULL; }
+
+int ls_type_is_x8(int type) { return traits_ok(type) && ls_types[type].x8 == 1; }
+
+int ls_type_quantizes(int type) { return ls_type_known(type) && ls_types[type].quantize[LS_SIMD_SCALAR] != NULL; }
 
 static int ls_row_ok(int type, int64_t n) {
-    return ls_type_known(type) && n >= 0 && n % k_traits[type].blck == 0;
+    return ls_type_known(type) && n >= 0 && n % ls_types[type].blck == 0;
 }
 
 /* Dispatch: the table of the current SIMD level (cpu.c), which falls back to the scalar kernel
@@ -106,7 +80,7 @@ void ls_vec_dot_x4(int type, int64_t n, const void *w, const void *x, size_t x_s
 // W rows r0..r1-1 (n_out, n) @ x (T, n) -> y (T, ldy): y[t, r] = w_r · x_t
 void ls_matmul_rows(int type, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    if (traits_ok(type) && k_traits[type].x8 == 1) {
+    if (traits_ok(type) && ls_types[type].x8 == 1) {
         /* an x8 layout: one kernel for any T, without buffers (never declines) */
         if (n >= 0 && n % QK_K == 0 && r0 % 8 == 0) ls_kernels()->gemm[type](n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
         return;
@@ -248,7 +222,7 @@ int ls_matmul_rows_lanes_ref(int type, int64_t n, const void *w, size_t w_stride
  * fold), so a repacked tensor gives the bits of its source, at every SIMD level. */
 
 int ls_repack_type(int type) {
-    return traits_ok(type) && k_traits[type].x8 > 1 ? k_traits[type].x8 : -1;
+    return traits_ok(type) && ls_types[type].x8 > 1 ? ls_types[type].x8 : -1;
 }
 
 size_t ls_repack_size(int type, int64_t rows, int64_t n) {
@@ -400,13 +374,13 @@ static void matmul_rows_k4_x8_q8_K(int q5, size_t bsize, int64_t n, const void *
     }
 }
 
-static int64_t matmul_rows_q4_K_x8_q8_K(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+int64_t matmul_rows_q4_K_x8_q8_K(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                         const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     matmul_rows_k4_x8_q8_K(0, sizeof(block_q4_Kx8), n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
     return r1;
 }
 
-static int64_t matmul_rows_q5_K_x8_q8_K(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+int64_t matmul_rows_q5_K_x8_q8_K(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                         const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     matmul_rows_k4_x8_q8_K(1, sizeof(block_q5_Kx8), n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
     return r1;
@@ -449,13 +423,13 @@ static void matmul_rows_k2_x8_q8_K(int q3, int64_t n, const void *w, size_t w_st
     }
 }
 
-static int64_t matmul_rows_q2_K_x8_q8_K(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+int64_t matmul_rows_q2_K_x8_q8_K(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                         const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     matmul_rows_k2_x8_q8_K(0, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
     return r1;
 }
 
-static int64_t matmul_rows_q3_K_x8_q8_K(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+int64_t matmul_rows_q3_K_x8_q8_K(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                         const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     matmul_rows_k2_x8_q8_K(1, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
     return r1;
@@ -463,7 +437,7 @@ static int64_t matmul_rows_q3_K_x8_q8_K(int64_t n, const void *w, size_t w_strid
 
 // W rows r0..r1-1 (n_out, n) in Q6_K x8 @ x (T, n) in Q8_K -> y[t * ldy + r]: the fold of
 // matmul_rows_q6_K_q8_K_lanes, reading the x8 layout (r0 a multiple of 8)
-static int64_t matmul_rows_q6_K_x8_q8_K(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+int64_t matmul_rows_q6_K_x8_q8_K(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                         const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     const int64_t nb = n / QK_K;
     for (int64_t t = 0; t < T; ++t) {
@@ -1056,67 +1030,3 @@ float vec_dot_iq4_xs_q8_K(int64_t n, const void *vw, const void *vx) {
     }
     return sum;
 }
-
-/* ---------------------------------------------------------------------------------------------
- * The scalar table (cpu.c falls back to it for slots a SIMD table leaves NULL). */
-
-const ls_kernel_table ls_kernels_scalar = {
-    .vec_dot = {
-        [LS_TYPE_F32] = vec_dot_f32_f32,
-        [LS_TYPE_F16] = vec_dot_f16_f16,
-        [LS_TYPE_BF16] = vec_dot_bf16_bf16,
-        [LS_TYPE_Q4_0] = vec_dot_q4_0_q8_0,
-        [LS_TYPE_Q4_1] = vec_dot_q4_1_q8_1,
-        [LS_TYPE_Q5_0] = vec_dot_q5_0_q8_0,
-        [LS_TYPE_Q5_1] = vec_dot_q5_1_q8_1,
-        [LS_TYPE_Q8_0] = vec_dot_q8_0_q8_0,
-        [LS_TYPE_Q2_K] = vec_dot_q2_K_q8_K,
-        [LS_TYPE_Q3_K] = vec_dot_q3_K_q8_K,
-        [LS_TYPE_Q4_K] = vec_dot_q4_K_q8_K,
-        [LS_TYPE_Q5_K] = vec_dot_q5_K_q8_K,
-        [LS_TYPE_Q6_K] = vec_dot_q6_K_q8_K,
-        [LS_TYPE_IQ4_NL] = vec_dot_iq4_nl_q8_0,
-        [LS_TYPE_IQ4_XS] = vec_dot_iq4_xs_q8_K,
-    },
-    .quantize = {
-        [LS_TYPE_F32] = quantize_row_f32,
-        [LS_TYPE_F16] = quantize_row_f16,
-        [LS_TYPE_BF16] = quantize_row_bf16,
-        [LS_TYPE_Q8_0] = quantize_row_q8_0,
-        [LS_TYPE_Q8_1] = quantize_row_q8_1,
-        [LS_TYPE_Q8_K] = quantize_row_q8_K,
-    },
-    .dequantize = {
-        [LS_TYPE_F32] = dequantize_row_f32,
-        [LS_TYPE_F16] = dequantize_row_f16,
-        [LS_TYPE_BF16] = dequantize_row_bf16,
-        [LS_TYPE_Q4_0] = dequantize_row_q4_0,
-        [LS_TYPE_Q4_1] = dequantize_row_q4_1,
-        [LS_TYPE_Q5_0] = dequantize_row_q5_0,
-        [LS_TYPE_Q5_1] = dequantize_row_q5_1,
-        [LS_TYPE_Q8_0] = dequantize_row_q8_0,
-        [LS_TYPE_Q8_1] = dequantize_row_q8_1,
-        [LS_TYPE_Q2_K] = dequantize_row_q2_K,
-        [LS_TYPE_Q3_K] = dequantize_row_q3_K,
-        [LS_TYPE_Q4_K] = dequantize_row_q4_K,
-        [LS_TYPE_Q5_K] = dequantize_row_q5_K,
-        [LS_TYPE_Q6_K] = dequantize_row_q6_K,
-        [LS_TYPE_Q8_K] = dequantize_row_q8_K,
-        [LS_TYPE_IQ4_NL] = dequantize_row_iq4_nl,
-        [LS_TYPE_IQ4_XS] = dequantize_row_iq4_xs,
-    },
-    .gemm = {
-        [LS_TYPE_Q4_K_X8] = matmul_rows_q4_K_x8_q8_K,
-        [LS_TYPE_Q6_K_X8] = matmul_rows_q6_K_x8_q8_K,
-        [LS_TYPE_Q5_K_X8] = matmul_rows_q5_K_x8_q8_K,
-        [LS_TYPE_Q2_K_X8] = matmul_rows_q2_K_x8_q8_K,
-        [LS_TYPE_Q3_K_X8] = matmul_rows_q3_K_x8_q8_K,
-    },
-    .gemv = {
-        [LS_TYPE_Q4_K_X8] = matmul_rows_q4_K_x8_q8_K,
-        [LS_TYPE_Q6_K_X8] = matmul_rows_q6_K_x8_q8_K,
-        [LS_TYPE_Q5_K_X8] = matmul_rows_q5_K_x8_q8_K,
-        [LS_TYPE_Q2_K_X8] = matmul_rows_q2_K_x8_q8_K,
-        [LS_TYPE_Q3_K_X8] = matmul_rows_q3_K_x8_q8_K,
-    },
-};
