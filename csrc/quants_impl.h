@@ -10,7 +10,7 @@
 #include "formats.h"
 #include "quants.h"
 
-#define LS_TYPE_SLOTS 66    /* type ids are < 66 (GGML's < 31, BF16 = 30; the x8 layouts 64, 65) */
+#define LS_TYPE_SLOTS 70    /* type ids are < 70 (GGML's < 31, BF16 = 30; the x8 layouts 64..69) */
 
 typedef float (*ls_vec_dot_fn)(int64_t n, const void *w, const void *x);
 typedef void (*ls_quantize_fn)(const float *x, void *y, int64_t n);

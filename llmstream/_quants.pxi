@@ -57,6 +57,8 @@ TYPE_BF16 = 30
 # llmstream's repacked layouts (csrc/formats.h "x8"): only matmul and the fused layers take them
 TYPE_Q4_K_X8 = 64
 TYPE_Q6_K_X8 = 65
+TYPE_Q4_0_X8 = 66
+TYPE_Q8_0_X8 = 67
 
 TYPE_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1",
               10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K",
