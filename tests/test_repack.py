@@ -89,6 +89,23 @@ def test_extreme_quants_do_not_overflow(t, level):
             np.testing.assert_array_equal(_matmul(t8, w8, x[:T]), want[:T], err_msg=f"sign {sign} T={T}")
 
 
+@pytest.mark.parametrize("t", [Q4_0, Q8_0], ids=["Q4_0", "Q8_0"])
+def test_prompt_sized_batches_give_the_source_bits(t, level):
+    """From 64 tokens a Q4_0 x8 group is unpacked into tiles first (quants_avx2.c
+    X8_Q4_0_TILE_MIN_T): both sides of that switch, a 1-3 token rest after the 4-token tiles, and
+    quants at their extremes in rows 0-7."""
+    rng = np.random.default_rng(7450 + t)
+    for n, rows in ((96, 13), (2048, 16)):
+        w = _weights(t, n, rows, rng)
+        extreme_q32_quants(t, w.reshape(rows, n // 32, -1))
+        w8, t8 = _ops.repack(w, t, n)
+        x = np.stack([random_activations(n, rng, [1.0, 1e-3, 50.0][k % 3]) for k in range(67)])
+        x[5] = 1.0
+        want = _ops.matmul_lanes_ref(t, n, w, np.stack([_ops.quantize_row(VEC_DOT_TYPE[t], r) for r in x]))
+        for T in (48, 63, 64, 67):
+            np.testing.assert_array_equal(_matmul(t8, w8, x[:T]), want[:T], err_msg=f"{NAMES[t]} n={n} T={T}")
+
+
 def test_threads_and_work_items_do_not_change_the_bits():
     """Several work items and threads (over the 1 MiB below which a matmul stays on one thread),
     the last group partial."""
