@@ -432,7 +432,8 @@ def simd_report() -> str:
     why = ("LLMSTREAM_AVX512=0" if _ops.cpu_has_avx512() else
            "the CPU has no AVX-512 VNNI")
     from .engine import repack_by_default
-    packed = ("; Q4_K / Q6_K weights repacked at load, 8 rows interleaved (LLMSTREAM_REPACK=0 keeps "
+    x8 = " / ".join(name for t, name in sorted(_ops.TYPE_NAMES.items()) if _ops.repack_type(t) >= 0)
+    packed = (f"; {x8} weights repacked at load, 8 rows interleaved (LLMSTREAM_REPACK=0 keeps "
               "the file's layout)" if repack_by_default() else "; weights in the file's layout")
     return f"SIMD: AVX2/FMA kernels ({why}){packed}"
 

@@ -7,10 +7,10 @@ decoding one go into the same forward. The engine keeps no sequence state: the p
 and values, the caller (the scheduler, or a `Session` for one sequence) the positions.
 
 Weights stay in the mmap'd GGUF in their quantized form (`Linear` holds a zero-copy view), except
-where repacking pays: on CPUs whose matmul kernels are AVX2 (no AVX-512), Q4_K and Q6_K matmul
-weights are rewritten once at load with 8 rows interleaved (csrc/formats.h "Repacked layouts"; the
-same numbers, the same results bit for bit, ~3 % more bytes for Q4_K; LLMSTREAM_REPACK=0 keeps the
-file's layout). Every buffer a forward pass writes is made once per model (`Workspace`), so decoding
+where repacking pays: on CPUs whose matmul kernels are AVX2 (no AVX-512), the matmul weights of the
+types with an x8 layout (Q4_K, Q6_K, Q4_0, Q8_0) are rewritten once at load with 8 rows interleaved
+(csrc/formats.h "Repacked layouts"; the same numbers, the same results bit for bit, ~3 % more bytes
+for Q4_K; LLMSTREAM_REPACK=0 keeps the file's layout). Every buffer a forward pass writes is made once per model (`Workspace`), so decoding
 allocates nothing.
 The per-family forward passes live in `models/`.
 """

@@ -1,8 +1,9 @@
-"""Repacked weights (csrc/formats.h "Repacked layouts"): Q4_K and Q6_K matmul weights rewritten at
-load with 8 rows interleaved, on AVX2 CPUs without the AVX-512 kernels. A repacked tensor must give
-exactly the bits of the row-per-lane kernels on its source layout (their scalar twin,
-matmul_lanes_ref), at both SIMD levels, for any token count (one kernel for 1-7 tokens, tiles made
-from the x8 blocks for 8+), and a model loaded either way must give the same logits. Bit-identity,
+"""Repacked weights (csrc/formats.h "Repacked layouts"): Q4_K, Q6_K, Q4_0 and Q8_0 matmul weights
+rewritten at load with 8 rows interleaved, on AVX2 CPUs without the AVX-512 kernels. A repacked
+tensor must give exactly the bits of the row-per-lane kernels on its source layout (their scalar
+twin, matmul_lanes_ref), at both SIMD levels, for any token count (the x8 blocks read in place for
+few tokens, tiles made from them for many: Q4_K / Q6_K from 8, Q4_0 from 64), and a model loaded
+either way must give the same logits. Bit-identity,
 not a tolerance: prefix reuse and seeded generation rely on it."""
 import os
 
