@@ -92,6 +92,13 @@ int ls_simd_has_gemm(int type) {
     return type >= 0 && type < LS_TYPE_SLOTS && ls_kernels_avx2.gemm[type] && ls_kernels_avx2.gemv[type];
 }
 
+/* 1 when weights of `type` are multiplied by the AVX-512 kernels now (ls_set_avx512 on, and
+ * quants_avx512.c has a gemm / gemv pair for the type). */
+int ls_matmul_uses_avx512(int type) {
+    return type >= 0 && type < LS_TYPE_SLOTS && __atomic_load_n(&avx512_used, __ATOMIC_ACQUIRE)
+        && ls_kernels_avx512.gemm[type] && ls_kernels_avx512.gemv[type];
+}
+
 /* 1 when the AVX2 table has its own quantizer for the activation type `type`. */
 int ls_simd_has_quantize(int type) {
     return type >= 0 && type < LS_TYPE_SLOTS && ls_kernels_avx2.quantize[type] != NULL;

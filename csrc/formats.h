@@ -224,6 +224,50 @@ typedef struct {
 } block_q4_Kx8;
 _Static_assert(sizeof(block_q4_Kx8) == 8 * (sizeof(block_q4_K) + 4), "block_q4_Kx8 must be 1184 bytes");
 
+/* Q5_K x8 — 8 rows x 256 elements in 1440 bytes (180 a row, the 176 of Q5_K + 4 unpacked scales).
+ *   bytes 0-1183     k4         the Q4_K x8 block of the low 4 bits: d, dmin, sc, m and qs as there
+ *                               (Q5_K packs its scales, mins and low nibbles exactly as Q4_K)
+ *   bytes 1184-1439  qh[8][32]  qh[j][4p + e] = row p's qh[4j + e]: bit s = the 5th bit of element
+ *                               32s + 4j + e
+ *   q = low4 | (high bit << 4) (0..31);  y = (d * sc[s]) * q - dmin * m[s], as Q5_K.
+ */
+typedef struct {
+    block_q4_Kx8 k4;
+    uint8_t qh[8][32];
+} block_q5_Kx8;
+_Static_assert(sizeof(block_q5_Kx8) == 8 * (sizeof(block_q5_K) + 4), "block_q5_Kx8 must be 1440 bytes");
+
+/* Q2_K x8 — 8 rows x 256 elements in 672 bytes (84 a row, as Q2_K).
+ *   bytes 0-15     d[8]          fp16 d of row p;  bytes 16-31 dmin[8] fp16 dmin of row p
+ *   bytes 32-159   scales[16][8] scales[s][p] = row p's scales[s] (scale low nibble, min high)
+ *   bytes 160-671  qs[2][8][32]  qs[h][g][4p + e] = row p's qs[32h + 4g + e]: bits 2j, 2j+1 = the
+ *                                quant of element 128h + 32j + 4g + e (sub-block 8h + 2j + g / 4)
+ *   y = (d * (scales[s] & 15)) * q - dmin * (scales[s] >> 4), as Q2_K.
+ */
+typedef struct {
+    ls_fp16_t d[8];
+    ls_fp16_t dmin[8];
+    uint8_t scales[16][8];
+    uint8_t qs[2][8][32];
+} block_q2_Kx8;
+_Static_assert(sizeof(block_q2_Kx8) == 8 * sizeof(block_q2_K), "block_q2_Kx8 must be 672 bytes");
+
+/* Q3_K x8 — 8 rows x 256 elements in 912 bytes (114 a row, the 110 of Q3_K + 4 unpacked scales).
+ *   bytes 0-15     d[8]          fp16 d of row p
+ *   bytes 16-143   sc[16][8]     sc[s][p] = the 6-bit scale of sub-block s of row p minus 32 (int8)
+ *   bytes 144-399  hmask[8][32]  hmask[g][4p + e] = row p's hmask[4g + e]: bit 4h + j = the high bit
+ *                                of element 128h + 32j + 4g + e
+ *   bytes 400-911  qs[2][8][32]  the low 2 bits, as Q2_K x8
+ *   q = low2 - (high bit set ? 0 : 4);  y = (d * sc[s]) * q, as Q3_K.
+ */
+typedef struct {
+    ls_fp16_t d[8];
+    int8_t sc[16][8];
+    uint8_t hmask[8][32];
+    uint8_t qs[2][8][32];
+} block_q3_Kx8;
+_Static_assert(sizeof(block_q3_Kx8) == 8 * (sizeof(block_q3_K) + 4), "block_q3_Kx8 must be 912 bytes");
+
 /* Q6_K x8 — 8 rows x 256 elements in 1680 bytes (210 a row, as Q6_K).
  *   bytes 0-15      d[8]       fp16 d of row p
  *   bytes 16-143    sc[16][8]  sc[s][p] = int8 scale of sub-block s (16 elements) of row p

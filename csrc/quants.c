@@ -32,10 +32,10 @@ static const ls_type_traits k_traits[LS_TYPE_SLOTS] = {
     [LS_TYPE_Q5_1] = {QK5_1, sizeof(block_q5_1), LS_TYPE_Q8_1, 0},
     [LS_TYPE_Q8_0] = {QK8_0, sizeof(block_q8_0), LS_TYPE_Q8_0, LS_TYPE_Q8_0_X8},
     [LS_TYPE_Q8_1] = {QK8_1, sizeof(block_q8_1), LS_TYPE_Q8_1, 0},
-    [LS_TYPE_Q2_K] = {QK_K, sizeof(block_q2_K), LS_TYPE_Q8_K, 0},
-    [LS_TYPE_Q3_K] = {QK_K, sizeof(block_q3_K), LS_TYPE_Q8_K, 0},
+    [LS_TYPE_Q2_K] = {QK_K, sizeof(block_q2_K), LS_TYPE_Q8_K, LS_TYPE_Q2_K_X8},
+    [LS_TYPE_Q3_K] = {QK_K, sizeof(block_q3_K), LS_TYPE_Q8_K, LS_TYPE_Q3_K_X8},
     [LS_TYPE_Q4_K] = {QK_K, sizeof(block_q4_K), LS_TYPE_Q8_K, LS_TYPE_Q4_K_X8},
-    [LS_TYPE_Q5_K] = {QK_K, sizeof(block_q5_K), LS_TYPE_Q8_K, 0},
+    [LS_TYPE_Q5_K] = {QK_K, sizeof(block_q5_K), LS_TYPE_Q8_K, LS_TYPE_Q5_K_X8},
     [LS_TYPE_Q6_K] = {QK_K, sizeof(block_q6_K), LS_TYPE_Q8_K, LS_TYPE_Q6_K_X8},
     [LS_TYPE_Q8_K] = {QK_K, sizeof(block_q8_K), LS_TYPE_Q8_K, 0},
     [LS_TYPE_IQ4_NL] = {QK4_NL, sizeof(block_iq4_nl), LS_TYPE_Q8_0, 0},
@@ -44,6 +44,9 @@ static const ls_type_traits k_traits[LS_TYPE_SLOTS] = {
     [LS_TYPE_Q6_K_X8] = {QK_K, sizeof(block_q6_Kx8) / 8, LS_TYPE_Q8_K, 1},
     [LS_TYPE_Q4_0_X8] = {QK4_0, sizeof(block_q4_0x8) / 8, LS_TYPE_Q8_0, 1},
     [LS_TYPE_Q8_0_X8] = {QK8_0, sizeof(block_q8_0x8) / 8, LS_TYPE_Q8_0, 1},
+    [LS_TYPE_Q5_K_X8] = {QK_K, sizeof(block_q5_Kx8) / 8, LS_TYPE_Q8_K, 1},
+    [LS_TYPE_Q2_K_X8] = {QK_K, sizeof(block_q2_Kx8) / 8, LS_TYPE_Q8_K, 1},
+    [LS_TYPE_Q3_K_X8] = {QK_K, sizeof(block_q3_Kx8) / 8, LS_TYPE_Q8_K, 1},
 };
 
 /* Any type the traits know: GGML's and the x8 layouts (which only ls_matmul_rows takes). */
@@ -259,24 +262,40 @@ size_t ls_repack_size(int type, int64_t rows, int64_t n) {
     return (size_t)((rows + 7) / 8 * 8) * ls_row_size(x8, n);
 }
 
+// one Q4_K / Q5_K super-block of row p (scales, mins and low nibbles packed alike) -> lane p of o
+static void repack_k4_lane(const uint8_t *scales, const uint8_t *qs, ls_fp16_t d, ls_fp16_t dmin, int p,
+                           block_q4_Kx8 *o) {
+    uint8_t sc[8], m[8];
+    ls_unpack_scales_k4(scales, sc, m);
+    o->d[p] = d;
+    o->dmin[p] = dmin;
+    for (int s = 0; s < 8; ++s) {
+        o->sc[s][p] = sc[s];
+        o->m[s / 2][p][s % 2] = m[s];
+    }
+    for (int k = 0; k < 4; ++k)
+        for (int j = 0; j < 8; ++j) memcpy(&o->qs[k][j][4 * p], qs + 32 * k + 4 * j, 4);
+}
+
 // rows 8g..8g+7 of W (Q4_K) -> group g in Q4_K x8 (missing rows: zeros)
 static void repack_q4_K_group(int64_t nb, const void *w, size_t w_stride, int64_t rows, int64_t g,
                               block_q4_Kx8 *dst) {
     memset(dst, 0, (size_t)nb * sizeof *dst);
     for (int p = 0; p < 8 && 8 * g + p < rows; ++p) {
         const block_q4_K *src = (const block_q4_K *)((const char *)w + (size_t)(8 * g + p) * w_stride);
+        for (int64_t b = 0; b < nb; ++b) repack_k4_lane(src[b].scales, src[b].qs, src[b].d, src[b].dmin, p, &dst[b]);
+    }
+}
+
+// rows 8g..8g+7 of W (Q5_K) -> group g in Q5_K x8 (missing rows: zeros)
+static void repack_q5_K_group(int64_t nb, const void *w, size_t w_stride, int64_t rows, int64_t g,
+                              block_q5_Kx8 *dst) {
+    memset(dst, 0, (size_t)nb * sizeof *dst);
+    for (int p = 0; p < 8 && 8 * g + p < rows; ++p) {
+        const block_q5_K *src = (const block_q5_K *)((const char *)w + (size_t)(8 * g + p) * w_stride);
         for (int64_t b = 0; b < nb; ++b) {
-            block_q4_Kx8 *o = &dst[b];
-            uint8_t sc[8], m[8];
-            ls_unpack_scales_k4(src[b].scales, sc, m);
-            o->d[p] = src[b].d;
-            o->dmin[p] = src[b].dmin;
-            for (int s = 0; s < 8; ++s) {
-                o->sc[s][p] = sc[s];
-                o->m[s / 2][p][s % 2] = m[s];
-            }
-            for (int k = 0; k < 4; ++k)
-                for (int j = 0; j < 8; ++j) memcpy(&o->qs[k][j][4 * p], src[b].qs + 32 * k + 4 * j, 4);
+            repack_k4_lane(src[b].scales, src[b].qs, src[b].d, src[b].dmin, p, &dst[b].k4);
+            for (int j = 0; j < 8; ++j) memcpy(&dst[b].qh[j][4 * p], src[b].qh + 4 * j, 4);
         }
     }
 }
@@ -318,6 +337,40 @@ static void repack_q32_group(int64_t nb, size_t bsz, const void *w, size_t w_str
     }
 }
 
+// rows 8g..8g+7 of W (Q2_K) -> group g in Q2_K x8 (missing rows: zeros)
+static void repack_q2_K_group(int64_t nb, const void *w, size_t w_stride, int64_t rows, int64_t g,
+                              block_q2_Kx8 *dst) {
+    memset(dst, 0, (size_t)nb * sizeof *dst);
+    for (int p = 0; p < 8 && 8 * g + p < rows; ++p) {
+        const block_q2_K *src = (const block_q2_K *)((const char *)w + (size_t)(8 * g + p) * w_stride);
+        for (int64_t b = 0; b < nb; ++b) {
+            dst[b].d[p] = src[b].d;
+            dst[b].dmin[p] = src[b].dmin;
+            for (int s = 0; s < 16; ++s) dst[b].scales[s][p] = src[b].scales[s];
+            for (int h = 0; h < 2; ++h)
+                for (int q = 0; q < 8; ++q) memcpy(&dst[b].qs[h][q][4 * p], src[b].qs + 32 * h + 4 * q, 4);
+        }
+    }
+}
+
+// rows 8g..8g+7 of W (Q3_K) -> group g in Q3_K x8 (missing rows: zeros)
+static void repack_q3_K_group(int64_t nb, const void *w, size_t w_stride, int64_t rows, int64_t g,
+                              block_q3_Kx8 *dst) {
+    memset(dst, 0, (size_t)nb * sizeof *dst);
+    for (int p = 0; p < 8 && 8 * g + p < rows; ++p) {
+        const block_q3_K *src = (const block_q3_K *)((const char *)w + (size_t)(8 * g + p) * w_stride);
+        for (int64_t b = 0; b < nb; ++b) {
+            uint8_t sc[16];
+            ls_unpack_scales_q3k(src[b].scales, sc);
+            dst[b].d[p] = src[b].d;
+            for (int s = 0; s < 16; ++s) dst[b].sc[s][p] = (int8_t)(sc[s] - 32);
+            for (int q = 0; q < 8; ++q) memcpy(&dst[b].hmask[q][4 * p], src[b].hmask + 4 * q, 4);
+            for (int h = 0; h < 2; ++h)
+                for (int q = 0; q < 8; ++q) memcpy(&dst[b].qs[h][q][4 * p], src[b].qs + 32 * h + 4 * q, 4);
+        }
+    }
+}
+
 int ls_repack_rows(int type, int64_t n, const void *w, size_t w_stride, int64_t rows,
                    int64_t g0, int64_t g1, void *dst) {
     const int x8 = ls_repack_type(type);
@@ -328,6 +381,9 @@ int ls_repack_rows(int type, int64_t n, const void *w, size_t w_stride, int64_t 
         void *o = (char *)dst + (size_t)g * group;
         switch (type) {
         case LS_TYPE_Q4_K: repack_q4_K_group(nb, w, w_stride, rows, g, o); break;
+        case LS_TYPE_Q5_K: repack_q5_K_group(nb, w, w_stride, rows, g, o); break;
+        case LS_TYPE_Q2_K: repack_q2_K_group(nb, w, w_stride, rows, g, o); break;
+        case LS_TYPE_Q3_K: repack_q3_K_group(nb, w, w_stride, rows, g, o); break;
         case LS_TYPE_Q6_K: repack_q6_K_group(nb, w, w_stride, rows, g, o); break;
         case LS_TYPE_Q4_0: repack_q32_group(nb, sizeof(block_q4_0), w, w_stride, rows, g, o); break;
         case LS_TYPE_Q8_0: repack_q32_group(nb, sizeof(block_q8_0), w, w_stride, rows, g, o); break;
@@ -337,34 +393,99 @@ int ls_repack_rows(int type, int64_t n, const void *w, size_t w_stride, int64_t 
     return 1;
 }
 
-// W rows r0..r1-1 (n_out, n) in Q4_K x8 @ x (T, n) in Q8_K -> y[t * ldy + r]: the fold of
-// matmul_rows_q4_K_q8_K_lanes, reading the x8 layout (r0 a multiple of 8)
-static int64_t matmul_rows_q4_K_x8_q8_K(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                                        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+// W rows r0..r1-1 (n_out, n) in Q4_K x8 (q5 = 0, bsize 1184) or Q5_K x8 (q5 = 1, bsize 1440) @ x (T, n)
+// in Q8_K -> y[t * ldy + r]: the fold of matmul_rows_q4_K_q8_K_lanes, reading the x8 layout (r0 a
+// multiple of 8): acc = fmaf(isum, d * dx, acc); acc = fmaf(-msum, dmin * dx, acc) per super-block
+static void matmul_rows_k4_x8_q8_K(int q5, size_t bsize, int64_t n, const void *w, size_t w_stride,
+                                   int64_t r0, int64_t r1, const void *x, size_t x_stride, int64_t T,
+                                   float *y, size_t ldy) {
     const int64_t nb = n / QK_K;
     for (int64_t t = 0; t < T; ++t) {
         const block_q8_K *xb = (const block_q8_K *)((const char *)x + (size_t)t * x_stride);
         for (int64_t r = r0; r < r1; ++r) {
-            const block_q4_Kx8 *g = (const block_q4_Kx8 *)((const char *)w + (size_t)(r / 8 * 8) * w_stride);
+            const char *grp = (const char *)w + (size_t)(r / 8 * 8) * w_stride;
             const int p = (int)(r % 8);
             float acc = 0.0f;
             for (int64_t b = 0; b < nb; ++b) {
+                const block_q4_Kx8 *B = (const block_q4_Kx8 *)(grp + (size_t)b * bsize);
+                const uint8_t (*qh)[32] = q5 ? ((const block_q5_Kx8 *)B)->qh : NULL;
                 int isum = 0, msum = 0;
                 for (int s = 0; s < 8; ++s) {
-                    msum += g[b].m[s / 2][p][s % 2] * (xb[b].bsums[2 * s] + xb[b].bsums[2 * s + 1]);
+                    msum += B->m[s / 2][p][s % 2] * (xb[b].bsums[2 * s] + xb[b].bsums[2 * s + 1]);
                     int dot = 0;
                     for (int l = 0; l < 32; ++l) {
-                        const uint8_t q = g[b].qs[s / 2][l / 4][4 * p + l % 4];
-                        dot += (s % 2 ? q >> 4 : q & 15) * xb[b].qs[32 * s + l];
+                        const uint8_t q = B->qs[s / 2][l / 4][4 * p + l % 4];
+                        const int hb = qh ? ((qh[l / 4][4 * p + l % 4] >> s) & 1) << 4 : 0;
+                        dot += ((s % 2 ? q >> 4 : q & 15) | hb) * xb[b].qs[32 * s + l];
                     }
-                    isum += g[b].sc[s][p] * dot;
+                    isum += B->sc[s][p] * dot;
                 }
-                acc = fmaf((float)isum, ls_fp16_to_fp32(g[b].d[p]) * xb[b].d, acc);
-                acc = fmaf(-(float)msum, ls_fp16_to_fp32(g[b].dmin[p]) * xb[b].d, acc);
+                acc = fmaf((float)isum, ls_fp16_to_fp32(B->d[p]) * xb[b].d, acc);
+                acc = fmaf(-(float)msum, ls_fp16_to_fp32(B->dmin[p]) * xb[b].d, acc);
             }
             y[(size_t)t * ldy + r] = acc;
         }
     }
+}
+
+static int64_t matmul_rows_q4_K_x8_q8_K(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    matmul_rows_k4_x8_q8_K(0, sizeof(block_q4_Kx8), n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
+    return r1;
+}
+
+static int64_t matmul_rows_q5_K_x8_q8_K(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    matmul_rows_k4_x8_q8_K(1, sizeof(block_q5_Kx8), n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
+    return r1;
+}
+
+// W rows r0..r1-1 (n_out, n) in Q2_K x8 (q3 = 0) or Q3_K x8 (q3 = 1) @ x (T, n) in Q8_K -> y[t * ldy + r]
+// (r0 a multiple of 8) = fold over super-blocks b, with isum = sum_s sc_s * (q · x)_s exact:
+//   Q2_K: acc = fmaf(isum, d * dx, acc); acc = fmaf(-msum, dmin * dx, acc), msum = sum_s m_s * bsum_s
+//   Q3_K: acc = fmaf(isum, d * dx, acc)  (sc_s = scale - 32, q = low2 - 4 * !high bit)
+static void matmul_rows_k2_x8_q8_K(int q3, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                   const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    const int64_t nb = n / QK_K;
+    const size_t bsize = q3 ? sizeof(block_q3_Kx8) : sizeof(block_q2_Kx8);
+    for (int64_t t = 0; t < T; ++t) {
+        const block_q8_K *xb = (const block_q8_K *)((const char *)x + (size_t)t * x_stride);
+        for (int64_t r = r0; r < r1; ++r) {
+            const char *grp = (const char *)w + (size_t)(r / 8 * 8) * w_stride;
+            const int p = (int)(r % 8);
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nb; ++b) {
+                const void *B = grp + (size_t)b * bsize;
+                const block_q2_Kx8 *B2 = B;
+                const block_q3_Kx8 *B3 = B;
+                int isum = 0, msum = 0;
+                for (int k = 0; k < QK_K; ++k) {
+                    const int h = k / 128, j = (k % 128) / 32, l = k % 32, s = k / 16;
+                    const uint8_t raw = q3 ? B3->qs[h][l / 4][4 * p + l % 4] : B2->qs[h][l / 4][4 * p + l % 4];
+                    int q = (raw >> (2 * j)) & 3;
+                    if (q3) q -= (B3->hmask[l / 4][4 * p + l % 4] >> (4 * h + j)) & 1 ? 0 : 4;
+                    isum += (q3 ? B3->sc[s][p] : B2->scales[s][p] & 15) * (q * xb[b].qs[k]);
+                }
+                if (!q3)
+                    for (int s = 0; s < 16; ++s) msum += (B2->scales[s][p] >> 4) * xb[b].bsums[s];
+                const float dx = xb[b].d;
+                acc = fmaf((float)isum, ls_fp16_to_fp32(q3 ? B3->d[p] : B2->d[p]) * dx, acc);
+                if (!q3) acc = fmaf(-(float)msum, ls_fp16_to_fp32(B2->dmin[p]) * dx, acc);
+            }
+            y[(size_t)t * ldy + r] = acc;
+        }
+    }
+}
+
+static int64_t matmul_rows_q2_K_x8_q8_K(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    matmul_rows_k2_x8_q8_K(0, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
+    return r1;
+}
+
+static int64_t matmul_rows_q3_K_x8_q8_K(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    matmul_rows_k2_x8_q8_K(1, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
     return r1;
 }
 
@@ -1066,11 +1187,17 @@ const ls_kernel_table ls_kernels_scalar = {
         [LS_TYPE_Q6_K_X8] = matmul_rows_q6_K_x8_q8_K,
         [LS_TYPE_Q4_0_X8] = matmul_rows_q4_0_x8_q8_0,
         [LS_TYPE_Q8_0_X8] = matmul_rows_q8_0_x8_q8_0,
+        [LS_TYPE_Q5_K_X8] = matmul_rows_q5_K_x8_q8_K,
+        [LS_TYPE_Q2_K_X8] = matmul_rows_q2_K_x8_q8_K,
+        [LS_TYPE_Q3_K_X8] = matmul_rows_q3_K_x8_q8_K,
     },
     .gemv = {
         [LS_TYPE_Q4_K_X8] = matmul_rows_q4_K_x8_q8_K,
         [LS_TYPE_Q6_K_X8] = matmul_rows_q6_K_x8_q8_K,
         [LS_TYPE_Q4_0_X8] = matmul_rows_q4_0_x8_q8_0,
         [LS_TYPE_Q8_0_X8] = matmul_rows_q8_0_x8_q8_0,
+        [LS_TYPE_Q5_K_X8] = matmul_rows_q5_K_x8_q8_K,
+        [LS_TYPE_Q2_K_X8] = matmul_rows_q2_K_x8_q8_K,
+        [LS_TYPE_Q3_K_X8] = matmul_rows_q3_K_x8_q8_K,
     },
 };

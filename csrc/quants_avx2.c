@@ -1438,47 +1438,57 @@ static inline __m256i x8_pair_i8(const int8_t *a, const int8_t *b) {
     return _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(_mm_loadl_epi64((const __m128i *)a), _mm_loadl_epi64((const __m128i *)b)));
 }
 
-/* Sub-block s of a Q4_K x8 block (nibbles `hi` of qs[s / 2]) · nt tokens' Q8_K blocks: isum[t] +=
- * per lane sc_s * (q · x)_s; the 8 groups add in int16 (8 x 2 x 15 x 127 = 30480 fits). */
-static inline __attribute__((always_inline)) void q4_K_x8_sub(const block_q4_Kx8 *B, const int s,
-                                                             const block_q8_K *const *xb, const int nt, __m256i *isum) {
-    const __m256i low4 = _mm256_set1_epi8(0x0f);
+/* Sub-block s of a Q4_K x8 block (nibbles s % 2 of qs[s / 2]), or of a Q5_K x8 block (q5: with bit s
+ * of qh as the 5th bit) · nt tokens' Q8_K blocks: isum[t] += per lane sc_s * (q · x)_s. Groups add in
+ * int16 before vpmaddwd applies the scale: all 8 for Q4_K (8 x 2 x 15 x 127 = 30480 fits), 4 at a
+ * time for Q5_K (4 x 2 x 31 x 127 = 31496 fits). */
+static inline __attribute__((always_inline)) void k4_x8_sub(const int q5, const block_q4_Kx8 *B, const uint8_t (*qh)[32],
+                                                           const int s, const block_q8_K *const *xb, const int nt,
+                                                           __m256i *isum) {
+    const __m256i low4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
+    const __m256i sc = x8_dup_u8(B->sc[s]);
     __m256i s16[4];
+    for (int t = 0; t < nt; ++t) s16[t] = _mm256_setzero_si256();   /* (set below; silences -Wmaybe-uninitialized) */
     for (int j = 0; j < 8; ++j) {
         const __m256i raw = _mm256_loadu_si256((const __m256i *)B->qs[s / 2][j]);
-        const __m256i q = _mm256_and_si256(s & 1 ? _mm256_srli_epi16(raw, 4) : raw, low4);
+        __m256i q = _mm256_and_si256(s & 1 ? _mm256_srli_epi16(raw, 4) : raw, low4);
+        if (q5)
+            q = _mm256_or_si256(q, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(
+                    _mm256_loadu_si256((const __m256i *)qh[j]), s), one), 4));
         for (int t = 0; t < nt; ++t) {
             const __m256i p = _mm256_maddubs_epi16(q, bcast_x4(xb[t]->qs + 32 * s + 4 * j));
-            s16[t] = j ? _mm256_add_epi16(s16[t], p) : p;
+            s16[t] = j % (q5 ? 4 : 8) ? _mm256_add_epi16(s16[t], p) : p;
             LS_KEEP_ORDER(s16[t]);
         }
-    }
-    const __m256i sc = x8_dup_u8(B->sc[s]);
-    for (int t = 0; t < nt; ++t) {
-        isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s16[t], sc));
-        LS_KEEP_ORDER(isum[t]);
+        if (j % (q5 ? 4 : 8) == (q5 ? 3 : 7))
+            for (int t = 0; t < nt; ++t) {
+                isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s16[t], sc));
+                LS_KEEP_ORDER(isum[t]);
+            }
     }
 }
 
-/* nt tokens t0.. (a constant 1..4) against one group of Q4_K x8 blocks -> 8 rows of y. */
-static inline __attribute__((always_inline)) void gemm_q4_K_x8_group(
-        int64_t nb, const block_q4_Kx8 *restrict g, const uint8_t *x, size_t x_stride, int64_t t0, const int nt,
-        float *y, size_t ldy, int rows) {
+/* nt tokens t0.. (a constant 1..4) against one group of Q4_K x8 (q5 = 0) or Q5_K x8 (q5 = 1) blocks,
+ * bsize bytes each -> 8 rows of y. */
+static inline __attribute__((always_inline)) void gemm_k4_x8_group(
+        const int q5, const size_t bsize, int64_t nb, const uint8_t *restrict g, const uint8_t *x, size_t x_stride,
+        int64_t t0, const int nt, float *y, size_t ldy, int rows) {
     __m256 acc[4];
     for (int t = 0; t < nt; ++t) acc[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
-        const block_q4_Kx8 *B = &g[b];
-        x8_prefetch(B + X8_PREFETCH_AHEAD, sizeof *B);
+        const block_q4_Kx8 *B = (const block_q4_Kx8 *)(g + (size_t)b * bsize);
+        const uint8_t (*qh)[32] = q5 ? ((const block_q5_Kx8 *)B)->qh : NULL;
+        x8_prefetch((const uint8_t *)B + X8_PREFETCH_AHEAD * bsize, bsize);
         const block_q8_K *xb[4];
         __m256i isum[4];
         for (int t = 0; t < nt; ++t) {
             xb[t] = (const block_q8_K *)(x + (size_t)(t0 + t) * x_stride) + b;
             isum[t] = _mm256_setzero_si256();
         }
-        q4_K_x8_sub(B, 0, xb, nt, isum); q4_K_x8_sub(B, 1, xb, nt, isum);
-        q4_K_x8_sub(B, 2, xb, nt, isum); q4_K_x8_sub(B, 3, xb, nt, isum);
-        q4_K_x8_sub(B, 4, xb, nt, isum); q4_K_x8_sub(B, 5, xb, nt, isum);
-        q4_K_x8_sub(B, 6, xb, nt, isum); q4_K_x8_sub(B, 7, xb, nt, isum);
+        k4_x8_sub(q5, B, qh, 0, xb, nt, isum); k4_x8_sub(q5, B, qh, 1, xb, nt, isum);
+        k4_x8_sub(q5, B, qh, 2, xb, nt, isum); k4_x8_sub(q5, B, qh, 3, xb, nt, isum);
+        k4_x8_sub(q5, B, qh, 4, xb, nt, isum); k4_x8_sub(q5, B, qh, 5, xb, nt, isum);
+        k4_x8_sub(q5, B, qh, 6, xb, nt, isum); k4_x8_sub(q5, B, qh, 7, xb, nt, isum);
         const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)B->d));
         const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)B->dmin));
         for (int t = 0; t < nt; ++t) {
@@ -1497,6 +1507,32 @@ static inline __attribute__((always_inline)) void gemm_q4_K_x8_group(
         }
     }
     for (int t = 0; t < nt; ++t) store_rows8(y + (size_t)(t0 + t) * ldy, acc[t], rows);
+}
+
+/* Rows r0..r1-1 (r0 % 8 == 0) of a Q4_K x8 / Q5_K x8 tensor, all T tokens, 4 at a time. */
+static inline __attribute__((always_inline)) void gemm_k4_x8_rows(
+        const int q5, const size_t bsize, int64_t nb, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+        const uint8_t *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    for (int64_t r = r0; r < r1; r += 8) {
+        const uint8_t *g = (const uint8_t *)w + (size_t)r * w_stride;
+        const int rows = r1 - r < 8 ? (int)(r1 - r) : 8;
+        int64_t t = 0;
+        for (; t + 4 <= T; t += 4) gemm_k4_x8_group(q5, bsize, nb, g, x, x_stride, t, 4, y + r, ldy, rows);
+        switch (T - t) {
+        case 3: gemm_k4_x8_group(q5, bsize, nb, g, x, x_stride, t, 3, y + r, ldy, rows); break;
+        case 2: gemm_k4_x8_group(q5, bsize, nb, g, x, x_stride, t, 2, y + r, ldy, rows); break;
+        case 1: gemm_k4_x8_group(q5, bsize, nb, g, x, x_stride, t, 1, y + r, ldy, rows); break;
+        default: break;
+        }
+    }
+}
+
+// W rows r0..r1-1 (n_out, n) in Q5_K x8 @ x (T, n) in Q8_K, any T, r0 % 8 == 0 -> y[t * ldy + r]
+//   = fold over super-blocks b: acc = fma(isum_b, d_b * dx_b, acc); acc = fma(-msum_b, dmin_b * dx_b, acc)
+static int64_t gemm_q5_K_x8_q8_K_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                      const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    gemm_k4_x8_rows(1, sizeof(block_q5_Kx8), n / QK_K, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
+    return r1;
 }
 
 /* Many tokens (a prompt): the group's quants are unpacked once into the tiles of gemm_q4_K_q8_K_avx2
@@ -1539,18 +1575,116 @@ static int64_t gemm_q4_K_x8_q8_K_avx2(int64_t n, const void *w, size_t w_stride,
             return r1;
         }
     }
+    gemm_k4_x8_rows(0, sizeof(block_q4_Kx8), nb, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
+    return r1;
+}
+
+/* nt tokens t0.. (a constant 1..4) against one group of Q2_K x8 (q3 = 0) or Q3_K x8 (q3 = 1) blocks ->
+ * 8 rows of y. Per half h, sub-block pair (j, hf) the 4 groups g = 4 hf .. add in int16 (Q2_K:
+ * 4 x 2 x 3 x 127 = 3048; Q3_K with q + 4 in 0..7: 4 x 2 x 7 x 127 = 7112) before vpmaddwd applies
+ * the scale. Q3_K's quants are taken as q + 4 (unsigned), the 4 x scale x bsum it adds is taken off
+ * per token (as Q6_K's 32). */
+static inline __attribute__((always_inline)) void gemm_k2_x8_group(
+        const int q3, int64_t nb, const uint8_t *restrict g, const uint8_t *x, size_t x_stride, int64_t t0,
+        const int nt, float *y, size_t ldy, int rows) {
+    const size_t bsize = q3 ? sizeof(block_q3_Kx8) : sizeof(block_q2_Kx8);
+    const __m256i three = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1), low4 = _mm256_set1_epi8(0x0f);
+    __m256 acc[4];
+    for (int t = 0; t < nt; ++t) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t *B = g + (size_t)b * bsize;
+        const block_q2_Kx8 *B2 = (const block_q2_Kx8 *)B;
+        const block_q3_Kx8 *B3 = (const block_q3_Kx8 *)B;
+        x8_prefetch(B + X8_PREFETCH_AHEAD * bsize, bsize);
+        const block_q8_K *xb[4];
+        __m256i isum[4];
+        for (int t = 0; t < nt; ++t) {
+            xb[t] = (const block_q8_K *)(x + (size_t)(t0 + t) * x_stride) + b;
+            isum[t] = _mm256_setzero_si256();
+        }
+        for (int h = 0; h < 2; ++h)
+            for (int hf = 0; hf < 2; ++hf)
+                for (int j = 0; j < 4; ++j) {
+                    const int s = 8 * h + 2 * j + hf;
+                    __m256i s16[4];
+                    for (int t = 0; t < nt; ++t) s16[t] = _mm256_setzero_si256();   /* (set below) */
+                    for (int gg = 0; gg < 4; ++gg) {
+                        const int q = 4 * hf + gg;
+                        const __m256i raw = _mm256_loadu_si256((const __m256i *)(q3 ? B3->qs[h][q] : B2->qs[h][q]));
+                        __m256i v = _mm256_and_si256(_mm256_srli_epi16(raw, 2 * j), three);
+                        if (q3)
+                            v = _mm256_or_si256(v, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(
+                                    _mm256_loadu_si256((const __m256i *)B3->hmask[q]), 4 * h + j), one), 2));
+                        for (int t = 0; t < nt; ++t) {
+                            const __m256i p = _mm256_maddubs_epi16(v, bcast_x4(xb[t]->qs + 128 * h + 32 * j + 16 * hf + 4 * gg));
+                            s16[t] = gg ? _mm256_add_epi16(s16[t], p) : p;
+                            LS_KEEP_ORDER(s16[t]);
+                        }
+                    }
+                    const __m256i sc = q3 ? x8_dup_i8(B3->sc[s])
+                                          : _mm256_and_si256(x8_dup_u8(B2->scales[s]), _mm256_set1_epi16(15));
+                    for (int t = 0; t < nt; ++t) {
+                        isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s16[t], sc));
+                        LS_KEEP_ORDER(isum[t]);
+                    }
+                }
+        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(q3 ? B3->d : B2->d)));
+        for (int t = 0; t < nt; ++t) {
+            /* Q2_K: sum_s m_s * bsum_s; Q3_K: sum_s sc_s * bsum_s (times 4, taken off) */
+            __m256i ms = _mm256_setzero_si256();
+            for (int k = 0; k < 8; ++k) {
+                int32_t bp;
+                memcpy(&bp, &xb[t]->bsums[2 * k], 4);
+                const __m256i pair = q3 ? x8_pair_i8(B3->sc[2 * k], B3->sc[2 * k + 1])
+                    : _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(_mm_unpacklo_epi8(
+                          _mm_loadl_epi64((const __m128i *)B2->scales[2 * k]),
+                          _mm_loadl_epi64((const __m128i *)B2->scales[2 * k + 1])), 4), _mm256_castsi256_si128(low4)));
+                ms = _mm256_add_epi32(ms, _mm256_madd_epi16(pair, _mm256_set1_epi32(bp)));
+            }
+            const __m256 dx = _mm256_set1_ps(xb[t]->d);
+            if (q3) {
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(isum[t], _mm256_slli_epi32(ms, 2))),
+                                         _mm256_mul_ps(d, dx), acc[t]);
+            } else {
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, dx), acc[t]);
+                const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)B2->dmin));
+                acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(ms), _mm256_mul_ps(dmin, dx), acc[t]);
+            }
+        }
+    }
+    for (int t = 0; t < nt; ++t) store_rows8(y + (size_t)(t0 + t) * ldy, acc[t], rows);
+}
+
+static inline __attribute__((always_inline)) void gemm_k2_x8_rows(
+        const int q3, int64_t nb, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+        const uint8_t *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     for (int64_t r = r0; r < r1; r += 8) {
-        const block_q4_Kx8 *restrict g = (const block_q4_Kx8 *)((const char *)w + (size_t)r * w_stride);
+        const uint8_t *g = (const uint8_t *)w + (size_t)r * w_stride;
         const int rows = r1 - r < 8 ? (int)(r1 - r) : 8;
         int64_t t = 0;
-        for (; t + 4 <= T; t += 4) gemm_q4_K_x8_group(nb, g, x, x_stride, t, 4, y + r, ldy, rows);
+        for (; t + 4 <= T; t += 4) gemm_k2_x8_group(q3, nb, g, x, x_stride, t, 4, y + r, ldy, rows);
         switch (T - t) {
-        case 3: gemm_q4_K_x8_group(nb, g, x, x_stride, t, 3, y + r, ldy, rows); break;
-        case 2: gemm_q4_K_x8_group(nb, g, x, x_stride, t, 2, y + r, ldy, rows); break;
-        case 1: gemm_q4_K_x8_group(nb, g, x, x_stride, t, 1, y + r, ldy, rows); break;
+        case 3: gemm_k2_x8_group(q3, nb, g, x, x_stride, t, 3, y + r, ldy, rows); break;
+        case 2: gemm_k2_x8_group(q3, nb, g, x, x_stride, t, 2, y + r, ldy, rows); break;
+        case 1: gemm_k2_x8_group(q3, nb, g, x, x_stride, t, 1, y + r, ldy, rows); break;
         default: break;
         }
     }
+}
+
+// W rows r0..r1-1 (n_out, n) in Q2_K x8 @ x (T, n) in Q8_K, any T, r0 % 8 == 0 -> y[t * ldy + r]
+//   = fold over super-blocks b: acc = fma(isum_b, d_b * dx_b, acc); acc = fma(-msum_b, dmin_b * dx_b, acc)
+static int64_t gemm_q2_K_x8_q8_K_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                      const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    gemm_k2_x8_rows(0, n / QK_K, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
+    return r1;
+}
+
+// W rows r0..r1-1 (n_out, n) in Q3_K x8 @ x (T, n) in Q8_K, any T, r0 % 8 == 0 -> y[t * ldy + r]
+//   = fold over super-blocks b: acc = fma(sum_s (sc_s - 32) * (q·x)_s, d_b * dx_b, acc)
+static int64_t gemm_q3_K_x8_q8_K_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                      const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    gemm_k2_x8_rows(1, n / QK_K, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
     return r1;
 }
 
@@ -1933,6 +2067,9 @@ const ls_kernel_table ls_kernels_avx2 = {
         [LS_TYPE_Q6_K_X8] = gemm_q6_K_x8_q8_K_avx2,
         [LS_TYPE_Q4_0_X8] = gemm_q4_0_x8_q8_0_avx2,
         [LS_TYPE_Q8_0_X8] = gemm_q8_0_x8_q8_0_avx2,
+        [LS_TYPE_Q5_K_X8] = gemm_q5_K_x8_q8_K_avx2,
+        [LS_TYPE_Q2_K_X8] = gemm_q2_K_x8_q8_K_avx2,
+        [LS_TYPE_Q3_K_X8] = gemm_q3_K_x8_q8_K_avx2,
     },
     .gemv = {
         [LS_TYPE_Q4_0] = gemv_q4_0_q8_0_avx2,
@@ -1943,5 +2080,8 @@ const ls_kernel_table ls_kernels_avx2 = {
         [LS_TYPE_Q6_K_X8] = gemm_q6_K_x8_q8_K_avx2,
         [LS_TYPE_Q4_0_X8] = gemm_q4_0_x8_q8_0_avx2,
         [LS_TYPE_Q8_0_X8] = gemm_q8_0_x8_q8_0_avx2,
+        [LS_TYPE_Q5_K_X8] = gemm_q5_K_x8_q8_K_avx2,
+        [LS_TYPE_Q2_K_X8] = gemm_q2_K_x8_q8_K_avx2,
+        [LS_TYPE_Q3_K_X8] = gemm_q3_K_x8_q8_K_avx2,
     },
 };

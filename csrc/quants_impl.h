@@ -10,7 +10,7 @@
 #include "formats.h"
 #include "quants.h"
 
-#define LS_TYPE_SLOTS 70    /* type ids are < 70 (GGML's < 31, BF16 = 30; the x8 layouts 64..69) */
+#define LS_TYPE_SLOTS 73    /* type ids are < 73 (GGML's < 31, BF16 = 30; the x8 layouts 64..72) */
 
 typedef float (*ls_vec_dot_fn)(int64_t n, const void *w, const void *x);
 typedef void (*ls_quantize_fn)(const float *x, void *y, int64_t n);
@@ -46,6 +46,8 @@ int ls_simd_has_quantize(int type);
 int ls_simd_has_vec_dot_x4(int type);
 /* cpu.c: 1 when the AVX2 table has its own gemm / gemv pair (a row per lane) for weights of `type`. */
 int ls_simd_has_gemm(int type);
+/* cpu.c: 1 when weights of `type` are multiplied by the AVX-512 kernels now. */
+int ls_matmul_uses_avx512(int type);
 /* cpu.c: 1 when the CPU has AVX512F/BW/VL/VNNI; ls_set_avx512(0) makes the AVX2 level use the
  * AVX2 kernels only even then (tests; LLMSTREAM_AVX512=0). Both return whether they are used. */
 int ls_cpu_has_avx512(void);

@@ -30,6 +30,7 @@ cdef extern from "quants_impl.h" nogil:
     int ls_simd_has_quantize(int type)
     int ls_simd_has_vec_dot_x4(int type)
     int ls_simd_has_gemm(int type)
+    int ls_matmul_uses_avx512(int type)
     int ls_matmul_rows_lanes_ref(int type, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                  const void *x, size_t x_stride, int64_t T, float *y, size_t ldy)
     int ls_cpu_has_avx512()
@@ -309,6 +310,12 @@ def repack_type(int type):
     """The repacked ("x8", csrc/formats.h) type weights of GGML type `type` can be rewritten to,
     or -1 when it has none."""
     return ls_repack_type(type)
+
+
+def matmul_uses_avx512(int type):
+    """True when matmuls with weights of `type` run on the AVX-512 kernels now (the CPU has them,
+    they are on, and quants_avx512.c has them for the type)."""
+    return bool(ls_matmul_uses_avx512(type))
 
 
 def repack(const uint8_t[:, ::1] w, int type, int64_t n_in, int threads=0):

@@ -7,10 +7,11 @@ decoding one go into the same forward. The engine keeps no sequence state: the p
 and values, the caller (the scheduler, or a `Session` for one sequence) the positions.
 
 Weights stay in the mmap'd GGUF in their quantized form (`Linear` holds a zero-copy view), except
-where repacking pays: on CPUs whose matmul kernels are AVX2 (no AVX-512), the matmul weights of the
-types with an x8 layout (Q4_K, Q6_K, Q4_0, Q8_0) are rewritten once at load with 8 rows interleaved
-(csrc/formats.h "Repacked layouts"; the same numbers, the same results bit for bit, ~3 % more bytes
-for Q4_K; LLMSTREAM_REPACK=0 keeps the file's layout). Every buffer a forward pass writes is made once per model (`Workspace`), so decoding
+where repacking pays: the matmul weights of the types the AVX2 kernels multiply in an "x8" layout
+(Q4_K, Q5_K, Q6_K, ...) are rewritten once at load with 8 rows interleaved (csrc/formats.h
+"Repacked layouts": the same numbers; the same results bit for bit where the file's layout has
+row-per-lane kernels; <= 3 % more bytes), unless the AVX-512 kernels multiply that type;
+LLMSTREAM_REPACK=0 keeps the file's layout. Every buffer a forward pass writes is made once per model (`Workspace`), so decoding
 allocates nothing.
 The per-family forward passes live in `models/`.
 """
@@ -36,12 +37,13 @@ DEFAULT_MAX_CTX = 4096
 
 def repack_by_default() -> bool:
     """Whether Model repacks its matmul weights (csrc/formats.h "x8" layouts) when not told:
-    LLMSTREAM_REPACK=0/1 decides, else yes when the kernels in use are AVX2 without AVX-512 (the
-    AVX-512 kernels were measured on the file's layout and keep it)."""
+    LLMSTREAM_REPACK=0/1 decides, else yes whenever the AVX2 kernels are in use. A type the
+    AVX-512 kernels multiply (on CPUs that have them) keeps the file's layout even then: those
+    kernels were measured on it (see Weights.linear)."""
     env = os.environ.get("LLMSTREAM_REPACK", "").strip().lower()
     if env:
         return env not in ("0", "off", "no", "false")
-    return _ops.get_simd() == _ops.SIMD_AVX2 and not _ops.get_avx512()
+    return _ops.get_simd() == _ops.SIMD_AVX2
 
 
 class CoreWatch:
@@ -163,7 +165,7 @@ class Weights:
         b = self.vector(bias, layer) if bias else None
         lin = Linear(self.gf.raw(name), info.type, info.shape[0], info.n_rows, b)
         # the token embedding is read by rows (get_rows), not multiplied: it keeps the file's layout
-        if not self.repack or key == "tok_embd":
+        if not self.repack or key == "tok_embd" or _ops.matmul_uses_avx512(info.type):
             return lin
         packed = lin.packed()
         if packed is not lin:

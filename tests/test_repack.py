@@ -1,10 +1,11 @@
-"""Repacked weights (csrc/formats.h "Repacked layouts"): Q4_K, Q6_K, Q4_0 and Q8_0 matmul weights
-rewritten at load with 8 rows interleaved, on AVX2 CPUs without the AVX-512 kernels. A repacked
-tensor must give exactly the bits of the row-per-lane kernels on its source layout (their scalar
-twin, matmul_lanes_ref), at both SIMD levels, for any token count (the x8 blocks read in place for
-few tokens, tiles made from them for many: Q4_K / Q6_K from 8, Q4_0 from 64), and a model loaded
-either way must give the same logits. Bit-identity,
-not a tolerance: prefix reuse and seeded generation rely on it."""
+"""Repacked weights (csrc/formats.h "Repacked layouts"): matmul weights rewritten at load with 8 rows
+interleaved, on AVX2 CPUs (except the types the AVX-512 kernels multiply there). A repacked tensor
+of X8_TYPES (Q4_K, Q6_K, Q4_0, Q8_0) must give exactly the bits of the row-per-lane kernels on its
+source layout (their scalar twin, matmul_lanes_ref), at both SIMD levels, for any token count (the
+x8 blocks read in place for few tokens, tiles made from them for many: Q4_K / Q6_K from 8, Q4_0
+from 64), and a model loaded either way must give the same logits. Bit-identity, not a tolerance:
+prefix reuse and seeded generation rely on it. X8_ONLY_TYPES, whose source layout runs through
+vec_dot (another float order), are pinned to their scalar twins and to the source to rounding."""
 import os
 
 import numpy as np
@@ -14,11 +15,12 @@ from conftest import shared_path
 from llmstream import _ops
 from llmstream.engine import Linear, Model, Session, repack_by_default
 from llmstream.gguf import GGUFFile
-from quants_ref import (BLOCK, NAMES, Q4_0, Q4_K, Q5_0, Q6_K, Q8_0, VEC_DOT_TYPE, extreme_q32_quants,
-                        random_activations, random_weights)
+from quants_ref import (BLOCK, NAMES, Q2_K, Q3_K, Q4_0, Q4_K, Q5_0, Q5_K, Q6_K, Q8_0, VEC_DOT_TYPE,
+                        extreme_q32_quants, random_activations, random_weights)
 
-X8_TYPES = [Q4_K, Q6_K]
-X8_TYPES += [Q4_0, Q8_0]            # blocks of 32: Q4_0 x8, Q8_0 x8
+X8_TYPES = [Q4_K, Q6_K]          # with a row-per-lane kernel on the source layout (matmul_lanes_ref)
+X8_TYPES += [Q4_0, Q8_0]         # blocks of 32: Q4_0 x8, Q8_0 x8
+X8_ONLY_TYPES = [Q5_K, Q2_K, Q3_K]   # whose source layout runs through vec_dot
 
 
 def _matmul(t, w, x):
@@ -107,6 +109,63 @@ def test_prompt_sized_batches_give_the_source_bits(t, level):
             np.testing.assert_array_equal(_matmul(t8, w8, x[:T]), want[:T], err_msg=f"{NAMES[t]} n={n} T={T}")
 
 
+def _scalar(fn):
+    before = _ops.get_simd()
+    _ops.set_simd(_ops.SIMD_SCALAR)
+    try:
+        return fn()
+    finally:
+        _ops.set_simd(before)
+
+
+@pytest.mark.parametrize("t", X8_ONLY_TYPES, ids=[NAMES[t] for t in X8_ONLY_TYPES])
+def test_x8_kernels_equal_their_scalar_twin_and_the_source_to_rounding(t):
+    """No row-per-lane kernel runs the source layout of these types (it goes through vec_dot, in
+    another float order): the AVX2 x8 kernel is pinned to its scalar twin bit for bit, and to the
+    source's matmul to float rounding."""
+    if not _ops.cpu_has_avx2():
+        pytest.skip("CPU lacks AVX2/FMA/F16C")
+    rng = np.random.default_rng(7350 + t)
+    for n in (256, 768, 2304):
+        for rows in (1, 7, 8, 13, 37):
+            w = _weights(t, n, rows, rng)
+            w8, t8 = _ops.repack(w, t, n)
+            for T in (1, 2, 3, 4, 5, 8, 9, 17):
+                x = np.stack([random_activations(n, rng, [1.0, 1e-3, 50.0][k % 3]) for k in range(T)])
+                got = _matmul(t8, w8, x)
+                np.testing.assert_array_equal(got, _scalar(lambda: _matmul(t8, w8, x)),
+                                              err_msg=f"{NAMES[t]} n={n} rows={rows} T={T}")
+                src = _matmul(t, w, x)
+                # per token (their scales differ by 5e4): to rounding of that token's largest output
+                tol = 1e-3 * np.abs(src).max(axis=1, keepdims=True)
+                assert (np.abs(got - src) <= tol).all(), f"{NAMES[t]} n={n} rows={rows} T={T}"
+
+
+@pytest.mark.parametrize("t", X8_ONLY_TYPES, ids=[NAMES[t] for t in X8_ONLY_TYPES])
+def test_x8_extreme_quants_do_not_overflow(t):
+    """Every quant, scale and min at its largest against activations of +-127: the int16 sums of
+    the x8 kernels at their bounds (Q5_K: 4 x 2 x 31 x 127; Q3_K: 4 x 2 x 7 x 127)."""
+    rng = np.random.default_rng(7450 + t)
+    n, rows = 512, 16
+    w = _weights(t, n, rows, rng)
+    blocks = w.reshape(rows, n // 256, -1)
+    if t == Q5_K:
+        blocks[:8, :, 4:] = 0xff                  # scales, mins 63; qh and qs all ones: quants 31
+    elif t == Q2_K:
+        blocks[:8, :, :80] = 0xff                 # scales, mins 15; quants 3
+    else:
+        blocks[:8, :, :108] = 0xff                # high bits set, quants 3 (q = 3), scales 63 - 32
+        blocks[8:, :, 32:96] = 0x00               # high bits random, low bits 0 (q = 0 or -4)
+    w8, t8 = _ops.repack(w, t, n)
+    for sign in (1.0, -1.0):
+        x = np.full((9, n), sign, np.float32)
+        x[1] = -x[1]
+        got = _matmul(t8, w8, x)
+        np.testing.assert_array_equal(got, _scalar(lambda: _matmul(t8, w8, x)))
+        src = _matmul(t, w, x)
+        np.testing.assert_allclose(got, src, rtol=1e-4, atol=1e-4 * np.abs(src).max())
+
+
 def test_threads_and_work_items_do_not_change_the_bits():
     """Several work items and threads (over the 1 MiB below which a matmul stays on one thread),
     the last group partial."""
@@ -184,13 +243,48 @@ def test_a_repacked_q4_0_or_q8_0_model_gives_the_same_logits(name):
     _assert_same_logits_repacked(name, (Q4_0, Q6_K) if "Q4_0" in name else (Q8_0,))
 
 
-def test_repacking_is_on_for_avx2_without_avx512_and_env_decides(monkeypatch):
+@pytest.mark.parametrize("name", ["llama-gqa-Q5_K_M.gguf", "llama-gqa-Q2_K.gguf", "llama-gqa-Q3_K_M.gguf",
+                                  "phi2-Q3_K_M.gguf"])
+def test_a_repacked_model_is_batch_invariant_and_close_to_the_file_layout(name):
+    """Files with x8-only types: a token's logits do not depend on batching, and they stay within
+    what the scalar and AVX2 levels differ by on these files (measured: rms 0.0068 / 0.0086 / 0.012
+    sigma, max 0.051 / 0.057 / 0.072 sigma for Q2_K / Q5_K_M / Q3_K_M)."""
+    path = shared_path("reference", name)
+    toks = (np.arange(1, 37) * 5) % 256
+    with Model(path, repack=False) as m:
+        plain = Session(m).prefill(toks, all_logits=True).copy()
+    with Model(path, repack=True) as m:
+        types = {l.type for layer in m.layers for l in vars(layer).values() if isinstance(l, Linear)}
+        assert types & {_ops.repack_type(t) for t in X8_ONLY_TYPES}
+        whole = Session(m).prefill(toks, all_logits=True).copy()
+        s = Session(m)
+        one = np.stack([s.prefill(toks[:1], all_logits=True)[0].copy()]
+                       + [s.decode_step(int(t)).copy() for t in toks[1:]])
+    np.testing.assert_array_equal(whole, one)
+    sd = plain.std()
+    assert np.sqrt(((whole - plain) ** 2).mean()) <= 0.02 * sd
+    assert np.abs(whole - plain).max() <= 0.15 * sd
+
+
+def test_repacking_is_on_for_avx2_and_env_decides(monkeypatch):
     monkeypatch.delenv("LLMSTREAM_REPACK", raising=False)
-    assert repack_by_default() == (_ops.get_simd() == _ops.SIMD_AVX2 and not _ops.get_avx512())
+    assert repack_by_default() == (_ops.get_simd() == _ops.SIMD_AVX2)
     monkeypatch.setenv("LLMSTREAM_REPACK", "0")
     assert repack_by_default() is False
     monkeypatch.setenv("LLMSTREAM_REPACK", "1")
     assert repack_by_default() is True
+
+
+def test_types_the_avx512_kernels_multiply_keep_the_file_layout(avx512):
+    """On AVX-512 VNNI CPUs Q4_K / Q6_K (which quants_avx512.c multiplies) stay as in the file and Q5_K
+    (which it does not) is repacked; without AVX-512 all three are repacked."""
+    for name, kinds in (("llama-gqa-Q5_K_M.gguf", (Q5_K, Q6_K)), ("llama-gqa-Q4_K_M.gguf", (Q4_K, Q6_K))):
+        with Model(shared_path("reference", name), repack=True) as m:
+            types = {l.type for layer in m.layers for l in vars(layer).values() if isinstance(l, Linear)}
+        for t in kinds:
+            on_avx512 = _ops.matmul_uses_avx512(t)
+            assert on_avx512 == (avx512 and t != Q5_K)
+            assert (t in types) == on_avx512 and (_ops.repack_type(t) in types) != on_avx512, (name, t)
 
 
 def _mapping_rss_kb(path):
