@@ -81,8 +81,11 @@ void ls_vec_dot_x4(int type, int64_t n, const void *w, const void *x, size_t x_s
 void ls_matmul_rows(int type, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     if (traits_ok(type) && ls_types[type].x8 == 1) {
-        /* an x8 layout: one kernel for any T, without buffers (never declines) */
-        if (n >= 0 && n % QK_K == 0 && r0 % 8 == 0) ls_kernels()->gemm[type](n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
+        /* an x8 layout: one kernel for any T; one that declines (out of memory for its buffers)
+         * leaves the rows to the scalar twin, which gives the same bits */
+        if (n < 0 || n % ls_types[type].blck || r0 % 8) return;
+        if (ls_kernels()->gemm[type](n, w, w_stride, r0, r1, x, x_stride, T, y, ldy) < r1)
+            ls_types[type].gemm[LS_SIMD_SCALAR](n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
         return;
     }
     if (!ls_row_ok(type, n)) return;
@@ -227,7 +230,7 @@ int ls_repack_type(int type) {
 
 size_t ls_repack_size(int type, int64_t rows, int64_t n) {
     const int x8 = ls_repack_type(type);
-    if (x8 < 0 || rows < 0 || n < 0 || n % QK_K) return 0;
+    if (x8 < 0 || rows < 0 || n < 0 || n % ls_types[type].blck) return 0;
     return (size_t)((rows + 7) / 8 * 8) * ls_row_size(x8, n);
 }
 
@@ -288,6 +291,24 @@ static void repack_q6_K_group(int64_t nb, const void *w, size_t w_stride, int64_
     }
 }
 
+// rows 8g..8g+7 of W (Q4_0 / Q8_0: blocks of `bsz` bytes, fp16 d then the quant bytes) -> group g in
+// Q4_0 x8 / Q8_0 x8: the 8 d, then each 4 quant bytes of row p at 4p of their 32 (missing rows: zeros)
+static void repack_q32_group(int64_t nb, size_t bsz, const void *w, size_t w_stride, int64_t rows, int64_t g,
+                             void *dst) {
+    const size_t qb = bsz - sizeof(ls_fp16_t), xb = 8 * bsz;   /* quant bytes a row; x8 block bytes */
+    memset(dst, 0, (size_t)nb * xb);
+    for (int p = 0; p < 8 && 8 * g + p < rows; ++p) {
+        const uint8_t *src = (const uint8_t *)w + (size_t)(8 * g + p) * w_stride;
+        for (int64_t b = 0; b < nb; ++b) {
+            uint8_t *o = (uint8_t *)dst + (size_t)b * xb;
+            const uint8_t *sb = src + (size_t)b * bsz;
+            memcpy(o + sizeof(ls_fp16_t) * p, sb, sizeof(ls_fp16_t));
+            for (size_t j = 0; j < qb / 4; ++j)
+                memcpy(o + 8 * sizeof(ls_fp16_t) + 32 * j + 4 * p, sb + sizeof(ls_fp16_t) + 4 * j, 4);
+        }
+    }
+}
+
 // rows 8g..8g+7 of W (Q2_K) -> group g in Q2_K x8 (missing rows: zeros)
 static void repack_q2_K_group(int64_t nb, const void *w, size_t w_stride, int64_t rows, int64_t g,
                               block_q2_Kx8 *dst) {
@@ -325,16 +346,21 @@ static void repack_q3_K_group(int64_t nb, const void *w, size_t w_stride, int64_
 int ls_repack_rows(int type, int64_t n, const void *w, size_t w_stride, int64_t rows,
                    int64_t g0, int64_t g1, void *dst) {
     const int x8 = ls_repack_type(type);
-    if (x8 < 0 || n < 0 || n % QK_K || rows < 0) return 0;
-    const int64_t nb = n / QK_K;
+    if (x8 < 0 || n < 0 || n % ls_types[type].blck || rows < 0) return 0;
+    const int64_t nb = n / ls_types[type].blck;
     const size_t group = 8 * ls_row_size(x8, n);
     for (int64_t g = g0; g < g1; ++g) {
         void *o = (char *)dst + (size_t)g * group;
-        if (type == LS_TYPE_Q4_K) repack_q4_K_group(nb, w, w_stride, rows, g, o);
-        else if (type == LS_TYPE_Q5_K) repack_q5_K_group(nb, w, w_stride, rows, g, o);
-        else if (type == LS_TYPE_Q2_K) repack_q2_K_group(nb, w, w_stride, rows, g, o);
-        else if (type == LS_TYPE_Q3_K) repack_q3_K_group(nb, w, w_stride, rows, g, o);
-        else repack_q6_K_group(nb, w, w_stride, rows, g, o);
+        switch (type) {
+        case LS_TYPE_Q4_K: repack_q4_K_group(nb, w, w_stride, rows, g, o); break;
+        case LS_TYPE_Q5_K: repack_q5_K_group(nb, w, w_stride, rows, g, o); break;
+        case LS_TYPE_Q2_K: repack_q2_K_group(nb, w, w_stride, rows, g, o); break;
+        case LS_TYPE_Q3_K: repack_q3_K_group(nb, w, w_stride, rows, g, o); break;
+        case LS_TYPE_Q6_K: repack_q6_K_group(nb, w, w_stride, rows, g, o); break;
+        case LS_TYPE_Q4_0: repack_q32_group(nb, sizeof(block_q4_0), w, w_stride, rows, g, o); break;
+        case LS_TYPE_Q8_0: repack_q32_group(nb, sizeof(block_q8_0), w, w_stride, rows, g, o); break;
+        default: break;
+        }
     }
     return 1;
 }
@@ -460,6 +486,55 @@ int64_t matmul_rows_q6_K_x8_q8_K(int64_t n, const void *w, size_t w_stride, int6
             y[(size_t)t * ldy + r] = acc;
         }
     }
+    return r1;
+}
+
+// W rows r0..r1-1 (n_out, n) in Q4_0 x8 (q4) or Q8_0 x8 @ x (T, n) in Q8_0 -> y[t * ldy + r]: the fold of
+// matmul_rows_q32_q8_0_lanes, reading the x8 layout (r0 a multiple of 8)
+static void matmul_rows_q32_x8_q8_0(int q4, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                    const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    const int64_t nb = n / QK8_0;
+    for (int64_t t = 0; t < T; ++t) {
+        const block_q8_0 *xb = (const block_q8_0 *)((const char *)x + (size_t)t * x_stride);
+        for (int64_t r = r0; r < r1; ++r) {
+            const char *g = (const char *)w + (size_t)(r / 8 * 8) * w_stride;
+            const int p = (int)(r % 8);
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nb; ++b) {
+                int isum = 0;
+                ls_fp16_t d;
+                if (q4) {
+                    const block_q4_0x8 *B = (const block_q4_0x8 *)g + b;
+                    for (int k = 0; k < 16; ++k) {
+                        const uint8_t q = B->qs[k / 4][4 * p + k % 4];
+                        isum += ((q & 15) - 8) * xb[b].qs[k] + ((q >> 4) - 8) * xb[b].qs[k + 16];
+                    }
+                    d = B->d[p];
+                } else {
+                    const block_q8_0x8 *B = (const block_q8_0x8 *)g + b;
+                    for (int k = 0; k < QK8_0; ++k) isum += B->qs[k / 4][4 * p + k % 4] * xb[b].qs[k];
+                    d = B->d[p];
+                }
+                acc = fmaf((float)isum, ls_fp16_to_fp32(d) * ls_fp16_to_fp32(xb[b].d), acc);
+            }
+            y[(size_t)t * ldy + r] = acc;
+        }
+    }
+}
+
+// W rows r0..r1-1 (n_out, n) in Q4_0 x8 @ x (T, n) in Q8_0 -> y[t * ldy + r] = fold over blocks b:
+// acc = fmaf((float)sum_k (q_k - 8) x_k, d_b * dx_b, acc), as matmul_rows_q32_q8_0_lanes on the source
+int64_t matmul_rows_q4_0_x8_q8_0(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    matmul_rows_q32_x8_q8_0(1, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
+    return r1;
+}
+
+// W rows r0..r1-1 (n_out, n) in Q8_0 x8 @ x (T, n) in Q8_0 -> y[t * ldy + r] = fold over blocks b:
+// acc = fmaf((float)sum_k q_k x_k, d_b * dx_b, acc), as matmul_rows_q32_q8_0_lanes on the source
+int64_t matmul_rows_q8_0_x8_q8_0(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    matmul_rows_q32_x8_q8_0(0, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
     return r1;
 }
 

@@ -44,6 +44,7 @@ enum ls_type {
     /* llmstream's repacked layouts (formats.h "x8"), never in files: made by ls_repack_rows */
     LS_TYPE_Q4_K_X8 = 64, LS_TYPE_Q6_K_X8 = 65, LS_TYPE_Q5_K_X8 = 70,
     LS_TYPE_Q2_K_X8 = 71, LS_TYPE_Q3_K_X8 = 72,
+    LS_TYPE_Q4_0_X8 = 66, LS_TYPE_Q8_0_X8 = 67,
 };
 
 enum ls_simd { LS_SIMD_SCALAR = 0, LS_SIMD_AVX2 = 1, LS_SIMD_AVX512 = 2 };

@@ -23,7 +23,7 @@ const ls_type_traits ls_types[LS_TYPE_SLOTS] = {
     [LS_TYPE_BF16] = {"BF16", 1, 2, LS_TYPE_BF16, 0,
         .dequantize = {dequantize_row_bf16}, .quantize = {quantize_row_bf16, quantize_row_bf16_avx2},
         .vec_dot = {vec_dot_bf16_bf16, vec_dot_bf16_bf16_avx2}},
-    [LS_TYPE_Q4_0] = {"Q4_0", QK4_0, sizeof(block_q4_0), LS_TYPE_Q8_0, 0,
+    [LS_TYPE_Q4_0] = {"Q4_0", QK4_0, sizeof(block_q4_0), LS_TYPE_Q8_0, LS_TYPE_Q4_0_X8,
         .dequantize = {dequantize_row_q4_0},
         .vec_dot = {vec_dot_q4_0_q8_0, vec_dot_q4_0_q8_0_avx2},
         .vec_dot_x4 = {NULL, vec_dot_q4_0_q8_0_x4_avx2},
@@ -38,7 +38,7 @@ const ls_type_traits ls_types[LS_TYPE_SLOTS] = {
     [LS_TYPE_Q5_1] = {"Q5_1", QK5_1, sizeof(block_q5_1), LS_TYPE_Q8_1, 0,
         .dequantize = {dequantize_row_q5_1},
         .vec_dot = {vec_dot_q5_1_q8_1, vec_dot_q5_1_q8_1_avx2}},
-    [LS_TYPE_Q8_0] = {"Q8_0", QK8_0, sizeof(block_q8_0), LS_TYPE_Q8_0, 0,
+    [LS_TYPE_Q8_0] = {"Q8_0", QK8_0, sizeof(block_q8_0), LS_TYPE_Q8_0, LS_TYPE_Q8_0_X8,
         .dequantize = {dequantize_row_q8_0}, .quantize = {quantize_row_q8_0, quantize_row_q8_0_avx2},
         .vec_dot = {vec_dot_q8_0_q8_0, vec_dot_q8_0_q8_0_avx2},
         .vec_dot_x4 = {NULL, vec_dot_q8_0_q8_0_x4_avx2},
@@ -78,6 +78,12 @@ const ls_type_traits ls_types[LS_TYPE_SLOTS] = {
 
     /* the repacked layouts (formats.h "Repacked layouts"): only ls_matmul_rows takes them; one
      * kernel for any number of tokens, in both matmul slots */
+    [LS_TYPE_Q4_0_X8] = {"Q4_0_X8", QK4_0, sizeof(block_q4_0x8) / 8, LS_TYPE_Q8_0, 1,
+        .gemm = {matmul_rows_q4_0_x8_q8_0, gemm_q4_0_x8_q8_0_avx2},
+        .gemv = {matmul_rows_q4_0_x8_q8_0, gemm_q4_0_x8_q8_0_avx2}},
+    [LS_TYPE_Q8_0_X8] = {"Q8_0_X8", QK8_0, sizeof(block_q8_0x8) / 8, LS_TYPE_Q8_0, 1,
+        .gemm = {matmul_rows_q8_0_x8_q8_0, gemm_q8_0_x8_q8_0_avx2},
+        .gemv = {matmul_rows_q8_0_x8_q8_0, gemm_q8_0_x8_q8_0_avx2}},
     [LS_TYPE_Q4_K_X8] = {"Q4_K_X8", QK_K, sizeof(block_q4_Kx8) / 8, LS_TYPE_Q8_K, 1,
         .gemm = {matmul_rows_q4_K_x8_q8_K, gemm_q4_K_x8_q8_K_avx2},
         .gemv = {matmul_rows_q4_K_x8_q8_K, gemm_q4_K_x8_q8_K_avx2}},

@@ -433,8 +433,10 @@ def simd_report() -> str:
     else:
         level = "SIMD: AVX2/FMA kernels (" + ("LLMSTREAM_AVX512=0" if _ops.cpu_has_avx512() else
                                               "the CPU has no AVX-512 VNNI") + ")"
-    packed = ("; weights of the other types repacked at load, 8 rows interleaved (LLMSTREAM_REPACK=0 "
-              "keeps the file's layout)" if repack_by_default() else "; weights in the file's layout")
+    x8 = " / ".join(name for t, name in sorted(_ops.TYPE_NAMES.items())
+                    if _ops.repack_type(t) >= 0 and not _ops.matmul_uses_avx512(t))
+    packed = (f"; {x8} weights repacked at load, 8 rows interleaved (LLMSTREAM_REPACK=0 keeps "
+              "the file's layout)" if repack_by_default() else "; weights in the file's layout")
     return level + packed
 
 
