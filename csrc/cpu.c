@@ -1,10 +1,10 @@
-/* cpu.c — run-time CPU detection and the choice of kernel table.
+/* cpu.c — run-time CPU detection and the choice of kernels.
  *
- * At load time (a constructor) the CPU is probed for AVX2 + FMA + F16C and the AVX2 table is
- * completed with the scalar kernels for any slot it leaves empty; the level is then the best the
- * CPU has, unless the environment variable LLMSTREAM_SIMD=scalar forces the scalar path.
- * On CPUs that also have AVX512F/BW/VL/VNNI the AVX2 level takes the few AVX-512 kernels of
- * quants_avx512.c into its table (ls_set_avx512; LLMSTREAM_AVX512=0 keeps it AVX2-only).
+ * The SIMD levels are scalar, AVX2 (+ FMA, F16C) and AVX-512 (F, BW, VL, VNNI; AVX2 kernels where it
+ * has none). At load time (a constructor) one dispatch table per level is resolved from the rows
+ * of types.c — each slot the best kernel at or below the level, gemm and gemv always as a pair of
+ * one level — and the level is the best the CPU has, unless LLMSTREAM_SIMD (scalar, avx2, avx512)
+ * or LLMSTREAM_AVX512=0 (at most AVX2) say otherwise.
  *
  * Dispatch is one atomic pointer load per call (ls_kernels()), then an indexed function pointer:
  * cheap, and safe from any number of OpenMP threads. ls_set_simd() swaps the pointer atomically;
@@ -17,10 +17,10 @@
 
 #include "quants_impl.h"
 
-static ls_kernel_table avx2_complete;    /* ls_kernels_avx2 with scalar fallbacks, built once */
-static int avx2_ready;                   /* 1 once avx2_complete is built and the CPU has AVX2 */
+static ls_kernel_table tables[LS_SIMD_LEVELS];   /* resolved from ls_types, built once */
+static int max_level;                            /* the best level the CPU has */
 
-static const ls_kernel_table *current = &ls_kernels_scalar;
+static const ls_kernel_table *current = &tables[LS_SIMD_SCALAR];
 static int current_level = LS_SIMD_SCALAR;
 
 const ls_kernel_table *ls_kernels(void) { return __atomic_load_n(&current, __ATOMIC_ACQUIRE); }
@@ -30,95 +30,85 @@ int ls_cpu_has_avx2(void) {
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 }
 
-static int avx512_used;                  /* 1 while the AVX-512 4-token kernels fill avx2_complete */
-
-static void build_avx2_table(void) {
-    avx2_complete = ls_kernels_avx2;
-    for (int t = 0; t < LS_TYPE_SLOTS; ++t) {
-        if (!avx2_complete.vec_dot[t]) avx2_complete.vec_dot[t] = ls_kernels_scalar.vec_dot[t];
-        if (!avx2_complete.quantize[t]) avx2_complete.quantize[t] = ls_kernels_scalar.quantize[t];
-        if (!avx2_complete.dequantize[t]) avx2_complete.dequantize[t] = ls_kernels_scalar.dequantize[t];
-    }
-}
-
 int ls_cpu_has_avx512(void) {
     __builtin_cpu_init();
     return ls_cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
         && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 }
 
-/* The AVX-512 matmul kernels (gemm / gemv slots) join the AVX2 table, slot by slot, atomically (a
- * matmul running meanwhile may use either kind; tests and benchmarks switch, not servers); off, the
- * slots hold the AVX2 table's own gemm / gemv (quants_avx2.c). */
-int ls_set_avx512(int on) {
-    if (!__atomic_load_n(&avx2_ready, __ATOMIC_ACQUIRE)) return 0;
-    const int use = on && ls_cpu_has_avx512();
-    for (int t = 0; t < LS_TYPE_SLOTS; ++t) {
-        /* a type's gemm and gemv come as a pair from one table (they agree bit for bit); without
-         * AVX-512 the AVX2 table's own pair, if it has one */
-        const ls_kernel_table *src = use && ls_kernels_avx512.gemm[t] && ls_kernels_avx512.gemv[t]
-                                     ? &ls_kernels_avx512 : &ls_kernels_avx2;
-        __atomic_store_n(&avx2_complete.gemm[t], src->gemm[t], __ATOMIC_RELEASE);
-        __atomic_store_n(&avx2_complete.gemv[t], src->gemv[t], __ATOMIC_RELEASE);
-    }
-    __atomic_store_n(&avx512_used, use, __ATOMIC_RELEASE);
-    return use;
-}
+/* The kernel of a slot at `level`: its own, else the best one below. */
+#define BEST(T, slot, level) ({ T f_ = NULL;                                          \
+                                for (int l_ = (level); l_ >= 0 && !f_; --l_) f_ = slot[l_]; \
+                                f_; })
 
-int ls_get_avx512(void) { return __atomic_load_n(&avx512_used, __ATOMIC_ACQUIRE); }
+static void build_tables(void) {
+    for (int level = 0; level < LS_SIMD_LEVELS; ++level) {
+        ls_kernel_table *k = &tables[level];
+        for (int t = 0; t < LS_TYPE_SLOTS; ++t) {
+            const ls_type_traits *r = &ls_types[t];
+            k->vec_dot[t] = BEST(ls_vec_dot_fn, r->vec_dot, level);
+            k->quantize[t] = BEST(ls_quantize_fn, r->quantize, level);
+            k->dequantize[t] = BEST(ls_dequantize_fn, r->dequantize, level);
+            k->vec_dot_x4[t] = BEST(ls_vec_dot_x4_fn, r->vec_dot_x4, level);
+            /* gemm and gemv agree bit for bit only within one level's pair */
+            k->gemm[t] = k->gemv[t] = NULL;
+            for (int l = level; l >= 0; --l)
+                if (r->gemm[l] && r->gemv[l]) {
+                    k->gemm[t] = r->gemm[l];
+                    k->gemv[t] = r->gemv[l];
+                    break;
+                }
+        }
+    }
+}
 
 int ls_get_simd(void) { return __atomic_load_n(&current_level, __ATOMIC_ACQUIRE); }
 
 int ls_set_simd(int level) {
-    const int use_avx2 = level >= LS_SIMD_AVX2 && __atomic_load_n(&avx2_ready, __ATOMIC_ACQUIRE);
-    __atomic_store_n(&current, use_avx2 ? (const ls_kernel_table *)&avx2_complete : &ls_kernels_scalar,
-                     __ATOMIC_RELEASE);
-    __atomic_store_n(&current_level, use_avx2 ? LS_SIMD_AVX2 : LS_SIMD_SCALAR, __ATOMIC_RELEASE);
-    return use_avx2 ? LS_SIMD_AVX2 : LS_SIMD_SCALAR;
+    if (level < LS_SIMD_SCALAR) level = LS_SIMD_SCALAR;
+    if (level > max_level) level = max_level;
+    __atomic_store_n(&current, &tables[level], __ATOMIC_RELEASE);
+    __atomic_store_n(&current_level, level, __ATOMIC_RELEASE);
+    return level;
 }
 
-/* 1 when the AVX2 table has its own kernel for vec_dot with weights of `type` (not a fallback). */
+/* 1 when the AVX2 level has its own (non-fallback) kernel of that kind for `type`. */
 int ls_simd_has_vec_dot(int type) {
-    return type >= 0 && type < LS_TYPE_SLOTS && ls_kernels_avx2.vec_dot[type] != NULL;
+    return type >= 0 && type < LS_TYPE_SLOTS && ls_types[type].vec_dot[LS_SIMD_AVX2] != NULL;
 }
 
-/* 1 when the AVX2 table has a 4-token vec_dot for weights of `type`. */
 int ls_simd_has_vec_dot_x4(int type) {
-    return type >= 0 && type < LS_TYPE_SLOTS && ls_kernels_avx2.vec_dot_x4[type] != NULL;
+    return type >= 0 && type < LS_TYPE_SLOTS && ls_types[type].vec_dot_x4[LS_SIMD_AVX2] != NULL;
 }
 
-/* 1 when the AVX2 table has its own matmul kernels with a row per lane (gemm and gemv) for `type`. */
 int ls_simd_has_gemm(int type) {
-    return type >= 0 && type < LS_TYPE_SLOTS && ls_kernels_avx2.gemm[type] && ls_kernels_avx2.gemv[type];
+    return type >= 0 && type < LS_TYPE_SLOTS && ls_types[type].gemm[LS_SIMD_AVX2] && ls_types[type].gemv[LS_SIMD_AVX2];
 }
 
-/* 1 when weights of `type` are multiplied by the AVX-512 kernels now (ls_set_avx512 on, and
- * quants_avx512.c has a gemm / gemv pair for the type). */
-int ls_matmul_uses_avx512(int type) {
-    return type >= 0 && type < LS_TYPE_SLOTS && __atomic_load_n(&avx512_used, __ATOMIC_ACQUIRE)
-        && ls_kernels_avx512.gemm[type] && ls_kernels_avx512.gemv[type];
-}
-
-/* 1 when the AVX2 table has its own quantizer for the activation type `type`. */
 int ls_simd_has_quantize(int type) {
-    return type >= 0 && type < LS_TYPE_SLOTS && ls_kernels_avx2.quantize[type] != NULL;
+    return type >= 0 && type < LS_TYPE_SLOTS && ls_types[type].quantize[LS_SIMD_AVX2] != NULL;
 }
+
+int ls_matmul_uses_avx512(int type) {
+    return type >= 0 && type < LS_TYPE_SLOTS && ls_get_simd() == LS_SIMD_AVX512
+        && ls_types[type].gemm[LS_SIMD_AVX512] && ls_types[type].gemv[LS_SIMD_AVX512];
+}
+
+static int env_is(const char *v, const char *a, const char *b) { return !strcasecmp(v, a) || !strcmp(v, b); }
 
 __attribute__((constructor)) static void ls_cpu_init(void) {
-    if (ls_cpu_has_avx2()) {
-        build_avx2_table();
-        __atomic_store_n(&avx2_ready, 1, __ATOMIC_RELEASE);
-        const char *e512 = getenv("LLMSTREAM_AVX512");
-        ls_set_avx512(!(e512 && (!strcmp(e512, "0") || !strcasecmp(e512, "off") || !strcasecmp(e512, "no"))));
-    }
+    build_tables();
+    max_level = ls_cpu_has_avx512() ? LS_SIMD_AVX512 : ls_cpu_has_avx2() ? LS_SIMD_AVX2 : LS_SIMD_SCALAR;
+    int want = max_level;
+    const char *e512 = getenv("LLMSTREAM_AVX512");
+    if (e512 && (env_is(e512, "off", "0") || !strcasecmp(e512, "no")) && want > LS_SIMD_AVX2) want = LS_SIMD_AVX2;
     const char *env = getenv("LLMSTREAM_SIMD");
-    int want = LS_SIMD_AVX2;
     if (env && *env) {
-        if (!strcasecmp(env, "scalar") || !strcmp(env, "0") || !strcasecmp(env, "none")) {
-            want = LS_SIMD_SCALAR;
-        } else if (strcasecmp(env, "avx2") && strcmp(env, "1") && strcasecmp(env, "auto")) {
-            fprintf(stderr, "llmstream: ignoring LLMSTREAM_SIMD=%s (expected scalar, avx2 or auto)\n", env);
-        }
+        if (env_is(env, "scalar", "0") || !strcasecmp(env, "none")) want = LS_SIMD_SCALAR;
+        else if (env_is(env, "avx2", "1")) want = LS_SIMD_AVX2;
+        else if (env_is(env, "avx512", "2")) want = LS_SIMD_AVX512;
+        else if (strcasecmp(env, "auto"))
+            fprintf(stderr, "llmstream: ignoring LLMSTREAM_SIMD=%s (expected scalar, avx2, avx512 or auto)\n", env);
     }
     ls_set_simd(want);
 }

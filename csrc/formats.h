@@ -288,6 +288,30 @@ typedef struct {
 } block_q6_Kx8;
 _Static_assert(sizeof(block_q6_Kx8) == 8 * sizeof(block_q6_K), "block_q6_Kx8 must be 1680 bytes");
 
+/* Q4_0 x8 — 8 rows x 32 elements (one block plays the super-block's part) in 144 bytes (18 a row, as
+ * Q4_0), in the order a kernel reads them.
+ *   bytes 0-15    d[8]      fp16 d of row p
+ *   bytes 16-143  qs[4][32] qs[m][4p + e] = row p's Q4_0 qs[4m + e]: low nibble element 4m + e,
+ *                 high nibble element 16 + 4m + e (one 32-byte load = groups m and 4 + m of 8 rows)
+ *   y = d * (q - 8), as Q4_0.
+ */
+typedef struct {
+    ls_fp16_t d[8];
+    uint8_t qs[4][32];
+} block_q4_0x8;
+_Static_assert(sizeof(block_q4_0x8) == 8 * sizeof(block_q4_0), "block_q4_0x8 must be 144 bytes");
+
+/* Q8_0 x8 — 8 rows x 32 elements in 272 bytes (34 a row, as Q8_0), in the order a kernel reads them.
+ *   bytes 0-15    d[8]      fp16 d of row p
+ *   bytes 16-271  qs[8][32] qs[j][4p + e] = row p's Q8_0 qs[4j + e] (element 4j + e, int8)
+ *   y = d * q, as Q8_0.
+ */
+typedef struct {
+    ls_fp16_t d[8];
+    int8_t qs[8][32];
+} block_q8_0x8;
+_Static_assert(sizeof(block_q8_0x8) == 8 * sizeof(block_q8_0), "block_q8_0x8 must be 272 bytes");
+
 /* F32 / F16 / BF16: one element per "block" of 4 / 2 / 2 bytes. */
 _Static_assert(sizeof(float) == 4, "float must be IEEE binary32");
 _Static_assert(sizeof(ls_fp16_t) == 2 && sizeof(ls_bf16_t) == 2, "half types must be 2 bytes");

@@ -1,5 +1,5 @@
-/* quants.c — scalar reference kernels (plain x86-64, no SIMD intrinsics), the type table and the
- * dispatching ls_* entry points of quants.h.
+/* quants.c — scalar reference kernels (plain x86-64, no SIMD intrinsics) and the dispatching ls_*
+ * entry points of quants.h (the type table they read is types.c).
  *
  * The dequantizers follow the formulas of formats.h in the same float operation order as
  * ggml-quants.c (so they agree bit for bit with gguf-py's numpy reference). The activation
@@ -13,61 +13,33 @@
 #include "quants_impl.h"
 
 /* ---------------------------------------------------------------------------------------------
- * Type table */
-
-typedef struct {
-    int64_t blck;      /* elements per block, 0 = unknown type */
-    size_t size;       /* bytes per block (of one row, for the x8 layouts: 1/8 of an x8 block) */
-    int vec_dot_type;  /* activation type for ls_vec_dot / ls_matmul_rows */
-    int x8;            /* the repacked layout of this type (0 = none), or 1 for an x8 type itself */
-} ls_type_traits;
-
-static const ls_type_traits k_traits[LS_TYPE_SLOTS] = {
-    [LS_TYPE_F32] = {1, 4, LS_TYPE_F32, 0},
-    [LS_TYPE_F16] = {1, 2, LS_TYPE_F16, 0},
-    [LS_TYPE_BF16] = {1, 2, LS_TYPE_BF16, 0},
-    [LS_TYPE_Q4_0] = {QK4_0, sizeof(block_q4_0), LS_TYPE_Q8_0, 0},
-    [LS_TYPE_Q4_1] = {QK4_1, sizeof(block_q4_1), LS_TYPE_Q8_1, 0},
-    [LS_TYPE_Q5_0] = {QK5_0, sizeof(block_q5_0), LS_TYPE_Q8_0, 0},
-    [LS_TYPE_Q5_1] = {QK5_1, sizeof(block_q5_1), LS_TYPE_Q8_1, 0},
-    [LS_TYPE_Q8_0] = {QK8_0, sizeof(block_q8_0), LS_TYPE_Q8_0, 0},
-    [LS_TYPE_Q8_1] = {QK8_1, sizeof(block_q8_1), LS_TYPE_Q8_1, 0},
-    [LS_TYPE_Q2_K] = {QK_K, sizeof(block_q2_K), LS_TYPE_Q8_K, LS_TYPE_Q2_K_X8},
-    [LS_TYPE_Q3_K] = {QK_K, sizeof(block_q3_K), LS_TYPE_Q8_K, LS_TYPE_Q3_K_X8},
-    [LS_TYPE_Q4_K] = {QK_K, sizeof(block_q4_K), LS_TYPE_Q8_K, LS_TYPE_Q4_K_X8},
-    [LS_TYPE_Q5_K] = {QK_K, sizeof(block_q5_K), LS_TYPE_Q8_K, LS_TYPE_Q5_K_X8},
-    [LS_TYPE_Q6_K] = {QK_K, sizeof(block_q6_K), LS_TYPE_Q8_K, LS_TYPE_Q6_K_X8},
-    [LS_TYPE_Q8_K] = {QK_K, sizeof(block_q8_K), LS_TYPE_Q8_K, 0},
-    [LS_TYPE_IQ4_NL] = {QK4_NL, sizeof(block_iq4_nl), LS_TYPE_Q8_0, LS_TYPE_IQ4_NL_X8},
-    [LS_TYPE_IQ4_XS] = {QK_K, sizeof(block_iq4_xs), LS_TYPE_Q8_K, LS_TYPE_IQ4_XS_X8},
-    [LS_TYPE_Q4_K_X8] = {QK_K, sizeof(block_q4_Kx8) / 8, LS_TYPE_Q8_K, 1},
-    [LS_TYPE_Q6_K_X8] = {QK_K, sizeof(block_q6_Kx8) / 8, LS_TYPE_Q8_K, 1},
-    [LS_TYPE_Q5_K_X8] = {QK_K, sizeof(block_q5_Kx8) / 8, LS_TYPE_Q8_K, 1},
-    [LS_TYPE_Q2_K_X8] = {QK_K, sizeof(block_q2_Kx8) / 8, LS_TYPE_Q8_K, 1},
-    [LS_TYPE_Q3_K_X8] = {QK_K, sizeof(block_q3_Kx8) / 8, LS_TYPE_Q8_K, 1},
-    [LS_TYPE_IQ4_NL_X8] = {QK4_NL, sizeof(block_iq4_nlx8) / 8, LS_TYPE_Q8_0, 1},
-    [LS_TYPE_IQ4_XS_X8] = {QK_K, sizeof(block_iq4_xsx8) / 8, LS_TYPE_Q8_K, 1},
-};
+ * Type properties, from the rows of types.c */
 
 /* Any type the traits know: GGML's and the x8 layouts (which only ls_matmul_rows takes). */
-static int traits_ok(int type) { return type >= 0 && type < LS_TYPE_SLOTS && k_traits[type].blck != 0; }
+static int traits_ok(int type) { return type >= 0 && type < LS_TYPE_SLOTS && ls_types[type].blck != 0; }
 
 /* GGML types only: what files hold and what the row-by-row entry points take. */
-int ls_type_known(int type) { return traits_ok(type) && k_traits[type].x8 != 1; }
+int ls_type_known(int type) { return traits_ok(type) && ls_types[type].x8 != 1; }
 
-int64_t ls_blck_size(int type) { return traits_ok(type) ? k_traits[type].blck : 0; }
+int64_t ls_blck_size(int type) { return traits_ok(type) ? ls_types[type].blck : 0; }
 
-size_t ls_type_size(int type) { return traits_ok(type) ? k_traits[type].size : 0; }
+size_t ls_type_size(int type) { return traits_ok(type) ? ls_types[type].size : 0; }
 
 size_t ls_row_size(int type, int64_t n) {
     if (!traits_ok(type) || n < 0) return 0;
-    return (size_t)(n / k_traits[type].blck) * k_traits[type].size;
+    return (size_t)(n / ls_types[type].blck) * ls_types[type].size;
 }
 
-int ls_vec_dot_type(int type) { return traits_ok(type) ? k_traits[type].vec_dot_type : -1; }
+int ls_vec_dot_type(int type) { return traits_ok(type) ? ls_types[type].vec_dot_type : -1; }
+
+const char *ls_type_name(int type) { return type >= 0 && type < LS_TYPE_SLOTS ? ls_types[type].name : NULL; }
+
+int ls_type_is_x8(int type) { return traits_ok(type) && ls_types[type].x8 == 1; }
+
+int ls_type_quantizes(int type) { return ls_type_known(type) && ls_types[type].quantize[LS_SIMD_SCALAR] != NULL; }
 
 static int ls_row_ok(int type, int64_t n) {
-    return ls_type_known(type) && n >= 0 && n % k_traits[type].blck == 0;
+    return ls_type_known(type) && n >= 0 && n % ls_types[type].blck == 0;
 }
 
 /* Dispatch: the table of the current SIMD level (cpu.c), which falls back to the scalar kernel
@@ -108,9 +80,12 @@ void ls_vec_dot_x4(int type, int64_t n, const void *w, const void *x, size_t x_s
 // W rows r0..r1-1 (n_out, n) @ x (T, n) -> y (T, ldy): y[t, r] = w_r · x_t
 void ls_matmul_rows(int type, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                     const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    if (traits_ok(type) && k_traits[type].x8 == 1) {
-        /* an x8 layout: one kernel for any T, without buffers (never declines) */
-        if (n >= 0 && n % k_traits[type].blck == 0 && r0 % 8 == 0) ls_kernels()->gemm[type](n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
+    if (traits_ok(type) && ls_types[type].x8 == 1) {
+        /* an x8 layout: one kernel for any T; one that declines (out of memory for its buffers)
+         * leaves the rows to the scalar twin, which gives the same bits */
+        if (n < 0 || n % ls_types[type].blck || r0 % 8) return;
+        if (ls_kernels()->gemm[type](n, w, w_stride, r0, r1, x, x_stride, T, y, ldy) < r1)
+            ls_types[type].gemm[LS_SIMD_SCALAR](n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
         return;
     }
     if (!ls_row_ok(type, n)) return;
@@ -250,12 +225,12 @@ int ls_matmul_rows_lanes_ref(int type, int64_t n, const void *w, size_t w_stride
  * fold), so a repacked tensor gives the bits of its source, at every SIMD level. */
 
 int ls_repack_type(int type) {
-    return traits_ok(type) && k_traits[type].x8 > 1 ? k_traits[type].x8 : -1;
+    return traits_ok(type) && ls_types[type].x8 > 1 ? ls_types[type].x8 : -1;
 }
 
 size_t ls_repack_size(int type, int64_t rows, int64_t n) {
     const int x8 = ls_repack_type(type);
-    if (x8 < 0 || rows < 0 || n < 0 || n % k_traits[x8].blck) return 0;
+    if (x8 < 0 || rows < 0 || n < 0 || n % ls_types[type].blck) return 0;
     return (size_t)((rows + 7) / 8 * 8) * ls_row_size(x8, n);
 }
 
@@ -312,6 +287,24 @@ static void repack_q6_K_group(int64_t nb, const void *w, size_t w_stride, int64_
                     for (int c = 0; c < 2; ++c) memcpy(&o->q[h][j / 2].ql[c][j % 2][4 * p], src[b].ql + 64 * h + 32 * c + 4 * j, 4);
                     memcpy(&o->q[h][j / 2].qh[j % 2][4 * p], src[b].qh + 32 * h + 4 * j, 4);
                 }
+        }
+    }
+}
+
+// rows 8g..8g+7 of W (Q4_0 / Q8_0: blocks of `bsz` bytes, fp16 d then the quant bytes) -> group g in
+// Q4_0 x8 / Q8_0 x8: the 8 d, then each 4 quant bytes of row p at 4p of their 32 (missing rows: zeros)
+static void repack_q32_group(int64_t nb, size_t bsz, const void *w, size_t w_stride, int64_t rows, int64_t g,
+                             void *dst) {
+    const size_t qb = bsz - sizeof(ls_fp16_t), xb = 8 * bsz;   /* quant bytes a row; x8 block bytes */
+    memset(dst, 0, (size_t)nb * xb);
+    for (int p = 0; p < 8 && 8 * g + p < rows; ++p) {
+        const uint8_t *src = (const uint8_t *)w + (size_t)(8 * g + p) * w_stride;
+        for (int64_t b = 0; b < nb; ++b) {
+            uint8_t *o = (uint8_t *)dst + (size_t)b * xb;
+            const uint8_t *sb = src + (size_t)b * bsz;
+            memcpy(o + sizeof(ls_fp16_t) * p, sb, sizeof(ls_fp16_t));
+            for (size_t j = 0; j < qb / 4; ++j)
+                memcpy(o + 8 * sizeof(ls_fp16_t) + 32 * j + 4 * p, sb + sizeof(ls_fp16_t) + 4 * j, 4);
         }
     }
 }
@@ -429,14 +422,14 @@ static void matmul_rows_iq4_x8(const int xs, int64_t n, const void *w, size_t w_
     }
 }
 
-static int64_t matmul_rows_iq4_nl_x8_q8_0(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                                          const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+int64_t matmul_rows_iq4_nl_x8_q8_0(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                   const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     matmul_rows_iq4_x8(0, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
     return r1;
 }
 
-static int64_t matmul_rows_iq4_xs_x8_q8_K(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                                          const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+int64_t matmul_rows_iq4_xs_x8_q8_K(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                   const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     matmul_rows_iq4_x8(1, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
     return r1;
 }
@@ -444,145 +437,149 @@ static int64_t matmul_rows_iq4_xs_x8_q8_K(int64_t n, const void *w, size_t w_str
 int ls_repack_rows(int type, int64_t n, const void *w, size_t w_stride, int64_t rows,
                    int64_t g0, int64_t g1, void *dst) {
     const int x8 = ls_repack_type(type);
-    if (x8 < 0 || n < 0 || n % k_traits[x8].blck || rows < 0) return 0;
-    const int64_t nb = n / k_traits[x8].blck;
+    if (x8 < 0 || n < 0 || n % ls_types[type].blck || rows < 0) return 0;
+    const int64_t nb = n / ls_types[type].blck;
     const size_t group = 8 * ls_row_size(x8, n);
     for (int64_t g = g0; g < g1; ++g) {
         void *o = (char *)dst + (size_t)g * group;
-        if (type == LS_TYPE_Q4_K) repack_q4_K_group(nb, w, w_stride, rows, g, o);
-        else if (type == LS_TYPE_Q5_K) repack_q5_K_group(nb, w, w_stride, rows, g, o);
-        else if (type == LS_TYPE_Q2_K) repack_q2_K_group(nb, w, w_stride, rows, g, o);
-        else if (type == LS_TYPE_Q3_K) repack_q3_K_group(nb, w, w_stride, rows, g, o);
-        else if (type == LS_TYPE_IQ4_NL) repack_iq4_group(0, nb, w, w_stride, rows, g, o);
-        else if (type == LS_TYPE_IQ4_XS) repack_iq4_group(1, nb, w, w_stride, rows, g, o);
-        else repack_q6_K_group(nb, w, w_stride, rows, g, o);
+        switch (type) {
+        case LS_TYPE_Q4_K: repack_q4_K_group(nb, w, w_stride, rows, g, o); break;
+        case LS_TYPE_Q5_K: repack_q5_K_group(nb, w, w_stride, rows, g, o); break;
+        case LS_TYPE_Q2_K: repack_q2_K_group(nb, w, w_stride, rows, g, o); break;
+        case LS_TYPE_Q3_K: repack_q3_K_group(nb, w, w_stride, rows, g, o); break;
+        case LS_TYPE_Q6_K: repack_q6_K_group(nb, w, w_stride, rows, g, o); break;
+        case LS_TYPE_Q4_0: repack_q32_group(nb, sizeof(block_q4_0), w, w_stride, rows, g, o); break;
+        case LS_TYPE_Q8_0: repack_q32_group(nb, sizeof(block_q8_0), w, w_stride, rows, g, o); break;
+        case LS_TYPE_IQ4_NL: repack_iq4_group(0, nb, w, w_stride, rows, g, o); break;
+        case LS_TYPE_IQ4_XS: repack_iq4_group(1, nb, w, w_stride, rows, g, o); break;
+        default: break;
+        }
     }
     return 1;
 }
 
-// W rows r0..r1-1 (n_out, n) in Q4_K x8 (q5 = 0, bsize 1184) or Q5_K x8 (q5 = 1, bsize 1440) @ x (T, n)
-// in Q8_K -> y[t * ldy + r]: the fold of matmul_rows_q4_K_q8_K_lanes, reading the x8 layout (r0 a
-// multiple of 8): acc = fmaf(isum, d * dx, acc); acc = fmaf(-msum, dmin * dx, acc) per super-block
-static void matmul_rows_k4_x8_q8_K(int q5, size_t bsize, int64_t n, const void *w, size_t w_stride,
-                                   int64_t r0, int64_t r1, const void *x, size_t x_stride, int64_t T,
-                                   float *y, size_t ldy) {
-    const int64_t nb = n / QK_K;
+/* The scalar twins of the x8 kernels share one loop: every row r (lane p = r % 8 of its group) and
+ * token, its blocks in order, each folded into the row's float accumulator by the type's `fold`
+ * (the float order the SIMD kernel reproduces bit for bit). */
+typedef float (*x8_fold_fn)(const void *B, int p, const void *xb, float acc);
+
+// W rows r0..r1-1 (n_out, n) in an x8 layout (r0 a multiple of 8) @ x (T, n) -> y[t * ldy + r]
+//   = fold over the blocks b of acc = fold(block b of r's group, lane p, token t's block b, acc)
+static void x8_rows_scalar(x8_fold_fn fold, size_t bsize, size_t xbsize, int64_t blck, int64_t n,
+                           const void *w, size_t w_stride, int64_t r0, int64_t r1, const void *x,
+                           size_t x_stride, int64_t T, float *y, size_t ldy) {
     for (int64_t t = 0; t < T; ++t) {
-        const block_q8_K *xb = (const block_q8_K *)((const char *)x + (size_t)t * x_stride);
+        const char *xt = (const char *)x + (size_t)t * x_stride;
         for (int64_t r = r0; r < r1; ++r) {
             const char *grp = (const char *)w + (size_t)(r / 8 * 8) * w_stride;
-            const int p = (int)(r % 8);
             float acc = 0.0f;
-            for (int64_t b = 0; b < nb; ++b) {
-                const block_q4_Kx8 *B = (const block_q4_Kx8 *)(grp + (size_t)b * bsize);
-                const uint8_t (*qh)[32] = q5 ? ((const block_q5_Kx8 *)B)->qh : NULL;
-                int isum = 0, msum = 0;
-                for (int s = 0; s < 8; ++s) {
-                    msum += B->m[s / 2][p][s % 2] * (xb[b].bsums[2 * s] + xb[b].bsums[2 * s + 1]);
-                    int dot = 0;
-                    for (int l = 0; l < 32; ++l) {
-                        const uint8_t q = B->qs[s / 2][l / 4][4 * p + l % 4];
-                        const int hb = qh ? ((qh[l / 4][4 * p + l % 4] >> s) & 1) << 4 : 0;
-                        dot += ((s % 2 ? q >> 4 : q & 15) | hb) * xb[b].qs[32 * s + l];
-                    }
-                    isum += B->sc[s][p] * dot;
-                }
-                acc = fmaf((float)isum, ls_fp16_to_fp32(B->d[p]) * xb[b].d, acc);
-                acc = fmaf(-(float)msum, ls_fp16_to_fp32(B->dmin[p]) * xb[b].d, acc);
-            }
+            for (int64_t b = 0; b < n / blck; ++b)
+                acc = fold(grp + (size_t)b * bsize, (int)(r % 8), xt + (size_t)b * xbsize, acc);
             y[(size_t)t * ldy + r] = acc;
         }
     }
 }
 
-static int64_t matmul_rows_q4_K_x8_q8_K(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                                        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    matmul_rows_k4_x8_q8_K(0, sizeof(block_q4_Kx8), n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
-    return r1;
+// Q4_K x8 (q5 = 0) / Q5_K x8 (q5 = 1) lane p · a Q8_K block -> acc = fmaf(isum, d * dx, acc);
+// acc = fmaf(-msum, dmin * dx, acc): the fold of matmul_rows_q4_K_q8_K_lanes
+static inline float fold_k4_x8(int q5, const void *vB, int p, const void *vx, float acc) {
+    const block_q4_Kx8 *B = vB;
+    const block_q8_K *xb = vx;
+    const uint8_t (*qh)[32] = q5 ? ((const block_q5_Kx8 *)vB)->qh : NULL;
+    int isum = 0, msum = 0;
+    for (int s = 0; s < 8; ++s) {
+        msum += B->m[s / 2][p][s % 2] * (xb->bsums[2 * s] + xb->bsums[2 * s + 1]);
+        int dot = 0;
+        for (int l = 0; l < 32; ++l) {
+            const uint8_t q = B->qs[s / 2][l / 4][4 * p + l % 4];
+            const int hb = qh ? ((qh[l / 4][4 * p + l % 4] >> s) & 1) << 4 : 0;
+            dot += ((s % 2 ? q >> 4 : q & 15) | hb) * xb->qs[32 * s + l];
+        }
+        isum += B->sc[s][p] * dot;
+    }
+    acc = fmaf((float)isum, ls_fp16_to_fp32(B->d[p]) * xb->d, acc);
+    return fmaf(-(float)msum, ls_fp16_to_fp32(B->dmin[p]) * xb->d, acc);
 }
+static float fold_q4_K_x8(const void *B, int p, const void *xb, float acc) { return fold_k4_x8(0, B, p, xb, acc); }
+static float fold_q5_K_x8(const void *B, int p, const void *xb, float acc) { return fold_k4_x8(1, B, p, xb, acc); }
 
-static int64_t matmul_rows_q5_K_x8_q8_K(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                                        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    matmul_rows_k4_x8_q8_K(1, sizeof(block_q5_Kx8), n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
-    return r1;
-}
-
-// W rows r0..r1-1 (n_out, n) in Q2_K x8 (q3 = 0) or Q3_K x8 (q3 = 1) @ x (T, n) in Q8_K -> y[t * ldy + r]
-// (r0 a multiple of 8) = fold over super-blocks b, with isum = sum_s sc_s * (q · x)_s exact:
+// Q2_K x8 (q3 = 0) / Q3_K x8 (q3 = 1) lane p · a Q8_K block, with isum = sum_s sc_s * (q · x)_s:
 //   Q2_K: acc = fmaf(isum, d * dx, acc); acc = fmaf(-msum, dmin * dx, acc), msum = sum_s m_s * bsum_s
 //   Q3_K: acc = fmaf(isum, d * dx, acc)  (sc_s = scale - 32, q = low2 - 4 * !high bit)
-static void matmul_rows_k2_x8_q8_K(int q3, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                                   const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    const int64_t nb = n / QK_K;
-    const size_t bsize = q3 ? sizeof(block_q3_Kx8) : sizeof(block_q2_Kx8);
-    for (int64_t t = 0; t < T; ++t) {
-        const block_q8_K *xb = (const block_q8_K *)((const char *)x + (size_t)t * x_stride);
-        for (int64_t r = r0; r < r1; ++r) {
-            const char *grp = (const char *)w + (size_t)(r / 8 * 8) * w_stride;
-            const int p = (int)(r % 8);
-            float acc = 0.0f;
-            for (int64_t b = 0; b < nb; ++b) {
-                const void *B = grp + (size_t)b * bsize;
-                const block_q2_Kx8 *B2 = B;
-                const block_q3_Kx8 *B3 = B;
-                int isum = 0, msum = 0;
-                for (int k = 0; k < QK_K; ++k) {
-                    const int h = k / 128, j = (k % 128) / 32, l = k % 32, s = k / 16;
-                    const uint8_t raw = q3 ? B3->qs[h][l / 4][4 * p + l % 4] : B2->qs[h][l / 4][4 * p + l % 4];
-                    int q = (raw >> (2 * j)) & 3;
-                    if (q3) q -= (B3->hmask[l / 4][4 * p + l % 4] >> (4 * h + j)) & 1 ? 0 : 4;
-                    isum += (q3 ? B3->sc[s][p] : B2->scales[s][p] & 15) * (q * xb[b].qs[k]);
-                }
-                if (!q3)
-                    for (int s = 0; s < 16; ++s) msum += (B2->scales[s][p] >> 4) * xb[b].bsums[s];
-                const float dx = xb[b].d;
-                acc = fmaf((float)isum, ls_fp16_to_fp32(q3 ? B3->d[p] : B2->d[p]) * dx, acc);
-                if (!q3) acc = fmaf(-(float)msum, ls_fp16_to_fp32(B2->dmin[p]) * dx, acc);
-            }
-            y[(size_t)t * ldy + r] = acc;
-        }
+static inline float fold_k2_x8(int q3, const void *B, int p, const void *vx, float acc) {
+    const block_q2_Kx8 *B2 = B;
+    const block_q3_Kx8 *B3 = B;
+    const block_q8_K *xb = vx;
+    int isum = 0, msum = 0;
+    for (int k = 0; k < QK_K; ++k) {
+        const int h = k / 128, j = (k % 128) / 32, l = k % 32, s = k / 16;
+        const uint8_t raw = q3 ? B3->qs[h][l / 4][4 * p + l % 4] : B2->qs[h][l / 4][4 * p + l % 4];
+        int q = (raw >> (2 * j)) & 3;
+        if (q3) q -= (B3->hmask[l / 4][4 * p + l % 4] >> (4 * h + j)) & 1 ? 0 : 4;
+        isum += (q3 ? B3->sc[s][p] : B2->scales[s][p] & 15) * (q * xb->qs[k]);
     }
+    if (!q3)
+        for (int s = 0; s < 16; ++s) msum += (B2->scales[s][p] >> 4) * xb->bsums[s];
+    acc = fmaf((float)isum, ls_fp16_to_fp32(q3 ? B3->d[p] : B2->d[p]) * xb->d, acc);
+    return q3 ? acc : fmaf(-(float)msum, ls_fp16_to_fp32(B2->dmin[p]) * xb->d, acc);
 }
+static float fold_q2_K_x8(const void *B, int p, const void *xb, float acc) { return fold_k2_x8(0, B, p, xb, acc); }
+static float fold_q3_K_x8(const void *B, int p, const void *xb, float acc) { return fold_k2_x8(1, B, p, xb, acc); }
 
-static int64_t matmul_rows_q2_K_x8_q8_K(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                                        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    matmul_rows_k2_x8_q8_K(0, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
-    return r1;
-}
-
-static int64_t matmul_rows_q3_K_x8_q8_K(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                                        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    matmul_rows_k2_x8_q8_K(1, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
-    return r1;
-}
-
-// W rows r0..r1-1 (n_out, n) in Q6_K x8 @ x (T, n) in Q8_K -> y[t * ldy + r]: the fold of
-// matmul_rows_q6_K_q8_K_lanes, reading the x8 layout (r0 a multiple of 8)
-static int64_t matmul_rows_q6_K_x8_q8_K(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                                        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    const int64_t nb = n / QK_K;
-    for (int64_t t = 0; t < T; ++t) {
-        const block_q8_K *xb = (const block_q8_K *)((const char *)x + (size_t)t * x_stride);
-        for (int64_t r = r0; r < r1; ++r) {
-            const block_q6_Kx8 *g = (const block_q6_Kx8 *)((const char *)w + (size_t)(r / 8 * 8) * w_stride);
-            const int p = (int)(r % 8);
-            float acc = 0.0f;
-            for (int64_t b = 0; b < nb; ++b) {
-                int isum = 0;
-                for (int k = 0; k < QK_K; ++k) {
-                    const int h = k / 128, c = (k % 128) / 32, l = k % 32;
-                    const uint8_t L = g[b].q[h][l / 8].ql[c % 2][l / 4 % 2][4 * p + l % 4];
-                    const uint8_t H = g[b].q[h][l / 8].qh[l / 4 % 2][4 * p + l % 4];
-                    const int qv = (c < 2 ? L & 15 : L >> 4) | (((H >> (2 * c)) & 3) << 4);
-                    isum += g[b].sc[k / 16][p] * ((qv - 32) * xb[b].qs[k]);
-                }
-                acc = fmaf((float)isum, ls_fp16_to_fp32(g[b].d[p]) * xb[b].d, acc);
-            }
-            y[(size_t)t * ldy + r] = acc;
-        }
+// Q6_K x8 lane p · a Q8_K block -> acc = fmaf(sum_s sc_s * ((q - 32) · x)_s, d * dx, acc): the fold of
+// matmul_rows_q6_K_q8_K_lanes
+static float fold_q6_K_x8(const void *vB, int p, const void *vx, float acc) {
+    const block_q6_Kx8 *B = vB;
+    const block_q8_K *xb = vx;
+    int isum = 0;
+    for (int k = 0; k < QK_K; ++k) {
+        const int h = k / 128, c = (k % 128) / 32, l = k % 32;
+        const uint8_t L = B->q[h][l / 8].ql[c % 2][l / 4 % 2][4 * p + l % 4];
+        const uint8_t H = B->q[h][l / 8].qh[l / 4 % 2][4 * p + l % 4];
+        const int qv = (c < 2 ? L & 15 : L >> 4) | (((H >> (2 * c)) & 3) << 4);
+        isum += B->sc[k / 16][p] * ((qv - 32) * xb->qs[k]);
     }
-    return r1;
+    return fmaf((float)isum, ls_fp16_to_fp32(B->d[p]) * xb->d, acc);
 }
+
+// Q4_0 x8 (q4) / Q8_0 x8 lane p · a Q8_0 block -> acc = fmaf((float)sum_k q_k x_k, d * dx, acc), q = nibble
+// - 8 (Q4_0) or as stored: the fold of matmul_rows_q32_q8_0_lanes
+static inline float fold_q32_x8(int q4, const void *vB, int p, const void *vx, float acc) {
+    const block_q8_0 *xb = vx;
+    int isum = 0;
+    ls_fp16_t d;
+    if (q4) {
+        const block_q4_0x8 *B = vB;
+        for (int k = 0; k < 16; ++k) {
+            const uint8_t q = B->qs[k / 4][4 * p + k % 4];
+            isum += ((q & 15) - 8) * xb->qs[k] + ((q >> 4) - 8) * xb->qs[k + 16];
+        }
+        d = B->d[p];
+    } else {
+        const block_q8_0x8 *B = vB;
+        for (int k = 0; k < QK8_0; ++k) isum += B->qs[k / 4][4 * p + k % 4] * xb->qs[k];
+        d = B->d[p];
+    }
+    return fmaf((float)isum, ls_fp16_to_fp32(d) * ls_fp16_to_fp32(xb->d), acc);
+}
+static float fold_q4_0_x8(const void *B, int p, const void *xb, float acc) { return fold_q32_x8(1, B, p, xb, acc); }
+static float fold_q8_0_x8(const void *B, int p, const void *xb, float acc) { return fold_q32_x8(0, B, p, xb, acc); }
+
+/* The twins themselves: the kernel signature (quants_impl.h ls_matmul_rows_k) over x8_rows_scalar. */
+#define X8_SCALAR_TWIN(name, fold, block, xblock, blck)                                              \
+    int64_t name(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1, const void *x,    \
+                 size_t x_stride, int64_t T, float *y, size_t ldy) {                                 \
+        x8_rows_scalar(fold, sizeof(block), sizeof(xblock), blck, n, w, w_stride, r0, r1, x, x_stride, \
+                       T, y, ldy);                                                                   \
+        return r1;                                                                                   \
+    }
+X8_SCALAR_TWIN(matmul_rows_q4_K_x8_q8_K, fold_q4_K_x8, block_q4_Kx8, block_q8_K, QK_K)
+X8_SCALAR_TWIN(matmul_rows_q5_K_x8_q8_K, fold_q5_K_x8, block_q5_Kx8, block_q8_K, QK_K)
+X8_SCALAR_TWIN(matmul_rows_q6_K_x8_q8_K, fold_q6_K_x8, block_q6_Kx8, block_q8_K, QK_K)
+X8_SCALAR_TWIN(matmul_rows_q2_K_x8_q8_K, fold_q2_K_x8, block_q2_Kx8, block_q8_K, QK_K)
+X8_SCALAR_TWIN(matmul_rows_q3_K_x8_q8_K, fold_q3_K_x8, block_q3_Kx8, block_q8_K, QK_K)
+X8_SCALAR_TWIN(matmul_rows_q4_0_x8_q8_0, fold_q4_0_x8, block_q4_0x8, block_q8_0, QK8_0)
+X8_SCALAR_TWIN(matmul_rows_q8_0_x8_q8_0, fold_q8_0_x8, block_q8_0x8, block_q8_0, QK8_0)
 
 /* ---------------------------------------------------------------------------------------------
  * Dequantizers: one row x of n elements -> y (n,) f32 */
@@ -1151,71 +1148,3 @@ float vec_dot_iq4_xs_q8_K(int64_t n, const void *vw, const void *vx) {
     }
     return sum;
 }
-
-/* ---------------------------------------------------------------------------------------------
- * The scalar table (cpu.c falls back to it for slots a SIMD table leaves NULL). */
-
-const ls_kernel_table ls_kernels_scalar = {
-    .vec_dot = {
-        [LS_TYPE_F32] = vec_dot_f32_f32,
-        [LS_TYPE_F16] = vec_dot_f16_f16,
-        [LS_TYPE_BF16] = vec_dot_bf16_bf16,
-        [LS_TYPE_Q4_0] = vec_dot_q4_0_q8_0,
-        [LS_TYPE_Q4_1] = vec_dot_q4_1_q8_1,
-        [LS_TYPE_Q5_0] = vec_dot_q5_0_q8_0,
-        [LS_TYPE_Q5_1] = vec_dot_q5_1_q8_1,
-        [LS_TYPE_Q8_0] = vec_dot_q8_0_q8_0,
-        [LS_TYPE_Q2_K] = vec_dot_q2_K_q8_K,
-        [LS_TYPE_Q3_K] = vec_dot_q3_K_q8_K,
-        [LS_TYPE_Q4_K] = vec_dot_q4_K_q8_K,
-        [LS_TYPE_Q5_K] = vec_dot_q5_K_q8_K,
-        [LS_TYPE_Q6_K] = vec_dot_q6_K_q8_K,
-        [LS_TYPE_IQ4_NL] = vec_dot_iq4_nl_q8_0,
-        [LS_TYPE_IQ4_XS] = vec_dot_iq4_xs_q8_K,
-    },
-    .quantize = {
-        [LS_TYPE_F32] = quantize_row_f32,
-        [LS_TYPE_F16] = quantize_row_f16,
-        [LS_TYPE_BF16] = quantize_row_bf16,
-        [LS_TYPE_Q8_0] = quantize_row_q8_0,
-        [LS_TYPE_Q8_1] = quantize_row_q8_1,
-        [LS_TYPE_Q8_K] = quantize_row_q8_K,
-    },
-    .dequantize = {
-        [LS_TYPE_F32] = dequantize_row_f32,
-        [LS_TYPE_F16] = dequantize_row_f16,
-        [LS_TYPE_BF16] = dequantize_row_bf16,
-        [LS_TYPE_Q4_0] = dequantize_row_q4_0,
-        [LS_TYPE_Q4_1] = dequantize_row_q4_1,
-        [LS_TYPE_Q5_0] = dequantize_row_q5_0,
-        [LS_TYPE_Q5_1] = dequantize_row_q5_1,
-        [LS_TYPE_Q8_0] = dequantize_row_q8_0,
-        [LS_TYPE_Q8_1] = dequantize_row_q8_1,
-        [LS_TYPE_Q2_K] = dequantize_row_q2_K,
-        [LS_TYPE_Q3_K] = dequantize_row_q3_K,
-        [LS_TYPE_Q4_K] = dequantize_row_q4_K,
-        [LS_TYPE_Q5_K] = dequantize_row_q5_K,
-        [LS_TYPE_Q6_K] = dequantize_row_q6_K,
-        [LS_TYPE_Q8_K] = dequantize_row_q8_K,
-        [LS_TYPE_IQ4_NL] = dequantize_row_iq4_nl,
-        [LS_TYPE_IQ4_XS] = dequantize_row_iq4_xs,
-    },
-    .gemm = {
-        [LS_TYPE_Q4_K_X8] = matmul_rows_q4_K_x8_q8_K,
-        [LS_TYPE_Q6_K_X8] = matmul_rows_q6_K_x8_q8_K,
-        [LS_TYPE_Q5_K_X8] = matmul_rows_q5_K_x8_q8_K,
-        [LS_TYPE_Q2_K_X8] = matmul_rows_q2_K_x8_q8_K,
-        [LS_TYPE_Q3_K_X8] = matmul_rows_q3_K_x8_q8_K,
-        [LS_TYPE_IQ4_NL_X8] = matmul_rows_iq4_nl_x8_q8_0,
-        [LS_TYPE_IQ4_XS_X8] = matmul_rows_iq4_xs_x8_q8_K,
-    },
-    .gemv = {
-        [LS_TYPE_Q4_K_X8] = matmul_rows_q4_K_x8_q8_K,
-        [LS_TYPE_Q6_K_X8] = matmul_rows_q6_K_x8_q8_K,
-        [LS_TYPE_Q5_K_X8] = matmul_rows_q5_K_x8_q8_K,
-        [LS_TYPE_Q2_K_X8] = matmul_rows_q2_K_x8_q8_K,
-        [LS_TYPE_Q3_K_X8] = matmul_rows_q3_K_x8_q8_K,
-        [LS_TYPE_IQ4_NL_X8] = matmul_rows_iq4_nl_x8_q8_0,
-        [LS_TYPE_IQ4_XS_X8] = matmul_rows_iq4_xs_x8_q8_K,
-    },
-};

@@ -1,8 +1,10 @@
 /* quants.h — the quantized-tensor API the rest of llmstream calls.
  *
- * Type ids are GGML's (they are what GGUF files store). Block layouts live in formats.h.
- * Every entry point dispatches at run time to the AVX2/FMA kernel when the CPU has it
- * (cpu.c), else to the scalar reference in quants.c; ls_set_simd() forces a level (tests).
+ * Type ids are GGML's (they are what GGUF files store). Block layouts live in formats.h, the type
+ * table (one row per type: sizes, activation type, kernels per SIMD level) in types.c. Every entry
+ * point dispatches at run time to the best kernel of the SIMD level in use — scalar (quants.c),
+ * AVX2/FMA (quants_avx2.c) or AVX-512 VNNI (quants_avx512.c, AVX2 where it has none) — the best the
+ * CPU has (cpu.c); ls_set_simd() sets another (tests, benchmarks).
  *
  * Matmul protocol (what llama.cpp does too): activations x (n,) are converted once per matmul
  * to the weight type's "vec_dot type" (Q8_0, Q8_1, Q8_K, F16, BF16 or F32) with
@@ -14,6 +16,8 @@
  *     results bit for bit (quants_avx512.c);
  *   - on AVX2 CPUs (or LLMSTREAM_AVX512=0), for the same 4 types: the same scheme with 8 rows a
  *     register (quants_avx2.c), in the same float order as the AVX-512 kernels (so the same bits);
+ *   - for weights repacked at load into an x8 layout (formats.h; ls_repack_rows below): one
+ *     kernel for any T reading the 8 interleaved rows in place;
  *   - else 4 tokens at a time through ls_vec_dot_x4 (each weight block decoded once for the 4),
  *     the rest through ls_vec_dot — bit for bit the same as ls_vec_dot for every token.
  * The row-per-lane kernels add a row's block sums in another float order than ls_vec_dot (one FMA
@@ -40,10 +44,11 @@ enum ls_type {
     /* llmstream's repacked layouts (formats.h "x8"), never in files: made by ls_repack_rows */
     LS_TYPE_Q4_K_X8 = 64, LS_TYPE_Q6_K_X8 = 65, LS_TYPE_Q5_K_X8 = 70,
     LS_TYPE_Q2_K_X8 = 71, LS_TYPE_Q3_K_X8 = 72,
+    LS_TYPE_Q4_0_X8 = 66, LS_TYPE_Q8_0_X8 = 67,
     LS_TYPE_IQ4_NL_X8 = 68, LS_TYPE_IQ4_XS_X8 = 69,
 };
 
-enum ls_simd { LS_SIMD_SCALAR = 0, LS_SIMD_AVX2 = 1 };
+enum ls_simd { LS_SIMD_SCALAR = 0, LS_SIMD_AVX2 = 1, LS_SIMD_AVX512 = 2 };
 
 /* 1 when the type is one llmstream can read (weights or activations), else 0. */
 int     ls_type_known(int type);
@@ -88,9 +93,21 @@ size_t  ls_repack_size(int type, int64_t rows, int64_t n);
 int     ls_repack_rows(int type, int64_t n, const void *w, size_t w_stride, int64_t rows,
                        int64_t g0, int64_t g1, void *dst);
 
-/* SIMD level in use; ls_set_simd returns the level actually set (AVX2 only when the CPU has it). */
+/* GGML's name of a type id (also of the types llmstream does not compute, and llmstream's name of
+ * an x8 layout), or NULL for an id that names no type. */
+const char *ls_type_name(int type);
+/* 1 for an x8 layout (formats.h "Repacked layouts"). */
+int     ls_type_is_x8(int type);
+/* 1 for an activation type: one ls_quantize_row produces (F32, F16, BF16, Q8_0, Q8_1, Q8_K). */
+int     ls_type_quantizes(int type);
+
+/* SIMD level in use (enum ls_simd); ls_set_simd returns the level actually set: the highest the CPU
+ * has at or below `level` (AVX2 needs AVX2/FMA/F16C, AVX-512 also AVX512F/BW/VL/VNNI). At start-up:
+ * the best the CPU has, LLMSTREAM_SIMD=scalar|avx2|avx512 to choose, LLMSTREAM_AVX512=0 for at
+ * most AVX2. */
 int     ls_get_simd(void);
 int     ls_set_simd(int level);
 int     ls_cpu_has_avx2(void);
+int     ls_cpu_has_avx512(void);
 
 #endif

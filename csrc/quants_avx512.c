@@ -1,8 +1,9 @@
 /* quants_avx512.c — AVX-512 (F, BW, VL, VNNI) matmul kernels for Q4_0, Q8_0, Q4_K and Q6_K weights.
  *
- * Only this file is compiled for AVX-512 (the pragma below); cpu.c puts its kernels into the AVX2
- * table's gemm / gemv slots when the CPU has AVX512F/BW/VL/VNNI (and LLMSTREAM_AVX512 is not 0),
- * so the SIMD levels stay scalar / AVX2. Two kinds, used by ls_matmul_rows:
+ * Only this file is compiled for AVX-512 (the pragma below); the kernels are the AVX-512 column of
+ * the type table (types.c), the SIMD_AVX512 level, used when the CPU has AVX512F/BW/VL/VNNI (and
+ * LLMSTREAM_AVX512 is not 0); every other kernel of that level is the AVX2 one. Two kinds, used
+ * by ls_matmul_rows:
  *   gemm (4+ tokens): 16 rows at a time are rearranged so that each int32 lane is one output row;
  *     one vpdpbusd then does 64 multiply-adds for 16 rows and the float scaling is once per block
  *     for 16 rows;
@@ -452,20 +453,20 @@ static inline __attribute__((always_inline)) int64_t gemm_q32_q8_0(
 }
 
 // W rows r0.. (Q4_0) @ x (T, n) Q8_0 -> y[t * ldy + r]: sum_b (dw*dx) * (vpdpbusd(q, x) - 8 * sum(x))
-static int64_t gemm_q4_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+int64_t gemm_q4_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                      const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     return gemm_q32_q8_0(n, w, w_stride, r0, r1, x, x_stride, T, y, ldy, GEMM_Q4_0, 3);
 }
 
 // W rows r0.. (Q8_0) @ x (T, n) Q8_0 -> y[t * ldy + r]: sum_b (dw*dx) * (vpdpbusd(q + 128, x) - 128 * sum(x))
-static int64_t gemm_q8_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+int64_t gemm_q8_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                      const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     return gemm_q32_q8_0(n, w, w_stride, r0, r1, x, x_stride, T, y, ldy, GEMM_Q8_0, 7);
 }
 
 // W rows r0.. (Q4_K) @ x (T, n) Q8_K -> y[t * ldy + r], whole groups of 16 rows; returns the first
 // row not done (r1: every row, the last group possibly partial)
-static int64_t gemm_q4_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+int64_t gemm_q4_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                      const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     const int64_t nb = n / QK_K;
     q4_K_tile16 *tiles = thread_buffer((size_t)nb * sizeof(q4_K_tile16), 0);
@@ -487,7 +488,7 @@ static int64_t gemm_q4_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, 
 
 // W rows r0.. (Q6_K) @ x (T, n) Q8_K -> y[t * ldy + r], whole groups of 16 rows; returns the first
 // row not done (r1: every row, the last group possibly partial)
-static int64_t gemm_q6_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+int64_t gemm_q6_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                      const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     const int64_t nb = n / QK_K;
     q6_K_tile16 *tiles = thread_buffer((size_t)nb * sizeof(q6_K_tile16), 0);
@@ -530,7 +531,7 @@ static inline void pair_sums(__m512i v, int32_t *a, int32_t *b) {
 // W rows r0..r1-1 (Q8_0) · 1-3 tokens -> y: bit for bit gemm_q8_0_q8_0_avx512. Each row's block
 // sums with the elements in the lanes, reduced to one int32 per row and block (scratch v), then the
 // float steps for 16 rows at once.
-static int64_t gemv_q8_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+int64_t gemv_q8_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                      const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     const int64_t np = n / 64;
     q8_0_pair_rec *xp = thread_buffer((size_t)np * sizeof(q8_0_pair_rec), 1);
@@ -573,7 +574,7 @@ static int64_t gemv_q8_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, 
 // W rows r0..r1-1 (Q4_0) · 1-3 tokens -> y: bit for bit gemm_q4_0_q8_0_avx512. Q4_0 is rearranged
 // on the fly (the 16-row transposition of tile_q4_0_rows16, without storing the tile): for its
 // 18-byte blocks that costs less than reducing each row's sums as above.
-static int64_t gemv_q4_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+int64_t gemv_q4_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                      const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     const int64_t nb = n / QK4_0;
     q8_0_side *side = thread_buffer((size_t)nb * sizeof(q8_0_side), 1);
@@ -721,29 +722,13 @@ static inline __attribute__((always_inline)) int64_t gemv_q8_K_rows(
 }
 
 // W rows (Q4_K) · 1-3 tokens (Q8_K) -> y: bit for bit gemm_q4_K_q8_K_avx512
-static int64_t gemv_q4_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+int64_t gemv_q4_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                      const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     return gemv_q8_K_rows(GEMM_Q4_K, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
 }
 
 // W rows (Q6_K) · 1-3 tokens (Q8_K) -> y: bit for bit gemm_q6_K_q8_K_avx512
-static int64_t gemv_q6_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+int64_t gemv_q6_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                      const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     return gemv_q8_K_rows(GEMM_Q6_K, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
 }
-
-/* cpu.c copies the non-NULL slots into the AVX2 table (ls_set_avx512). */
-const ls_kernel_table ls_kernels_avx512 = {
-    .gemv = {
-        [LS_TYPE_Q4_0] = gemv_q4_0_q8_0_avx512,
-        [LS_TYPE_Q8_0] = gemv_q8_0_q8_0_avx512,
-        [LS_TYPE_Q4_K] = gemv_q4_K_q8_K_avx512,
-        [LS_TYPE_Q6_K] = gemv_q6_K_q8_K_avx512,
-    },
-    .gemm = {
-        [LS_TYPE_Q4_0] = gemm_q4_0_q8_0_avx512,
-        [LS_TYPE_Q4_K] = gemm_q4_K_q8_K_avx512,
-        [LS_TYPE_Q8_0] = gemm_q8_0_q8_0_avx512,
-        [LS_TYPE_Q6_K] = gemm_q6_K_q8_K_avx512,
-    },
-};

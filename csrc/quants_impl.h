@@ -23,36 +23,80 @@ typedef void (*ls_vec_dot_x4_fn)(int64_t n, const void *w, const void *x, size_t
 typedef int64_t (*ls_matmul_rows_fn)(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                      const void *x, size_t x_stride, int64_t T, float *y, size_t ldy);
 
-/* One table per SIMD level; slots of types without such a kernel are NULL. */
+/* SIMD levels: quants.h's enum ls_simd (0 scalar, 1 AVX2/FMA/F16C, 2 AVX-512 F/BW/VL/VNNI). */
+#define LS_SIMD_LEVELS 3
+
+/* One row per type (types.c, ls_types[type id]), as ggml's type traits: what the type is, and its
+ * kernels at each SIMD level ([0] scalar, [1] AVX2, [2] AVX-512; NULL where that level has none:
+ * it then uses the best lower level's). Adding a type means its formats.h entry, its row and its
+ * kernels; everything else (dispatch, the Python type tables, gguf's) is derived from the rows. */
+typedef struct {
+    const char *name;          /* GGML's name, or llmstream's for an x8 layout; NULL: no type */
+    int64_t blck;              /* elements per block; 0: a GGML type llmstream does not compute */
+    size_t size;               /* bytes per block (an x8 layout: per row, 1/8 of its 8-row block) */
+    int vec_dot_type;          /* the activations' type for vec_dot / matmul with these weights */
+    int x8;                    /* this type's repacked layout (formats.h), 0 if none; 1: it is one */
+    ls_dequantize_fn dequantize[LS_SIMD_LEVELS];
+    ls_quantize_fn quantize[LS_SIMD_LEVELS];      /* activation (vec_dot) types */
+    ls_vec_dot_fn vec_dot[LS_SIMD_LEVELS];
+    ls_vec_dot_x4_fn vec_dot_x4[LS_SIMD_LEVELS];  /* one weight row, 4 tokens; NULL: 4 vec_dots */
+    ls_matmul_rows_fn gemm[LS_SIMD_LEVELS];       /* a row per lane, 4+ tokens (x8: any number) */
+    ls_matmul_rows_fn gemv[LS_SIMD_LEVELS];       /* a row per lane, 1-3 tokens, gemm's bits */
+} ls_type_traits;
+
+extern const ls_type_traits ls_types[LS_TYPE_SLOTS];   /* types.c */
+
+/* A level's kernels resolved from ls_types (cpu.c builds one per level at start-up): every slot
+ * holds the best kernel at or below the level; gemm and gemv always come as a pair from one level. */
 typedef struct {
     ls_vec_dot_fn vec_dot[LS_TYPE_SLOTS];       /* indexed by the weight type */
     ls_quantize_fn quantize[LS_TYPE_SLOTS];     /* indexed by the activation (vec_dot) type */
     ls_dequantize_fn dequantize[LS_TYPE_SLOTS];
     ls_vec_dot_x4_fn vec_dot_x4[LS_TYPE_SLOTS]; /* indexed by the weight type; NULL: 4 vec_dots */
-    ls_matmul_rows_fn gemm[LS_TYPE_SLOTS];      /* 4+ tokens, a row per lane: quants_avx2.c, quants_avx512.c;
-                                                 * for an x8 layout (formats.h) its kernel for any T */
-    ls_matmul_rows_fn gemv[LS_TYPE_SLOTS];      /* 1-3 tokens, bit for bit as gemm */
+    ls_matmul_rows_fn gemm[LS_TYPE_SLOTS];
+    ls_matmul_rows_fn gemv[LS_TYPE_SLOTS];
 } ls_kernel_table;
 
-extern const ls_kernel_table ls_kernels_scalar;   /* quants.c */
-extern const ls_kernel_table ls_kernels_avx2;     /* quants_avx2.c */
-extern const ls_kernel_table ls_kernels_avx512;   /* quants_avx512.c: a few slots, see cpu.c */
-
-/* cpu.c: the table in use (an atomic load; set once at start-up, changed only by ls_set_simd). */
+/* cpu.c: the table of the level in use (an atomic load; changed only by ls_set_simd). */
 const ls_kernel_table *ls_kernels(void);
-/* cpu.c: 1 when the AVX2 table has its own (non-fallback) vec_dot / quantizer for `type`. */
+/* cpu.c: 1 when the AVX2 level has its own (non-fallback) kernel of that kind for `type`. */
 int ls_simd_has_vec_dot(int type);
 int ls_simd_has_quantize(int type);
 int ls_simd_has_vec_dot_x4(int type);
-/* cpu.c: 1 when the AVX2 table has its own gemm / gemv pair (a row per lane) for weights of `type`. */
+/* cpu.c: 1 when the AVX2 level has its own gemm / gemv pair (a row per lane) for weights of `type`. */
 int ls_simd_has_gemm(int type);
-/* cpu.c: 1 when weights of `type` are multiplied by the AVX-512 kernels now. */
+/* cpu.c: 1 when weights of `type` are multiplied by AVX-512 kernels at the level in use. */
 int ls_matmul_uses_avx512(int type);
-/* cpu.c: 1 when the CPU has AVX512F/BW/VL/VNNI; ls_set_avx512(0) makes the AVX2 level use the
- * AVX2 kernels only even then (tests; LLMSTREAM_AVX512=0). Both return whether they are used. */
-int ls_cpu_has_avx512(void);
-int ls_set_avx512(int on);
-int ls_get_avx512(void);
+
+/* ---- the kernels of the rows (types.c), by file ---- */
+typedef float ls_vec_dot_k(int64_t n, const void *w, const void *x);
+typedef void ls_quantize_k(const float *x, void *y, int64_t n);
+typedef void ls_dequantize_k(const void *x, float *y, int64_t n);
+typedef void ls_vec_dot_x4_k(int64_t n, const void *w, const void *x, size_t x_stride, float *y);
+typedef int64_t ls_matmul_rows_k(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                                 const void *x, size_t x_stride, int64_t T, float *y, size_t ldy);
+/* quants.c: the scalar twins of the x8 kernels */
+ls_matmul_rows_k matmul_rows_q4_K_x8_q8_K, matmul_rows_q5_K_x8_q8_K, matmul_rows_q6_K_x8_q8_K,
+                 matmul_rows_q2_K_x8_q8_K, matmul_rows_q3_K_x8_q8_K, matmul_rows_q4_0_x8_q8_0,
+                 matmul_rows_q8_0_x8_q8_0, matmul_rows_iq4_nl_x8_q8_0, matmul_rows_iq4_xs_x8_q8_K;
+/* quants_avx2.c */
+ls_vec_dot_k vec_dot_f32_f32_avx2, vec_dot_f16_f16_avx2, vec_dot_bf16_bf16_avx2, vec_dot_q4_0_q8_0_avx2,
+             vec_dot_q4_1_q8_1_avx2, vec_dot_q5_0_q8_0_avx2, vec_dot_q5_1_q8_1_avx2, vec_dot_q8_0_q8_0_avx2,
+             vec_dot_q2_K_q8_K_avx2, vec_dot_q3_K_q8_K_avx2, vec_dot_q4_K_q8_K_avx2, vec_dot_q5_K_q8_K_avx2,
+             vec_dot_q6_K_q8_K_avx2, vec_dot_iq4_nl_q8_0_avx2, vec_dot_iq4_xs_q8_K_avx2;
+ls_quantize_k quantize_row_f16_avx2, quantize_row_bf16_avx2, quantize_row_q8_0_avx2, quantize_row_q8_1_avx2,
+              quantize_row_q8_K_avx2;
+ls_dequantize_k dequantize_row_f16_avx2;
+ls_vec_dot_x4_k vec_dot_q4_0_q8_0_x4_avx2, vec_dot_q8_0_q8_0_x4_avx2, vec_dot_q4_K_q8_K_x4_avx2,
+                vec_dot_q6_K_q8_K_x4_avx2;
+ls_matmul_rows_k gemm_q4_0_q8_0_avx2, gemv_q4_0_q8_0_avx2, gemm_q8_0_q8_0_avx2, gemv_q8_0_q8_0_avx2,
+                 gemm_q4_K_q8_K_avx2, gemv_q4_K_q8_K_avx2, gemm_q6_K_q8_K_avx2, gemv_q6_K_q8_K_avx2,
+                 gemm_q4_K_x8_q8_K_avx2, gemm_q5_K_x8_q8_K_avx2, gemm_q6_K_x8_q8_K_avx2,
+                 gemm_q2_K_x8_q8_K_avx2, gemm_q3_K_x8_q8_K_avx2, gemm_q4_0_x8_q8_0_avx2,
+                 gemm_q8_0_x8_q8_0_avx2, gemm_iq4_nl_x8_q8_0_avx2, gemm_iq4_xs_x8_q8_K_avx2;
+/* quants_avx512.c */
+ls_matmul_rows_k gemm_q4_0_q8_0_avx512, gemv_q4_0_q8_0_avx512, gemm_q8_0_q8_0_avx512, gemv_q8_0_q8_0_avx512,
+                 gemm_q4_K_q8_K_avx512, gemv_q4_K_q8_K_avx512, gemm_q6_K_q8_K_avx512, gemv_q6_K_q8_K_avx512;
 
 /* ---- scalar reference (quants.c) ---- */
 /* The scalar twin of the row-per-lane matmul kernels (gemm / gemv slots) of `type`, same signature as

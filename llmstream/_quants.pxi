@@ -20,6 +20,10 @@ cdef extern from "quants.h" nogil:
     int ls_get_simd()
     int ls_set_simd(int level)
     int ls_cpu_has_avx2()
+    int ls_cpu_has_avx512()
+    const char *ls_type_name(int type)
+    int ls_type_is_x8(int type)
+    int ls_type_quantizes(int type)
     int ls_repack_type(int type)
     size_t ls_repack_size(int type, int64_t rows, int64_t n)
     int ls_repack_rows(int type, int64_t n, const void *w, size_t w_stride, int64_t rows,
@@ -33,43 +37,43 @@ cdef extern from "quants_impl.h" nogil:
     int ls_matmul_uses_avx512(int type)
     int ls_matmul_rows_lanes_ref(int type, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                  const void *x, size_t x_stride, int64_t T, float *y, size_t ldy)
-    int ls_cpu_has_avx512()
-    int ls_set_avx512(int on)
-    int ls_get_avx512()
 
-# GGML type ids llmstream knows (quants.h enum ls_type).
-TYPE_F32 = 0
-TYPE_F16 = 1
-TYPE_Q4_0 = 2
-TYPE_Q4_1 = 3
-TYPE_Q5_0 = 6
-TYPE_Q5_1 = 7
-TYPE_Q8_0 = 8
-TYPE_Q8_1 = 9
-TYPE_Q2_K = 10
-TYPE_Q3_K = 11
-TYPE_Q4_K = 12
-TYPE_Q5_K = 13
-TYPE_Q6_K = 14
-TYPE_Q8_K = 15
-TYPE_IQ4_NL = 20
-TYPE_IQ4_XS = 23
-TYPE_BF16 = 30
-# llmstream's repacked layouts (csrc/formats.h "x8"): only matmul and the fused layers take them
-TYPE_Q4_K_X8 = 64
-TYPE_Q6_K_X8 = 65
-TYPE_IQ4_NL_X8 = 68
-TYPE_IQ4_XS_X8 = 69
+def _rows():
+    """(id, name, elements per block, bytes per block, vec_dot type id, x8) of every row of
+    csrc/types.c (blck 0: a GGML type named but not computed; x8 1: a repacked layout)."""
+    out = []
+    for t in range(256):
+        name = ls_type_name(t)
+        if name != NULL:
+            out.append((t, name.decode(), int(ls_blck_size(t)), int(ls_type_size(t)),
+                        int(ls_vec_dot_type(t)), bool(ls_type_is_x8(t))))
+    return out
 
-TYPE_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1",
-              10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K",
-              20: "IQ4_NL", 23: "IQ4_XS", 30: "BF16"}
 
-# Activation types ls_quantize_row can produce (the "vec_dot types").
-ACTIVATION_TYPES = (0, 1, 30, 8, 9, 15)
+def type_table():
+    """{type id: (name, elements per block, bytes per block, vec_dot type id)} of every GGML type
+    llmstream computes, from the rows of csrc/types.c (the one place types are declared)."""
+    return {t: (name, blck, size, vdt) for t, name, blck, size, vdt, x8 in _rows() if blck and not x8}
 
+
+def ggml_type_names():
+    """{type id: GGML's name} of every GGML type csrc/types.c names, computed or not."""
+    return {t: name for t, name, blck, size, vdt, x8 in _rows() if not x8}
+
+
+# {id: name} of the GGML types llmstream computes, and TYPE_<name> = id for each of them and for
+# the repacked layouts (TYPE_Q4_K_X8, ...): derived from csrc/types.c, not restated here
+TYPE_NAMES = {t: v[0] for t, v in type_table().items()}
+TYPE_IDS = {name: t for t, name in TYPE_NAMES.items()}
+globals().update({f"TYPE_{name}": t for t, name, blck, size, vdt, x8 in _rows() if blck})
+
+# Activation types ls_quantize_row can produce (the "vec_dot types"): the rows with a quantizer.
+ACTIVATION_TYPES = tuple(t for t in TYPE_NAMES if ls_type_quantizes(t))
+
+# SIMD levels (csrc/quants.h enum ls_simd)
 SIMD_SCALAR = 0
 SIMD_AVX2 = 1
+SIMD_AVX512 = 2
 
 
 cdef int _check_type(int type) except -1:
@@ -192,16 +196,17 @@ def vec_dot_x4(int type, int64_t n, const uint8_t[::1] w, const uint8_t[:, ::1] 
 
 
 def get_simd():
-    """The SIMD level in use: 0 = scalar reference, 1 = AVX2/FMA (plus the AVX-512 kernels where
-    the CPU has them and get_avx512() is true)."""
+    """The SIMD level in use: SIMD_SCALAR (0, the reference kernels), SIMD_AVX2 (1, AVX2/FMA/F16C)
+    or SIMD_AVX512 (2: AVX-512 VNNI matmul kernels where there are some, AVX2 for the rest)."""
     return ls_get_simd()
 
 
 def set_simd(int level):
-    """Use SIMD level `level` (0 scalar, 1 AVX2); returns the level actually set (0 when the CPU
-    lacks AVX2/FMA/F16C). Affects every thread; meant for tests and benchmarks."""
-    if level not in (SIMD_SCALAR, SIMD_AVX2):
-        raise ValueError(f"SIMD level must be 0 (scalar) or 1 (AVX2), got {level}")
+    """Use SIMD level `level` (0 scalar, 1 AVX2, 2 AVX-512); returns the level actually set: the
+    highest the CPU has at or below it. Affects every thread; meant for tests and benchmarks
+    (LLMSTREAM_SIMD / LLMSTREAM_AVX512=0 choose at start-up)."""
+    if level not in (SIMD_SCALAR, SIMD_AVX2, SIMD_AVX512):
+        raise ValueError(f"SIMD level must be 0 (scalar), 1 (AVX2) or 2 (AVX-512), got {level}")
     return ls_set_simd(level)
 
 
@@ -216,20 +221,9 @@ def simd_kernel_types():
 
 
 def cpu_has_avx512():
-    """True when the CPU has AVX512F/BW/VL/VNNI (used by the Q4_0 / Q8_0 / Q4_K / Q6_K matmuls)."""
+    """True when the CPU has AVX512F/BW/VL/VNNI (the SIMD_AVX512 level: the Q4_0 / Q8_0 / Q4_K /
+    Q6_K matmuls)."""
     return bool(ls_cpu_has_avx512())
-
-
-def set_avx512(bint on):
-    """Let the AVX2 level use the AVX-512 matmul kernels (default when the CPU has them; the
-    environment variable LLMSTREAM_AVX512=0 turns them off). Returns whether they are used now.
-    Meant for tests and benchmarks."""
-    return bool(ls_set_avx512(on))
-
-
-def get_avx512():
-    """True while the AVX-512 matmul kernels are in use."""
-    return bool(ls_get_avx512())
 
 
 def simd_x4_types():

@@ -48,13 +48,10 @@ SHAPES = {
     "phi2": dict(arch="phi2", n_embd=2560, n_layer=32, n_head=32, n_head_kv=32, n_ff=10240,
                  n_vocab=51200, n_ctx=2048, n_rot=32),
 }
-# ggml ids and the byte offsets of the fp16 scale fields inside one block
-BLOCKS = {
-    "F32": (0, 1, 4, ()), "F16": (1, 1, 2, ()),
-    "Q4_0": (2, 32, 18, (0,)), "Q8_0": (8, 32, 34, (0,)),
-    "Q4_K": (12, 256, 144, (0, 2)), "Q6_K": (14, 256, 210, (208,)),
-    "Q5_K": (13, 256, 176, (0, 2)), "IQ4_NL": (20, 32, 18, (0,)), "IQ4_XS": (23, 256, 136, (0,)),
-}
+# the byte offsets of the fp16 scale fields inside one block of the types the bench writes (ids
+# and block sizes come from the type table, csrc/types.c)
+SCALE_OFFSETS = {"F32": (), "F16": (), "Q4_0": (0,), "Q8_0": (0,), "Q4_K": (0, 2), "Q6_K": (208,),
+                 "Q5_K": (0, 2), "IQ4_NL": (0,), "IQ4_XS": (0,)}
 # the --types (llama.cpp file types) build_model can write
 FTYPES = ("Q4_K_M", "Q4_0", "Q8_0", "IQ4_XS", "IQ4_NL")
 
@@ -82,7 +79,9 @@ def _tensor_types(ftype: str, name: str, layer: int, n_layer: int, n_gqa: int = 
 
 
 def _random_blocks(rng, type_name: str, n_rows: int, n_in: int) -> np.ndarray:
-    tid, blck, size, scale_offsets = BLOCKS[type_name]
+    from . import _ops
+    blck, size = _ops.type_table()[_ops.TYPE_IDS[type_name]][1:3]
+    scale_offsets = SCALE_OFFSETS[type_name]
     if type_name == "F32":
         return (rng.standard_normal((n_rows, n_in), dtype=np.float32) * 0.02)
     nb = n_in // blck
@@ -149,7 +148,7 @@ def build_model(path: Path, shape: str, ftype: str, seed: int = 0):
             w.add_tensor(name, data)
         else:
             w.add_tensor(name, data,
-                         raw_dtype=gguf.GGMLQuantizationType(BLOCKS[type_name][0]))
+                         raw_dtype=gguf.GGMLQuantizationType[type_name])
 
     ones = lambda n: np.ones(n, np.float32)
     emb_type = ftype if ftype in ("Q8_0", "Q4_0", "IQ4_XS", "IQ4_NL") else "Q4_K"
@@ -424,18 +423,21 @@ class busy_loops:
 def simd_report() -> str:
     """The CPU's SIMD level and the kernels llmstream chose for it."""
     from . import _ops
-    if not _ops.cpu_has_avx2():
-        return "SIMD: scalar kernels (the CPU lacks AVX2/FMA/F16C)"
-    if _ops.get_avx512():
-        return ("SIMD: AVX2/FMA + AVX-512 VNNI (batch and decode matmuls on the AVX-512 kernels; "
-                "LLMSTREAM_AVX512=0 for AVX2 only)")
-    why = ("LLMSTREAM_AVX512=0" if _ops.cpu_has_avx512() else
-           "the CPU has no AVX-512 VNNI")
     from .engine import repack_by_default
-    types = " / ".join(name for t, name in _ops.TYPE_NAMES.items() if _ops.repack_type(t) >= 0)
-    packed = (f"; {types} weights repacked at load, 8 rows interleaved (LLMSTREAM_REPACK=0 keeps "
+    if _ops.get_simd() == _ops.SIMD_SCALAR:
+        return ("SIMD: scalar kernels (" + ("LLMSTREAM_SIMD=scalar" if _ops.cpu_has_avx2() else
+                                            "the CPU lacks AVX2/FMA/F16C") + ")")
+    if _ops.get_simd() == _ops.SIMD_AVX512:
+        level = ("SIMD: AVX-512 VNNI (batch and decode matmuls of Q4_0/Q8_0/Q4_K/Q6_K on the AVX-512 "
+                 "kernels, AVX2 for the rest; LLMSTREAM_AVX512=0 for AVX2 only)")
+    else:
+        level = "SIMD: AVX2/FMA kernels (" + ("LLMSTREAM_AVX512=0" if _ops.cpu_has_avx512() else
+                                              "the CPU has no AVX-512 VNNI") + ")"
+    x8 = " / ".join(name for t, name in sorted(_ops.TYPE_NAMES.items())
+                    if _ops.repack_type(t) >= 0 and not _ops.matmul_uses_avx512(t))
+    packed = (f"; {x8} weights repacked at load, 8 rows interleaved (LLMSTREAM_REPACK=0 keeps "
               "the file's layout)" if repack_by_default() else "; weights in the file's layout")
-    return f"SIMD: AVX2/FMA kernels ({why}){packed}"
+    return level + packed
 
 
 def have_llama_cpp() -> bool:

@@ -298,7 +298,8 @@ def write_demo_model(path: Path) -> None:
     """Write the demo GGUF to `path` (not atomic: build_demo_model() renames it into place)."""
     import gguf
 
-    from .bench import BLOCKS, _random_blocks, add_hparams
+    from . import _ops
+    from .bench import _random_blocks, add_hparams
 
     hp = HPARAMS
     tokens, merges = train_vocab()
@@ -321,12 +322,13 @@ def write_demo_model(path: Path) -> None:
     w.add_eos_token_id(eot)
     w.add_add_bos_token(False)
 
-    qtype = gguf.GGMLQuantizationType(BLOCKS[WEIGHT_TYPE][0])
+    qtype = gguf.GGMLQuantizationType[WEIGHT_TYPE]
+    block_bytes = _ops.type_table()[_ops.TYPE_IDS[WEIGHT_TYPE]][2]
 
     def add(name: str, n_rows: int, n_in: int, scale: float | None = None):
         data = _random_blocks(rng, WEIGHT_TYPE, n_rows, n_in)
         if scale is not None:  # Q8_0 block: fp16 scale, then 32 int8 quants
-            blocks = data.reshape(n_rows, -1, BLOCKS[WEIGHT_TYPE][2])
+            blocks = data.reshape(n_rows, -1, block_bytes)
             blocks[:, :, 0:2] = np.frombuffer(np.float16(scale).tobytes(), np.uint8)
         w.add_tensor(name, data, raw_dtype=qtype)
 

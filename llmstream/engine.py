@@ -43,7 +43,7 @@ def repack_by_default() -> bool:
     env = os.environ.get("LLMSTREAM_REPACK", "").strip().lower()
     if env:
         return env not in ("0", "off", "no", "false")
-    return _ops.get_simd() == _ops.SIMD_AVX2
+    return _ops.get_simd() != _ops.SIMD_SCALAR
 
 
 class CoreWatch:

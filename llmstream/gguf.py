@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _ops
 from .errors import GGUFError
 
 GGUF_MAGIC = b"GGUF"
@@ -27,29 +28,12 @@ DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4
 
 # ggml type id -> (name, elements per block, bytes per block). Pinned to csrc/formats.h by a test.
-GGML_TYPES: dict[int, tuple[str, int, int]] = {
-    0: ("F32", 1, 4),
-    1: ("F16", 1, 2),
-    2: ("Q4_0", 32, 18),
-    3: ("Q4_1", 32, 20),
-    6: ("Q5_0", 32, 22),
-    7: ("Q5_1", 32, 24),
-    8: ("Q8_0", 32, 34),
-    9: ("Q8_1", 32, 36),
-    10: ("Q2_K", 256, 84),
-    11: ("Q3_K", 256, 110),
-    12: ("Q4_K", 256, 144),
-    13: ("Q5_K", 256, 176),
-    14: ("Q6_K", 256, 210),
-    15: ("Q8_K", 256, 292),
-    20: ("IQ4_NL", 32, 18),
-    23: ("IQ4_XS", 256, 136),
-    30: ("BF16", 1, 2),
-}
-# ggml types llmstream does not compute, by id: named in the error a file using them gets
-OTHER_GGML_TYPES = {4: "Q4_2", 5: "Q4_3", 16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S",
-                    21: "IQ3_S", 22: "IQ2_S", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64",
-                    29: "IQ1_M", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4"}
+# ggml type id -> (name, elements per block, bytes per block) of the types llmstream computes, and
+# the names of the ggml types it does not (named in the error a file using one gets): both from the
+# type table, csrc/types.c
+GGML_TYPES: dict[int, tuple[str, int, int]] = {t: (name, blck, size) for t, (name, blck, size, _)
+                                               in _ops.type_table().items()}
+OTHER_GGML_TYPES = {t: name for t, name in _ops.ggml_type_names().items() if t not in GGML_TYPES}
 TYPE_IDS = {name: tid for tid, (name, _, _) in GGML_TYPES.items()}
 # Types a weight tensor may have (Q8_1 / Q8_K only ever hold activations).
 WEIGHT_TYPES = {tid for tid, (name, _, _) in GGML_TYPES.items() if name not in ("Q8_1", "Q8_K")}

@@ -33,10 +33,13 @@ def avx512(request):
     from llmstream import _ops
     if request.param and not _ops.cpu_has_avx512():
         pytest.skip("CPU lacks AVX512F/BW/VL/VNNI: no AVX-512 kernels to compare")
-    before = _ops.get_avx512()
-    assert _ops.set_avx512(request.param) == request.param
+    if not _ops.cpu_has_avx2():
+        pytest.skip("CPU lacks AVX2/FMA/F16C")
+    before = _ops.get_simd()
+    want = _ops.SIMD_AVX512 if request.param else _ops.SIMD_AVX2
+    assert _ops.set_simd(want) == want
     yield request.param
-    _ops.set_avx512(before)
+    _ops.set_simd(before)
 
 
 @pytest.fixture(params=[0, 1], ids=["scalar", "avx2"])

@@ -168,6 +168,14 @@ def random_weights(t, n, rng):
     return blocks.reshape(-1)
 
 
+def extreme_q32_quants(t, blocks):
+    """Q4_0 / Q8_0 blocks (rows, blocks, bytes), in place: the quants of rows 0-3 at one end of their
+    range and of rows 4-7 at the other (the int16 sums of the row-per-lane kernels at their bounds)."""
+    lo, hi = {Q4_0: (0xff, 0x00), Q8_0: (0x80, 0x7f)}[t]    # Q4_0: +7, -8; Q8_0: -128, +127
+    blocks[:4, :, 2:] = lo
+    blocks[4:8, :, 2:] = hi
+
+
 def random_activations(n, rng, scale=1.0):
     x = rng.standard_normal(n).astype(np.float32) * np.float32(scale)
     # a few outliers, as real activations have

@@ -121,3 +121,23 @@ def test_type_table_matches_gguf_package():
         if name == "Q8_1":
             continue
         assert gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(tid)] == (blck, size), name
+
+
+def test_the_type_table_agrees_with_gguf_py():
+    """GGML_TYPES and the names of the refused types come from csrc/types.c: every id, name, block
+    size and byte size equals gguf-py's independent table."""
+    import gguf
+    from llmstream.gguf import OTHER_GGML_TYPES
+    assert len(GGML_TYPES) >= 17
+    for t, (name, blck, size) in GGML_TYPES.items():
+        q = gguf.GGMLQuantizationType(t)
+        assert q.name == name, name
+        # gguf-py still lists Q8_1 with float d and s (40 bytes); ggml's has had fp16 ones (36) since
+        # 2023. Q8_1 only ever holds activations, never a file's tensor.
+        assert gguf.GGML_QUANT_SIZES[q] == (blck, size) or name == "Q8_1", name
+    known = {q.value: q.name for q in gguf.GGMLQuantizationType}
+    for t, name in OTHER_GGML_TYPES.items():
+        assert t not in GGML_TYPES
+        if t in known:                       # ids ggml retired (Q4_2, Q4_3) are gone from gguf-py
+            assert known[t] == name
+    assert set(known) <= set(GGML_TYPES) | set(OTHER_GGML_TYPES) | {31, 32, 33, 36, 37, 38}

@@ -329,7 +329,7 @@ def test_wrong_sizes_rejected():
     with pytest.raises(ValueError, match="not a multiple"):
         _ops.vec_dot(Q4_0, 100, w, xq)
     with pytest.raises(ValueError, match="SIMD level must be 0"):
-        _ops.set_simd(2)
+        _ops.set_simd(3)
     with pytest.raises(ValueError, match="dtype mismatch"):
         _ops.quantize_row(Q8_0, np.zeros(32, np.float64))     # float32 only
     with pytest.raises(ValueError):

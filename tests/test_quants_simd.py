@@ -182,3 +182,17 @@ def test_matmul_rows_do_not_depend_on_the_batch(t, n, avx512):
         y1 = np.zeros((1, n_out), np.float32)
         _ops.matmul(w, t, x[k:k + 1], y1, np.zeros(rs, np.uint8))
         np.testing.assert_array_equal(y[k], y1[0], err_msg=f"{NAMES[t]} token {k}")
+
+
+def test_avx512_is_a_simd_level():
+    """AVX-512 is level 2, set like the others: on a CPU without it asking for it gives AVX2, and
+    the level in use is what get_simd says."""
+    before = _ops.get_simd()
+    try:
+        got = _ops.set_simd(_ops.SIMD_AVX512)
+        want = (_ops.SIMD_AVX512 if _ops.cpu_has_avx512() else
+                _ops.SIMD_AVX2 if _ops.cpu_has_avx2() else _ops.SIMD_SCALAR)
+        assert got == want == _ops.get_simd()
+        assert _ops.set_simd(_ops.SIMD_SCALAR) == _ops.SIMD_SCALAR == _ops.get_simd()
+    finally:
+        _ops.set_simd(before)

@@ -1,14 +1,12 @@
-"""Repacked weights (csrc/formats.h "Repacked layouts"): Q4_K and Q6_K matmul weights rewritten at
-load with 8 rows interleaved, on AVX2 CPUs without the AVX-512 kernels. A repacked tensor must give
-exactly the bits of the row-per-lane kernels on its source layout (their scalar twin,
-matmul_lanes_ref), at both SIMD levels, for any token count (one kernel for 1-7 tokens, tiles made
-from the x8 blocks for 8+), and a model loaded either way must give the same logits. Bit-identity,
-not a tolerance: prefix reuse and seeded generation rely on it.
-
-Types whose file layout has no row-per-lane kernel (X8_ONLY_TYPES: it goes through vec_dot, which adds
-the block sums in another float order) are repacked too: their x8 kernels are pinned bit for bit to
-their own scalar twin (the x8 matmul at the scalar level) and agree with the file's layout to float
-rounding; a model loaded either way agrees within that, and batching still changes no bit."""
+"""Repacked weights (csrc/formats.h "Repacked layouts"): matmul weights rewritten at load with 8 rows
+interleaved, on AVX2 CPUs (except the types the AVX-512 kernels multiply there). A repacked tensor
+of X8_TYPES (Q4_K, Q6_K, Q4_0, Q8_0) must give exactly the bits of the row-per-lane kernels on its
+source layout (their scalar twin, matmul_lanes_ref), at both SIMD levels, for any token count (the
+x8 blocks read in place for few tokens, tiles made from them for many: Q4_K / Q6_K from 8, Q4_0
+from 64), and a model loaded either way must give the same logits. Bit-identity, not a tolerance:
+prefix reuse and seeded generation rely on it. X8_ONLY_TYPES, whose source layout runs through
+vec_dot (another float order), are pinned to their scalar twins and to the source to rounding; a
+model loaded either way agrees within that, and batching still changes no bit."""
 import os
 from pathlib import Path
 
@@ -19,10 +17,11 @@ from conftest import shared_path
 from llmstream import _ops
 from llmstream.engine import Linear, Model, Session, repack_by_default
 from llmstream.gguf import GGUFFile
-from quants_ref import (IQ4_NL, IQ4_XS, NAMES, Q2_K, Q3_K, Q4_0, Q4_K, Q5_K, Q6_K, VEC_DOT_TYPE,
-                        random_activations, random_weights)
+from quants_ref import (BLOCK, IQ4_NL, IQ4_XS, NAMES, Q2_K, Q3_K, Q4_0, Q4_K, Q5_0, Q5_K, Q6_K, Q8_0,
+                        VEC_DOT_TYPE, extreme_q32_quants, random_activations, random_weights)
 
 X8_TYPES = [Q4_K, Q6_K]          # with a row-per-lane kernel on the source layout (matmul_lanes_ref)
+X8_TYPES += [Q4_0, Q8_0]         # blocks of 32: Q4_0 x8, Q8_0 x8
 X8_ONLY_TYPES = [Q5_K, Q2_K, Q3_K, IQ4_NL, IQ4_XS]   # whose source layout runs through vec_dot
 IQ4_DATA = Path(__file__).parent / "data" / "iq4"
 
@@ -52,7 +51,7 @@ def level(request):
 @pytest.mark.parametrize("t", X8_TYPES, ids=[NAMES[t] for t in X8_TYPES])
 def test_repacked_matmul_gives_the_source_bits(t, level):
     rng = np.random.default_rng(7300 + t)
-    for n in (256, 768, 2304):
+    for n in (256, 768, 2304) + ((32, 96) if BLOCK[t][0] == 32 else ()):
         for rows in (1, 7, 8, 13, 37):
             w = _weights(t, n, rows, rng)
             w8, t8 = _ops.repack(w, t, n)
@@ -75,14 +74,16 @@ def test_extreme_quants_do_not_overflow(t, level):
     rng = np.random.default_rng(7400 + t)
     n, rows = 512, 16
     w = _weights(t, n, rows, rng)
-    blocks = w.reshape(rows, n // 256, -1)
+    blocks = w.reshape(rows, n // BLOCK[t][0], BLOCK[t][1])
     if t == Q4_K:
         blocks[:8, :, 16:] = 0xff                       # quants 15
         blocks[:8, :, 4:16] = 0xff                      # scales and mins 63
-    else:
+    elif t == Q6_K:
         blocks[:8, :, :192] = 0xff                      # quants 63
         blocks[:8, :, 192:208] = 0x7f                   # scales +127
         blocks[8:, :, 192:208] = 0x80                   # scales -128
+    elif t in (Q4_0, Q8_0):
+        extreme_q32_quants(t, blocks)                   # Q4_0 0 / 15, Q8_0 -128 / +127
     w8, t8 = _ops.repack(w, t, n)
     for sign in (1.0, -1.0):
         x = np.full((9, n), sign, np.float32)
@@ -90,6 +91,25 @@ def test_extreme_quants_do_not_overflow(t, level):
         x[2, ::2] = -x[2, ::2]
         want = _ops.matmul_lanes_ref(t, n, w, np.stack([_ops.quantize_row(VEC_DOT_TYPE[t], r) for r in x]))
         np.testing.assert_array_equal(_matmul(t8, w8, x), want, err_msg=f"sign {sign}")
+        for T in (1, 3, 4):                             # the kernels for fewer tokens than tiles
+            np.testing.assert_array_equal(_matmul(t8, w8, x[:T]), want[:T], err_msg=f"sign {sign} T={T}")
+
+
+@pytest.mark.parametrize("t", [Q4_0, Q8_0], ids=["Q4_0", "Q8_0"])
+def test_prompt_sized_batches_give_the_source_bits(t, level):
+    """From 64 tokens a Q4_0 x8 group is unpacked into tiles first (quants_avx2.c
+    X8_Q4_0_TILE_MIN_T): both sides of that switch, a 1-3 token rest after the 4-token tiles, and
+    quants at their extremes in rows 0-7."""
+    rng = np.random.default_rng(7450 + t)
+    for n, rows in ((96, 13), (2048, 16)):
+        w = _weights(t, n, rows, rng)
+        extreme_q32_quants(t, w.reshape(rows, n // 32, -1))
+        w8, t8 = _ops.repack(w, t, n)
+        x = np.stack([random_activations(n, rng, [1.0, 1e-3, 50.0][k % 3]) for k in range(67)])
+        x[5] = 1.0
+        want = _ops.matmul_lanes_ref(t, n, w, np.stack([_ops.quantize_row(VEC_DOT_TYPE[t], r) for r in x]))
+        for T in (48, 63, 64, 67):
+            np.testing.assert_array_equal(_matmul(t8, w8, x[:T]), want[:T], err_msg=f"{NAMES[t]} n={n} T={T}")
 
 
 def _scalar(fn):
@@ -181,9 +201,9 @@ def test_threads_and_work_items_do_not_change_the_bits(t):
 
 def test_types_without_a_layout_and_bad_rows_are_refused():
     rng = np.random.default_rng(7600)
-    assert _ops.repack_type(Q4_0) == -1
+    assert _ops.repack_type(Q5_0) == -1
     with pytest.raises(ValueError, match="no repacked layout"):
-        _ops.repack(_weights(Q4_0, 256, 8, rng), Q4_0, 256)
+        _ops.repack(_weights(Q5_0, 256, 8, rng), Q5_0, 256)
     with pytest.raises(ValueError, match="bytes"):
         _ops.repack(_weights(Q4_K, 512, 8, rng), Q4_K, 256)
     with pytest.raises(ValueError):      # an x8 layout is not a GGML type the row functions take
@@ -208,8 +228,9 @@ def test_a_packed_linear_splits_on_groups_or_repacks_its_source():
         np.testing.assert_array_equal(_matmul(part.type, part.w, x), full[:, start:stop])
 
 
-@pytest.mark.parametrize("name", ["llama-gqa-Q4_K_M.gguf", "phi2-Q4_K_M.gguf"])
-def test_a_repacked_model_gives_the_same_logits(name):
+def _assert_same_logits_repacked(name, types):
+    """A prompt's logits and three decode steps' with the model loaded in the file's layout and
+    repacked (then its first query and output weights in the x8 layouts of `types`): equal bits."""
     path = shared_path("reference", name)
     toks = (np.arange(1, 45) * 7) % 256
     out = {}
@@ -217,11 +238,22 @@ def test_a_repacked_model_gives_the_same_logits(name):
         with Model(path, repack=repack) as m:
             assert m.repacked is repack
             if repack:
-                assert {m.layers[0].wq.type, m.top.output.type} <= {_ops.repack_type(Q4_K), _ops.repack_type(Q6_K)}
+                assert {m.layers[0].wq.type, m.top.output.type} <= {_ops.repack_type(t) for t in types}
             s = Session(m)
             out[repack] = [s.prefill(toks, all_logits=True).copy()] + [s.decode_step(t).copy() for t in (3, 5, 8)]
     for a, b in zip(out[False], out[True]):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["llama-gqa-Q4_K_M.gguf", "phi2-Q4_K_M.gguf"])
+def test_a_repacked_model_gives_the_same_logits(name):
+    _assert_same_logits_repacked(name, (Q4_K, Q6_K))
+
+
+@pytest.mark.parametrize("name", ["llama-gqa-Q4_0.gguf", "llama-gqa-Q8_0.gguf", "phi2-Q4_0.gguf", "phi2-Q8_0.gguf"])
+def test_a_repacked_q4_0_or_q8_0_model_gives_the_same_logits(name):
+    """Q4_0 files keep a Q6_K output (llama.cpp's mix): both x8 kinds in one model."""
+    _assert_same_logits_repacked(name, (Q4_0, Q6_K) if "Q4_0" in name else (Q8_0,))
 
 
 @pytest.mark.parametrize("name", ["llama-gqa-Q5_K_M.gguf", "llama-gqa-Q2_K.gguf", "llama-gqa-Q3_K_M.gguf",

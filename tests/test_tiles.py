@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from llmstream import _ops
-from quants_ref import (BLOCK, NAMES, Q4_0, Q4_K, Q6_K, Q8_0, VEC_DOT_TYPE, random_activations,
-                        random_weights, row_bytes)
+from quants_ref import (BLOCK, NAMES, Q4_0, Q4_K, Q6_K, Q8_0, VEC_DOT_TYPE, extreme_q32_quants,
+                        random_activations, random_weights, row_bytes)
 
 pytestmark = pytest.mark.skipif(not _ops.cpu_has_avx2(),
                                 reason="CPU lacks AVX2/FMA/F16C: there is no SIMD kernel to compare")
@@ -66,12 +66,8 @@ def test_extreme_quants_do_not_overflow(t, avx512):
     w = np.stack([random_weights(t, n, rng) for _ in range(n_out)])
     be, bb = BLOCK[t]
     blocks = w.reshape(n_out, n // be, bb)
-    if t == Q4_0:
-        blocks[:4, :, 2:] = 0xff                      # quants 15 (weight +7)
-        blocks[4:8, :, 2:] = 0x00                     # quants 0 (weight -8)
-    elif t == Q8_0:
-        blocks[:4, :, 2:] = 0x80                      # -128
-        blocks[4:8, :, 2:] = 0x7f                     # +127
+    if t in (Q4_0, Q8_0):
+        extreme_q32_quants(t, blocks)
     for sign in (1.0, -1.0):
         x = np.full((5, n), sign, np.float32)
         x[1] = -x[1]
