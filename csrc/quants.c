@@ -365,178 +365,128 @@ int ls_repack_rows(int type, int64_t n, const void *w, size_t w_stride, int64_t 
     return 1;
 }
 
-// W rows r0..r1-1 (n_out, n) in Q4_K x8 (q5 = 0, bsize 1184) or Q5_K x8 (q5 = 1, bsize 1440) @ x (T, n)
-// in Q8_K -> y[t * ldy + r]: the fold of matmul_rows_q4_K_q8_K_lanes, reading the x8 layout (r0 a
-// multiple of 8): acc = fmaf(isum, d * dx, acc); acc = fmaf(-msum, dmin * dx, acc) per super-block
-static void matmul_rows_k4_x8_q8_K(int q5, size_t bsize, int64_t n, const void *w, size_t w_stride,
-                                   int64_t r0, int64_t r1, const void *x, size_t x_stride, int64_t T,
-                                   float *y, size_t ldy) {
-    const int64_t nb = n / QK_K;
+/* The scalar twins of the x8 kernels share one loop: every row r (lane p = r % 8 of its group) and
+ * token, its blocks in order, each folded into the row's float accumulator by the type's `fold`
+ * (the float order the SIMD kernel reproduces bit for bit). */
+typedef float (*x8_fold_fn)(const void *B, int p, const void *xb, float acc);
+
+// W rows r0..r1-1 (n_out, n) in an x8 layout (r0 a multiple of 8) @ x (T, n) -> y[t * ldy + r]
+//   = fold over the blocks b of acc = fold(block b of r's group, lane p, token t's block b, acc)
+static void x8_rows_scalar(x8_fold_fn fold, size_t bsize, size_t xbsize, int64_t blck, int64_t n,
+                           const void *w, size_t w_stride, int64_t r0, int64_t r1, const void *x,
+                           size_t x_stride, int64_t T, float *y, size_t ldy) {
     for (int64_t t = 0; t < T; ++t) {
-        const block_q8_K *xb = (const block_q8_K *)((const char *)x + (size_t)t * x_stride);
+        const char *xt = (const char *)x + (size_t)t * x_stride;
         for (int64_t r = r0; r < r1; ++r) {
             const char *grp = (const char *)w + (size_t)(r / 8 * 8) * w_stride;
-            const int p = (int)(r % 8);
             float acc = 0.0f;
-            for (int64_t b = 0; b < nb; ++b) {
-                const block_q4_Kx8 *B = (const block_q4_Kx8 *)(grp + (size_t)b * bsize);
-                const uint8_t (*qh)[32] = q5 ? ((const block_q5_Kx8 *)B)->qh : NULL;
-                int isum = 0, msum = 0;
-                for (int s = 0; s < 8; ++s) {
-                    msum += B->m[s / 2][p][s % 2] * (xb[b].bsums[2 * s] + xb[b].bsums[2 * s + 1]);
-                    int dot = 0;
-                    for (int l = 0; l < 32; ++l) {
-                        const uint8_t q = B->qs[s / 2][l / 4][4 * p + l % 4];
-                        const int hb = qh ? ((qh[l / 4][4 * p + l % 4] >> s) & 1) << 4 : 0;
-                        dot += ((s % 2 ? q >> 4 : q & 15) | hb) * xb[b].qs[32 * s + l];
-                    }
-                    isum += B->sc[s][p] * dot;
-                }
-                acc = fmaf((float)isum, ls_fp16_to_fp32(B->d[p]) * xb[b].d, acc);
-                acc = fmaf(-(float)msum, ls_fp16_to_fp32(B->dmin[p]) * xb[b].d, acc);
-            }
+            for (int64_t b = 0; b < n / blck; ++b)
+                acc = fold(grp + (size_t)b * bsize, (int)(r % 8), xt + (size_t)b * xbsize, acc);
             y[(size_t)t * ldy + r] = acc;
         }
     }
 }
 
-int64_t matmul_rows_q4_K_x8_q8_K(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                                        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    matmul_rows_k4_x8_q8_K(0, sizeof(block_q4_Kx8), n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
-    return r1;
+// Q4_K x8 (q5 = 0) / Q5_K x8 (q5 = 1) lane p · a Q8_K block -> acc = fmaf(isum, d * dx, acc);
+// acc = fmaf(-msum, dmin * dx, acc): the fold of matmul_rows_q4_K_q8_K_lanes
+static inline float fold_k4_x8(int q5, const void *vB, int p, const void *vx, float acc) {
+    const block_q4_Kx8 *B = vB;
+    const block_q8_K *xb = vx;
+    const uint8_t (*qh)[32] = q5 ? ((const block_q5_Kx8 *)vB)->qh : NULL;
+    int isum = 0, msum = 0;
+    for (int s = 0; s < 8; ++s) {
+        msum += B->m[s / 2][p][s % 2] * (xb->bsums[2 * s] + xb->bsums[2 * s + 1]);
+        int dot = 0;
+        for (int l = 0; l < 32; ++l) {
+            const uint8_t q = B->qs[s / 2][l / 4][4 * p + l % 4];
+            const int hb = qh ? ((qh[l / 4][4 * p + l % 4] >> s) & 1) << 4 : 0;
+            dot += ((s % 2 ? q >> 4 : q & 15) | hb) * xb->qs[32 * s + l];
+        }
+        isum += B->sc[s][p] * dot;
+    }
+    acc = fmaf((float)isum, ls_fp16_to_fp32(B->d[p]) * xb->d, acc);
+    return fmaf(-(float)msum, ls_fp16_to_fp32(B->dmin[p]) * xb->d, acc);
 }
+static float fold_q4_K_x8(const void *B, int p, const void *xb, float acc) { return fold_k4_x8(0, B, p, xb, acc); }
+static float fold_q5_K_x8(const void *B, int p, const void *xb, float acc) { return fold_k4_x8(1, B, p, xb, acc); }
 
-int64_t matmul_rows_q5_K_x8_q8_K(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                                        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    matmul_rows_k4_x8_q8_K(1, sizeof(block_q5_Kx8), n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
-    return r1;
-}
-
-// W rows r0..r1-1 (n_out, n) in Q2_K x8 (q3 = 0) or Q3_K x8 (q3 = 1) @ x (T, n) in Q8_K -> y[t * ldy + r]
-// (r0 a multiple of 8) = fold over super-blocks b, with isum = sum_s sc_s * (q · x)_s exact:
+// Q2_K x8 (q3 = 0) / Q3_K x8 (q3 = 1) lane p · a Q8_K block, with isum = sum_s sc_s * (q · x)_s:
 //   Q2_K: acc = fmaf(isum, d * dx, acc); acc = fmaf(-msum, dmin * dx, acc), msum = sum_s m_s * bsum_s
 //   Q3_K: acc = fmaf(isum, d * dx, acc)  (sc_s = scale - 32, q = low2 - 4 * !high bit)
-static void matmul_rows_k2_x8_q8_K(int q3, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                                   const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    const int64_t nb = n / QK_K;
-    const size_t bsize = q3 ? sizeof(block_q3_Kx8) : sizeof(block_q2_Kx8);
-    for (int64_t t = 0; t < T; ++t) {
-        const block_q8_K *xb = (const block_q8_K *)((const char *)x + (size_t)t * x_stride);
-        for (int64_t r = r0; r < r1; ++r) {
-            const char *grp = (const char *)w + (size_t)(r / 8 * 8) * w_stride;
-            const int p = (int)(r % 8);
-            float acc = 0.0f;
-            for (int64_t b = 0; b < nb; ++b) {
-                const void *B = grp + (size_t)b * bsize;
-                const block_q2_Kx8 *B2 = B;
-                const block_q3_Kx8 *B3 = B;
-                int isum = 0, msum = 0;
-                for (int k = 0; k < QK_K; ++k) {
-                    const int h = k / 128, j = (k % 128) / 32, l = k % 32, s = k / 16;
-                    const uint8_t raw = q3 ? B3->qs[h][l / 4][4 * p + l % 4] : B2->qs[h][l / 4][4 * p + l % 4];
-                    int q = (raw >> (2 * j)) & 3;
-                    if (q3) q -= (B3->hmask[l / 4][4 * p + l % 4] >> (4 * h + j)) & 1 ? 0 : 4;
-                    isum += (q3 ? B3->sc[s][p] : B2->scales[s][p] & 15) * (q * xb[b].qs[k]);
-                }
-                if (!q3)
-                    for (int s = 0; s < 16; ++s) msum += (B2->scales[s][p] >> 4) * xb[b].bsums[s];
-                const float dx = xb[b].d;
-                acc = fmaf((float)isum, ls_fp16_to_fp32(q3 ? B3->d[p] : B2->d[p]) * dx, acc);
-                if (!q3) acc = fmaf(-(float)msum, ls_fp16_to_fp32(B2->dmin[p]) * dx, acc);
-            }
-            y[(size_t)t * ldy + r] = acc;
-        }
+static inline float fold_k2_x8(int q3, const void *B, int p, const void *vx, float acc) {
+    const block_q2_Kx8 *B2 = B;
+    const block_q3_Kx8 *B3 = B;
+    const block_q8_K *xb = vx;
+    int isum = 0, msum = 0;
+    for (int k = 0; k < QK_K; ++k) {
+        const int h = k / 128, j = (k % 128) / 32, l = k % 32, s = k / 16;
+        const uint8_t raw = q3 ? B3->qs[h][l / 4][4 * p + l % 4] : B2->qs[h][l / 4][4 * p + l % 4];
+        int q = (raw >> (2 * j)) & 3;
+        if (q3) q -= (B3->hmask[l / 4][4 * p + l % 4] >> (4 * h + j)) & 1 ? 0 : 4;
+        isum += (q3 ? B3->sc[s][p] : B2->scales[s][p] & 15) * (q * xb->qs[k]);
     }
+    if (!q3)
+        for (int s = 0; s < 16; ++s) msum += (B2->scales[s][p] >> 4) * xb->bsums[s];
+    acc = fmaf((float)isum, ls_fp16_to_fp32(q3 ? B3->d[p] : B2->d[p]) * xb->d, acc);
+    return q3 ? acc : fmaf(-(float)msum, ls_fp16_to_fp32(B2->dmin[p]) * xb->d, acc);
 }
+static float fold_q2_K_x8(const void *B, int p, const void *xb, float acc) { return fold_k2_x8(0, B, p, xb, acc); }
+static float fold_q3_K_x8(const void *B, int p, const void *xb, float acc) { return fold_k2_x8(1, B, p, xb, acc); }
 
-int64_t matmul_rows_q2_K_x8_q8_K(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                                        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    matmul_rows_k2_x8_q8_K(0, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
-    return r1;
-}
-
-int64_t matmul_rows_q3_K_x8_q8_K(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                                        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    matmul_rows_k2_x8_q8_K(1, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
-    return r1;
-}
-
-// W rows r0..r1-1 (n_out, n) in Q6_K x8 @ x (T, n) in Q8_K -> y[t * ldy + r]: the fold of
-// matmul_rows_q6_K_q8_K_lanes, reading the x8 layout (r0 a multiple of 8)
-int64_t matmul_rows_q6_K_x8_q8_K(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                                        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    const int64_t nb = n / QK_K;
-    for (int64_t t = 0; t < T; ++t) {
-        const block_q8_K *xb = (const block_q8_K *)((const char *)x + (size_t)t * x_stride);
-        for (int64_t r = r0; r < r1; ++r) {
-            const block_q6_Kx8 *g = (const block_q6_Kx8 *)((const char *)w + (size_t)(r / 8 * 8) * w_stride);
-            const int p = (int)(r % 8);
-            float acc = 0.0f;
-            for (int64_t b = 0; b < nb; ++b) {
-                int isum = 0;
-                for (int k = 0; k < QK_K; ++k) {
-                    const int h = k / 128, c = (k % 128) / 32, l = k % 32;
-                    const uint8_t L = g[b].q[h][l / 8].ql[c % 2][l / 4 % 2][4 * p + l % 4];
-                    const uint8_t H = g[b].q[h][l / 8].qh[l / 4 % 2][4 * p + l % 4];
-                    const int qv = (c < 2 ? L & 15 : L >> 4) | (((H >> (2 * c)) & 3) << 4);
-                    isum += g[b].sc[k / 16][p] * ((qv - 32) * xb[b].qs[k]);
-                }
-                acc = fmaf((float)isum, ls_fp16_to_fp32(g[b].d[p]) * xb[b].d, acc);
-            }
-            y[(size_t)t * ldy + r] = acc;
-        }
+// Q6_K x8 lane p · a Q8_K block -> acc = fmaf(sum_s sc_s * ((q - 32) · x)_s, d * dx, acc): the fold of
+// matmul_rows_q6_K_q8_K_lanes
+static float fold_q6_K_x8(const void *vB, int p, const void *vx, float acc) {
+    const block_q6_Kx8 *B = vB;
+    const block_q8_K *xb = vx;
+    int isum = 0;
+    for (int k = 0; k < QK_K; ++k) {
+        const int h = k / 128, c = (k % 128) / 32, l = k % 32;
+        const uint8_t L = B->q[h][l / 8].ql[c % 2][l / 4 % 2][4 * p + l % 4];
+        const uint8_t H = B->q[h][l / 8].qh[l / 4 % 2][4 * p + l % 4];
+        const int qv = (c < 2 ? L & 15 : L >> 4) | (((H >> (2 * c)) & 3) << 4);
+        isum += B->sc[k / 16][p] * ((qv - 32) * xb->qs[k]);
     }
-    return r1;
+    return fmaf((float)isum, ls_fp16_to_fp32(B->d[p]) * xb->d, acc);
 }
 
-// W rows r0..r1-1 (n_out, n) in Q4_0 x8 (q4) or Q8_0 x8 @ x (T, n) in Q8_0 -> y[t * ldy + r]: the fold of
-// matmul_rows_q32_q8_0_lanes, reading the x8 layout (r0 a multiple of 8)
-static void matmul_rows_q32_x8_q8_0(int q4, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                                    const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    const int64_t nb = n / QK8_0;
-    for (int64_t t = 0; t < T; ++t) {
-        const block_q8_0 *xb = (const block_q8_0 *)((const char *)x + (size_t)t * x_stride);
-        for (int64_t r = r0; r < r1; ++r) {
-            const char *g = (const char *)w + (size_t)(r / 8 * 8) * w_stride;
-            const int p = (int)(r % 8);
-            float acc = 0.0f;
-            for (int64_t b = 0; b < nb; ++b) {
-                int isum = 0;
-                ls_fp16_t d;
-                if (q4) {
-                    const block_q4_0x8 *B = (const block_q4_0x8 *)g + b;
-                    for (int k = 0; k < 16; ++k) {
-                        const uint8_t q = B->qs[k / 4][4 * p + k % 4];
-                        isum += ((q & 15) - 8) * xb[b].qs[k] + ((q >> 4) - 8) * xb[b].qs[k + 16];
-                    }
-                    d = B->d[p];
-                } else {
-                    const block_q8_0x8 *B = (const block_q8_0x8 *)g + b;
-                    for (int k = 0; k < QK8_0; ++k) isum += B->qs[k / 4][4 * p + k % 4] * xb[b].qs[k];
-                    d = B->d[p];
-                }
-                acc = fmaf((float)isum, ls_fp16_to_fp32(d) * ls_fp16_to_fp32(xb[b].d), acc);
-            }
-            y[(size_t)t * ldy + r] = acc;
+// Q4_0 x8 (q4) / Q8_0 x8 lane p · a Q8_0 block -> acc = fmaf((float)sum_k q_k x_k, d * dx, acc), q = nibble
+// - 8 (Q4_0) or as stored: the fold of matmul_rows_q32_q8_0_lanes
+static inline float fold_q32_x8(int q4, const void *vB, int p, const void *vx, float acc) {
+    const block_q8_0 *xb = vx;
+    int isum = 0;
+    ls_fp16_t d;
+    if (q4) {
+        const block_q4_0x8 *B = vB;
+        for (int k = 0; k < 16; ++k) {
+            const uint8_t q = B->qs[k / 4][4 * p + k % 4];
+            isum += ((q & 15) - 8) * xb->qs[k] + ((q >> 4) - 8) * xb->qs[k + 16];
         }
+        d = B->d[p];
+    } else {
+        const block_q8_0x8 *B = vB;
+        for (int k = 0; k < QK8_0; ++k) isum += B->qs[k / 4][4 * p + k % 4] * xb->qs[k];
+        d = B->d[p];
     }
+    return fmaf((float)isum, ls_fp16_to_fp32(d) * ls_fp16_to_fp32(xb->d), acc);
 }
+static float fold_q4_0_x8(const void *B, int p, const void *xb, float acc) { return fold_q32_x8(1, B, p, xb, acc); }
+static float fold_q8_0_x8(const void *B, int p, const void *xb, float acc) { return fold_q32_x8(0, B, p, xb, acc); }
 
-// W rows r0..r1-1 (n_out, n) in Q4_0 x8 @ x (T, n) in Q8_0 -> y[t * ldy + r] = fold over blocks b:
-// acc = fmaf((float)sum_k (q_k - 8) x_k, d_b * dx_b, acc), as matmul_rows_q32_q8_0_lanes on the source
-int64_t matmul_rows_q4_0_x8_q8_0(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                                        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    matmul_rows_q32_x8_q8_0(1, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
-    return r1;
-}
-
-// W rows r0..r1-1 (n_out, n) in Q8_0 x8 @ x (T, n) in Q8_0 -> y[t * ldy + r] = fold over blocks b:
-// acc = fmaf((float)sum_k q_k x_k, d_b * dx_b, acc), as matmul_rows_q32_q8_0_lanes on the source
-int64_t matmul_rows_q8_0_x8_q8_0(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                                        const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    matmul_rows_q32_x8_q8_0(0, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
-    return r1;
-}
+/* The twins themselves: the kernel signature (quants_impl.h ls_matmul_rows_k) over x8_rows_scalar. */
+#define X8_SCALAR_TWIN(name, fold, block, xblock, blck)                                              \
+    int64_t name(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1, const void *x,    \
+                 size_t x_stride, int64_t T, float *y, size_t ldy) {                                 \
+        x8_rows_scalar(fold, sizeof(block), sizeof(xblock), blck, n, w, w_stride, r0, r1, x, x_stride, \
+                       T, y, ldy);                                                                   \
+        return r1;                                                                                   \
+    }
+X8_SCALAR_TWIN(matmul_rows_q4_K_x8_q8_K, fold_q4_K_x8, block_q4_Kx8, block_q8_K, QK_K)
+X8_SCALAR_TWIN(matmul_rows_q5_K_x8_q8_K, fold_q5_K_x8, block_q5_Kx8, block_q8_K, QK_K)
+X8_SCALAR_TWIN(matmul_rows_q6_K_x8_q8_K, fold_q6_K_x8, block_q6_Kx8, block_q8_K, QK_K)
+X8_SCALAR_TWIN(matmul_rows_q2_K_x8_q8_K, fold_q2_K_x8, block_q2_Kx8, block_q8_K, QK_K)
+X8_SCALAR_TWIN(matmul_rows_q3_K_x8_q8_K, fold_q3_K_x8, block_q3_Kx8, block_q8_K, QK_K)
+X8_SCALAR_TWIN(matmul_rows_q4_0_x8_q8_0, fold_q4_0_x8, block_q4_0x8, block_q8_0, QK8_0)
+X8_SCALAR_TWIN(matmul_rows_q8_0_x8_q8_0, fold_q8_0_x8, block_q8_0x8, block_q8_0, QK8_0)
 
 /* ---------------------------------------------------------------------------------------------
  * Dequantizers: one row x of n elements -> y (n,) f32 */
