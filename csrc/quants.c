@@ -343,9 +343,10 @@ static void repack_q3_K_group(int64_t nb, const void *w, size_t w_stride, int64_
     }
 }
 
-/* ---- Repacked IQ4_NL / IQ4_XS (x8, formats.h): repacking, and the scalar twins of their AVX2
- * kernels (gemm_iq4_nl_x8_q8_0_avx2, gemm_iq4_xs_x8_q8_K_avx2). IQ4 has no row-per-lane kernel on
- * its file layout, so these define the float fold: per row and block b, in order,
+/* ---- Repacked IQ4_NL / IQ4_XS (x8, formats.h): repacking, and the folds of the scalar twins of their
+ * AVX2 kernels (gemm_iq4_nl_x8_q8_0_avx2, gemm_iq4_xs_x8_q8_K_avx2; the twins are X8_SCALAR_TWIN
+ * lines below). IQ4 has no row-per-lane kernel on its file layout, so these define the float fold:
+ * per row and block b, in order,
  *     acc = fmaf((float)isum_b, d_b * dx_b, acc),   y = acc   (acc starting at 0)
  * with isum_b exact: IQ4_NL sum_k T[q_k] x_k; IQ4_XS sum_s (ls_s - 32) * (T[q]·x)_s. vec_dot adds
  * the same block sums in another float order (sum += isum * (dw * dx)): results agree to float
@@ -387,52 +388,28 @@ static inline int iq4_x8_dot32(const uint8_t (*qs)[32], int p, const int8_t *q8)
     return sum;
 }
 
-// W rows r0..r1-1 (n_out, n) in IQ4_NL x8 @ x (T, n) in Q8_0 (xs = 0), or in IQ4_XS x8 @ x in Q8_K
-// (xs = 1) -> y[t * ldy + r] = fold over the blocks b: acc = fmaf((float)isum_b, d_b * dx_b, acc), with
-// isum_b = sum_k T[q_k] x_k (IQ4_NL), sum_s (ls_s - 32) * (T[q]·x)_s (IQ4_XS)   (r0 a multiple of 8)
-static void matmul_rows_iq4_x8(const int xs, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                               const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    const int64_t nb = n / (xs ? QK_K : QK4_NL);
-    for (int64_t t = 0; t < T; ++t) {
-        const char *xt = (const char *)x + (size_t)t * x_stride;
-        for (int64_t r = r0; r < r1; ++r) {
-            const char *g = (const char *)w + (size_t)(r / 8 * 8) * w_stride;
-            const int p = (int)(r % 8);
-            float acc = 0.0f;
-            for (int64_t b = 0; b < nb; ++b) {
-                int isum = 0;    /* IQ4_XS: |isum| <= 256 * 32 * 127 * 127 < 2^31 */
-                float dw, dx;
-                if (xs) {
-                    const block_iq4_xsx8 *wb = (const block_iq4_xsx8 *)g + b;
-                    const block_q8_K *xb = (const block_q8_K *)xt + b;
-                    for (int s = 0; s < 8; ++s) isum += wb->sc[s][p] * iq4_x8_dot32(wb->qs[s], p, xb->qs + 32 * s);
-                    dw = ls_fp16_to_fp32(wb->d[p]);
-                    dx = xb->d;
-                } else {
-                    const block_iq4_nlx8 *wb = (const block_iq4_nlx8 *)g + b;
-                    const block_q8_0 *xb = (const block_q8_0 *)xt + b;
-                    isum = iq4_x8_dot32(wb->qs, p, xb->qs);
-                    dw = ls_fp16_to_fp32(wb->d[p]);
-                    dx = ls_fp16_to_fp32(xb->d);
-                }
-                acc = fmaf((float)isum, dw * dx, acc);
-            }
-            y[(size_t)t * ldy + r] = acc;
-        }
+// IQ4_NL x8 (xs = 0; Q8_0 block) / IQ4_XS x8 (xs = 1; Q8_K block) lane p -> acc = fmaf((float)isum,
+// d * dx, acc), isum = sum_k T[q_k] x_k (IQ4_NL), sum_s (ls_s - 32) * (T[q]·x)_s (IQ4_XS)
+static inline float fold_iq4_x8(const int xs, const void *vB, int p, const void *vx, float acc) {
+    int isum = 0;    /* IQ4_XS: |isum| <= 256 * 32 * 127 * 127 < 2^31 */
+    float dw, dx;
+    if (xs) {
+        const block_iq4_xsx8 *B = vB;
+        const block_q8_K *xb = vx;
+        for (int s = 0; s < 8; ++s) isum += B->sc[s][p] * iq4_x8_dot32(B->qs[s], p, xb->qs + 32 * s);
+        dw = ls_fp16_to_fp32(B->d[p]);
+        dx = xb->d;
+    } else {
+        const block_iq4_nlx8 *B = vB;
+        const block_q8_0 *xb = vx;
+        isum = iq4_x8_dot32(B->qs, p, xb->qs);
+        dw = ls_fp16_to_fp32(B->d[p]);
+        dx = ls_fp16_to_fp32(xb->d);
     }
+    return fmaf((float)isum, dw * dx, acc);
 }
-
-int64_t matmul_rows_iq4_nl_x8_q8_0(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                                   const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    matmul_rows_iq4_x8(0, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
-    return r1;
-}
-
-int64_t matmul_rows_iq4_xs_x8_q8_K(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                                   const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    matmul_rows_iq4_x8(1, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
-    return r1;
-}
+static float fold_iq4_nl_x8(const void *B, int p, const void *xb, float acc) { return fold_iq4_x8(0, B, p, xb, acc); }
+static float fold_iq4_xs_x8(const void *B, int p, const void *xb, float acc) { return fold_iq4_x8(1, B, p, xb, acc); }
 
 int ls_repack_rows(int type, int64_t n, const void *w, size_t w_stride, int64_t rows,
                    int64_t g0, int64_t g1, void *dst) {
@@ -580,6 +557,8 @@ X8_SCALAR_TWIN(matmul_rows_q2_K_x8_q8_K, fold_q2_K_x8, block_q2_Kx8, block_q8_K,
 X8_SCALAR_TWIN(matmul_rows_q3_K_x8_q8_K, fold_q3_K_x8, block_q3_Kx8, block_q8_K, QK_K)
 X8_SCALAR_TWIN(matmul_rows_q4_0_x8_q8_0, fold_q4_0_x8, block_q4_0x8, block_q8_0, QK8_0)
 X8_SCALAR_TWIN(matmul_rows_q8_0_x8_q8_0, fold_q8_0_x8, block_q8_0x8, block_q8_0, QK8_0)
+X8_SCALAR_TWIN(matmul_rows_iq4_nl_x8_q8_0, fold_iq4_nl_x8, block_iq4_nlx8, block_q8_0, QK4_NL)
+X8_SCALAR_TWIN(matmul_rows_iq4_xs_x8_q8_K, fold_iq4_xs_x8, block_iq4_xsx8, block_q8_K, QK_K)
 
 /* ---------------------------------------------------------------------------------------------
  * Dequantizers: one row x of n elements -> y (n,) f32 */

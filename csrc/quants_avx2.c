@@ -2032,7 +2032,7 @@ float vec_dot_iq4_xs_q8_K_avx2(int64_t n, const void *vw, const void *vx) {
  * the sign trick loses no product). Two such pairs could reach 64516, past int16: every one is
  * widened to int32 by vpmaddwd before it is added (IQ4_NL: with ones; IQ4_XS: with the sub-block's
  * scale ls - 32 as an int16 pair: at most 2 * 32258 * 32 per lane and half-line, 64 half-lines a
- * block: 1.3e8 < 2^31). The float fold per row is the scalar twin's (matmul_rows_iq4_x8 in quants.c):
+ * block: 1.3e8 < 2^31). The float fold per row is the scalar twin's (fold_iq4_x8 in quants.c):
  * per block b, acc = fma(float(isum_b), d_b * dx_b, acc). */
 
 /* The IQ4_NL x8 block this many blocks ahead is fetched while one is computed (144-byte blocks:

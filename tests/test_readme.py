@@ -27,3 +27,15 @@ def test_every_error_message_quoted_in_the_readme_exists_in_the_code():
             words = [re.escape(w) for w in part.split()]
             pattern = r"""(?:\s|"\s*f?"|'\s*f?')+""".join(words)
             assert re.search(pattern, source), f"README quotes {quote!r}, the code never says {part!r}"
+
+
+def test_every_environment_variable_the_code_reads_is_documented():
+    """Each LLMSTREAM_* variable read by the Python package or the C core appears in the README."""
+    files = list((ROOT / "llmstream").rglob("*.py")) + list((ROOT / "csrc").glob("*.c"))
+    read = set()
+    for p in files:
+        read |= set(re.findall(r"""(?:environ(?:\.get)?\(|environ\[|getenv\()\s*["'](LLMSTREAM_[A-Z0-9_]+)""",
+                               p.read_text()))
+    assert {"LLMSTREAM_SIMD", "LLMSTREAM_AVX512", "LLMSTREAM_REPACK"} <= read
+    readme = (ROOT / "README.md").read_text()
+    assert not [v for v in sorted(read) if v not in readme]
