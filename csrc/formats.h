@@ -312,6 +312,50 @@ typedef struct {
 } block_q8_0x8;
 _Static_assert(sizeof(block_q8_0x8) == 8 * sizeof(block_q8_0), "block_q8_0x8 must be 272 bytes");
 
+/* Q4_1 x8 / Q5_0 x8 / Q5_1 x8 — the Q4_0 x8 block with the other fields of their source beside d:
+ * the 8 rows' m (Q4_1, Q5_1) and 5th bits (Q5_0, Q5_1). The nibbles are laid out as Q4_0 x8's: a
+ * kernel takes group j (elements 4j..4j+3 of every lane's row, j = 0..7) from line qs[j % 4], low
+ * nibbles for j < 4, high for j >= 4. The 5th bits are transposed so that group j's sit at bit j of
+ * one 32-byte line: qh[4p + e] bit j = the 5th bit of element 4j + e of row p (that row's qh bit
+ * 4j + e), so group j's bits come to value 16 by one shift (left by 4 - j, or right by j - 4).
+ *
+ * Q4_1 x8 — 8 rows x 32 elements in 160 bytes (20 a row, as Q4_1).
+ *   bytes 0-15    d[8]      fp16 d of row p;  bytes 16-31 m[8] fp16 m of row p
+ *   bytes 32-159  qs[4][32] as Q4_0 x8: qs[j][4p + e] = row p's qs[4j + e]
+ *   y = d * q + m, as Q4_1.
+ */
+typedef struct {
+    ls_fp16_t d[8];
+    ls_fp16_t m[8];
+    uint8_t qs[4][32];
+} block_q4_1x8;
+_Static_assert(sizeof(block_q4_1x8) == 8 * sizeof(block_q4_1), "block_q4_1x8 must be 160 bytes");
+
+/* Q5_0 x8 — 8 rows x 32 elements in 176 bytes (22 a row, as Q5_0).
+ *   bytes 0-15    d[8]      fp16 d of row p
+ *   bytes 16-47   qh[32]    qh[4p + e] bit j = the 5th bit of element 4j + e of row p (above)
+ *   bytes 48-175  qs[4][32] the low nibbles, as Q4_0 x8
+ *   q = low4 | (5th bit << 4) (0..31);  y = d * (q - 16), as Q5_0.
+ */
+typedef struct {
+    ls_fp16_t d[8];
+    uint8_t qh[32];
+    uint8_t qs[4][32];
+} block_q5_0x8;
+_Static_assert(sizeof(block_q5_0x8) == 8 * sizeof(block_q5_0), "block_q5_0x8 must be 176 bytes");
+
+/* Q5_1 x8 — 8 rows x 32 elements in 192 bytes (24 a row, as Q5_1).
+ *   bytes 0-15 d[8];  bytes 16-31 m[8];  bytes 32-63 qh[32] (as Q5_0 x8);  bytes 64-191 qs[4][32]
+ *   q as Q5_0 x8;  y = d * q + m, as Q5_1.
+ */
+typedef struct {
+    ls_fp16_t d[8];
+    ls_fp16_t m[8];
+    uint8_t qh[32];
+    uint8_t qs[4][32];
+} block_q5_1x8;
+_Static_assert(sizeof(block_q5_1x8) == 8 * sizeof(block_q5_1), "block_q5_1x8 must be 192 bytes");
+
 /* F32 / F16 / BF16: one element per "block" of 4 / 2 / 2 bytes. */
 _Static_assert(sizeof(float) == 4, "float must be IEEE binary32");
 _Static_assert(sizeof(ls_fp16_t) == 2 && sizeof(ls_bf16_t) == 2, "half types must be 2 bytes");

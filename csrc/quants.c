@@ -291,20 +291,31 @@ static void repack_q6_K_group(int64_t nb, const void *w, size_t w_stride, int64_
     }
 }
 
-// rows 8g..8g+7 of W (Q4_0 / Q8_0: blocks of `bsz` bytes, fp16 d then the quant bytes) -> group g in
-// Q4_0 x8 / Q8_0 x8: the 8 d, then each 4 quant bytes of row p at 4p of their 32 (missing rows: zeros)
-static void repack_q32_group(int64_t nb, size_t bsz, const void *w, size_t w_stride, int64_t rows, int64_t g,
-                             void *dst) {
-    const size_t qb = bsz - sizeof(ls_fp16_t), xb = 8 * bsz;   /* quant bytes a row; x8 block bytes */
+// rows 8g..8g+7 of W (32-element blocks of `bsz` bytes: nh fp16 fields (d; Q4_1 / Q5_1 also m), then
+// if q5 the 4 bytes qh, then the quant bytes) -> group g in Q4_0 / Q8_0 / Q4_1 / Q5_0 / Q5_1 x8: each
+// fp16 field's 8 values, the 5th bits transposed (formats.h: qh[4p + e] bit j = bit 4j + e of row p's
+// qh), then each 4 quant bytes of row p at 4p of their 32 (missing rows: zeros)
+static void repack_q32_group(int64_t nb, size_t bsz, int nh, int q5, const void *w, size_t w_stride, int64_t rows,
+                             int64_t g, void *dst) {
+    const size_t hb = sizeof(ls_fp16_t) * nh + (q5 ? 4 : 0);   /* header bytes a row */
+    const size_t qoff = 8 * hb, xb = 8 * bsz;                   /* x8: quant lines' offset, block bytes */
     memset(dst, 0, (size_t)nb * xb);
     for (int p = 0; p < 8 && 8 * g + p < rows; ++p) {
         const uint8_t *src = (const uint8_t *)w + (size_t)(8 * g + p) * w_stride;
         for (int64_t b = 0; b < nb; ++b) {
             uint8_t *o = (uint8_t *)dst + (size_t)b * xb;
             const uint8_t *sb = src + (size_t)b * bsz;
-            memcpy(o + sizeof(ls_fp16_t) * p, sb, sizeof(ls_fp16_t));
-            for (size_t j = 0; j < qb / 4; ++j)
-                memcpy(o + 8 * sizeof(ls_fp16_t) + 32 * j + 4 * p, sb + sizeof(ls_fp16_t) + 4 * j, 4);
+            for (int f = 0; f < nh; ++f) memcpy(o + 16 * f + sizeof(ls_fp16_t) * p, sb + sizeof(ls_fp16_t) * f, sizeof(ls_fp16_t));
+            if (q5) {
+                uint32_t qh;
+                memcpy(&qh, sb + sizeof(ls_fp16_t) * nh, 4);
+                for (int e = 0; e < 4; ++e) {
+                    uint8_t v = 0;
+                    for (int j = 0; j < 8; ++j) v |= (uint8_t)(((qh >> (4 * j + e)) & 1u) << j);
+                    o[16 * nh + 4 * p + e] = v;
+                }
+            }
+            for (size_t j = 0; j < (bsz - hb) / 4; ++j) memcpy(o + qoff + 32 * j + 4 * p, sb + hb + 4 * j, 4);
         }
     }
 }
@@ -425,8 +436,11 @@ int ls_repack_rows(int type, int64_t n, const void *w, size_t w_stride, int64_t 
         case LS_TYPE_Q2_K: repack_q2_K_group(nb, w, w_stride, rows, g, o); break;
         case LS_TYPE_Q3_K: repack_q3_K_group(nb, w, w_stride, rows, g, o); break;
         case LS_TYPE_Q6_K: repack_q6_K_group(nb, w, w_stride, rows, g, o); break;
-        case LS_TYPE_Q4_0: repack_q32_group(nb, sizeof(block_q4_0), w, w_stride, rows, g, o); break;
-        case LS_TYPE_Q8_0: repack_q32_group(nb, sizeof(block_q8_0), w, w_stride, rows, g, o); break;
+        case LS_TYPE_Q4_0: repack_q32_group(nb, sizeof(block_q4_0), 1, 0, w, w_stride, rows, g, o); break;
+        case LS_TYPE_Q8_0: repack_q32_group(nb, sizeof(block_q8_0), 1, 0, w, w_stride, rows, g, o); break;
+        case LS_TYPE_Q4_1: repack_q32_group(nb, sizeof(block_q4_1), 2, 0, w, w_stride, rows, g, o); break;
+        case LS_TYPE_Q5_0: repack_q32_group(nb, sizeof(block_q5_0), 1, 1, w, w_stride, rows, g, o); break;
+        case LS_TYPE_Q5_1: repack_q32_group(nb, sizeof(block_q5_1), 2, 1, w, w_stride, rows, g, o); break;
         case LS_TYPE_IQ4_NL: repack_iq4_group(0, nb, w, w_stride, rows, g, o); break;
         case LS_TYPE_IQ4_XS: repack_iq4_group(1, nb, w, w_stride, rows, g, o); break;
         default: break;
@@ -519,28 +533,44 @@ static float fold_q6_K_x8(const void *vB, int p, const void *vx, float acc) {
     return fmaf((float)isum, ls_fp16_to_fp32(B->d[p]) * xb->d, acc);
 }
 
-// Q4_0 x8 (q4) / Q8_0 x8 lane p · a Q8_0 block -> acc = fmaf((float)sum_k q_k x_k, d * dx, acc), q = nibble
-// - 8 (Q4_0) or as stored: the fold of matmul_rows_q32_q8_0_lanes
-static inline float fold_q32_x8(int q4, const void *vB, int p, const void *vx, float acc) {
-    const block_q8_0 *xb = vx;
+// The 32-element x8 layouts (`type` the source's: Q4_0, Q8_0, Q4_1, Q5_0, Q5_1) lane p · a Q8_0 block
+// (Q8_1 for Q4_1 / Q5_1) -> acc = fmaf((float)isum, d * dx, acc), then for Q4_1 / Q5_1
+// acc = fmaf(m, sx, acc) (sx = the Q8_1 block's s), with isum = sum_k (q_k - c) x_k exact: q the nibble
+// (| 5th bit << 4 for Q5_0 / Q5_1) or Q8_0's int8, c = 8 (Q4_0), 16 (Q5_0), else 0. Q4_0 / Q8_0: the fold
+// of matmul_rows_q32_q8_0_lanes; Q4_1 / Q5_0 / Q5_1 (whose source runs through vec_dot, which adds
+// the same block terms in another float order) define it for gemm_q4_1_x8_q8_1_avx2 & co.
+static inline float fold_q32_x8(const int type, const void *vB, int p, const void *vx, float acc) {
+    const uint8_t *B = vB;                                      /* d[8] first in every layout */
+    const int q5 = type == LS_TYPE_Q5_0 || type == LS_TYPE_Q5_1;
+    const int has_m = type == LS_TYPE_Q4_1 || type == LS_TYPE_Q5_1;
+    const int c = type == LS_TYPE_Q4_0 ? 8 : type == LS_TYPE_Q5_0 ? 16 : 0;
+    const uint8_t *qh = B + 16 * (1 + has_m);                   /* Q5_0 / Q5_1: the transposed 5th bits */
+    const uint8_t (*qs)[32] = (const uint8_t (*)[32])(qh + (q5 ? 32 : 0));
+    const int8_t *xq = has_m ? ((const block_q8_1 *)vx)->qs : ((const block_q8_0 *)vx)->qs;
     int isum = 0;
-    ls_fp16_t d;
-    if (q4) {
-        const block_q4_0x8 *B = vB;
-        for (int k = 0; k < 16; ++k) {
-            const uint8_t q = B->qs[k / 4][4 * p + k % 4];
-            isum += ((q & 15) - 8) * xb->qs[k] + ((q >> 4) - 8) * xb->qs[k + 16];
+    for (int k = 0; k < 32; ++k) {
+        const int j = k / 4, e = k % 4;                         /* group j, byte e of lane p */
+        int q;
+        if (type == LS_TYPE_Q8_0) {
+            q = ((const int8_t (*)[32])qs)[j][4 * p + e];
+        } else {
+            const uint8_t raw = qs[j % 4][4 * p + e];
+            q = j < 4 ? raw & 15 : raw >> 4;
+            if (q5) q |= ((qh[4 * p + e] >> j) & 1) << 4;
         }
-        d = B->d[p];
-    } else {
-        const block_q8_0x8 *B = vB;
-        for (int k = 0; k < QK8_0; ++k) isum += B->qs[k / 4][4 * p + k % 4] * xb->qs[k];
-        d = B->d[p];
+        isum += (q - c) * xq[k];
     }
-    return fmaf((float)isum, ls_fp16_to_fp32(d) * ls_fp16_to_fp32(xb->d), acc);
+    ls_fp16_t d, m = 0;
+    memcpy(&d, B + 2 * p, 2);
+    if (has_m) memcpy(&m, B + 16 + 2 * p, 2);
+    acc = fmaf((float)isum, ls_fp16_to_fp32(d) * ls_fp16_to_fp32(((const block_q8_0 *)vx)->d), acc);
+    return has_m ? fmaf(ls_fp16_to_fp32(m), ls_fp16_to_fp32(((const block_q8_1 *)vx)->s), acc) : acc;
 }
-static float fold_q4_0_x8(const void *B, int p, const void *xb, float acc) { return fold_q32_x8(1, B, p, xb, acc); }
-static float fold_q8_0_x8(const void *B, int p, const void *xb, float acc) { return fold_q32_x8(0, B, p, xb, acc); }
+static float fold_q4_0_x8(const void *B, int p, const void *xb, float acc) { return fold_q32_x8(LS_TYPE_Q4_0, B, p, xb, acc); }
+static float fold_q8_0_x8(const void *B, int p, const void *xb, float acc) { return fold_q32_x8(LS_TYPE_Q8_0, B, p, xb, acc); }
+static float fold_q4_1_x8(const void *B, int p, const void *xb, float acc) { return fold_q32_x8(LS_TYPE_Q4_1, B, p, xb, acc); }
+static float fold_q5_0_x8(const void *B, int p, const void *xb, float acc) { return fold_q32_x8(LS_TYPE_Q5_0, B, p, xb, acc); }
+static float fold_q5_1_x8(const void *B, int p, const void *xb, float acc) { return fold_q32_x8(LS_TYPE_Q5_1, B, p, xb, acc); }
 
 /* The twins themselves: the kernel signature (quants_impl.h ls_matmul_rows_k) over x8_rows_scalar. */
 #define X8_SCALAR_TWIN(name, fold, block, xblock, blck)                                              \
@@ -559,6 +589,9 @@ X8_SCALAR_TWIN(matmul_rows_q4_0_x8_q8_0, fold_q4_0_x8, block_q4_0x8, block_q8_0,
 X8_SCALAR_TWIN(matmul_rows_q8_0_x8_q8_0, fold_q8_0_x8, block_q8_0x8, block_q8_0, QK8_0)
 X8_SCALAR_TWIN(matmul_rows_iq4_nl_x8_q8_0, fold_iq4_nl_x8, block_iq4_nlx8, block_q8_0, QK4_NL)
 X8_SCALAR_TWIN(matmul_rows_iq4_xs_x8_q8_K, fold_iq4_xs_x8, block_iq4_xsx8, block_q8_K, QK_K)
+X8_SCALAR_TWIN(matmul_rows_q4_1_x8_q8_1, fold_q4_1_x8, block_q4_1x8, block_q8_1, QK4_1)
+X8_SCALAR_TWIN(matmul_rows_q5_0_x8_q8_0, fold_q5_0_x8, block_q5_0x8, block_q8_0, QK5_0)
+X8_SCALAR_TWIN(matmul_rows_q5_1_x8_q8_1, fold_q5_1_x8, block_q5_1x8, block_q8_1, QK5_1)
 
 /* ---------------------------------------------------------------------------------------------
  * Dequantizers: one row x of n elements -> y (n,) f32 */

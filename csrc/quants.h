@@ -46,6 +46,7 @@ enum ls_type {
     LS_TYPE_Q2_K_X8 = 71, LS_TYPE_Q3_K_X8 = 72,
     LS_TYPE_Q4_0_X8 = 66, LS_TYPE_Q8_0_X8 = 67,
     LS_TYPE_IQ4_NL_X8 = 68, LS_TYPE_IQ4_XS_X8 = 69,
+    LS_TYPE_Q4_1_X8 = 73, LS_TYPE_Q5_0_X8 = 74, LS_TYPE_Q5_1_X8 = 75,
 };
 
 enum ls_simd { LS_SIMD_SCALAR = 0, LS_SIMD_AVX2 = 1, LS_SIMD_AVX512 = 2 };
@@ -82,7 +83,8 @@ void    ls_matmul_rows(int type, int64_t n, const void *w, size_t w_stride, int6
 /* Repacking (formats.h, "Repacked layouts"): the x8 type weights of `type` can be rewritten to,
  * else -1. A tensor in an x8 type is used by ls_matmul_rows exactly as one in its source type (rows
  * r0..r1 with r0 a multiple of 8, w_stride = ls_row_size(x8 type, n)) and gives the same bits.
- * Types without row-per-lane kernels on the file's layout (Q2_K, Q3_K, Q5_K, IQ4_NL, IQ4_XS): their
+ * Types without row-per-lane kernels on the file's layout (Q2_K, Q3_K, Q5_K, IQ4_NL, IQ4_XS, Q4_1,
+ * Q5_0, Q5_1): their
  * x8 kernels agree with ls_vec_dot to float rounding (the block sums added in another order). */
 int     ls_repack_type(int type);
 /* Bytes of a tensor of `rows` rows of n elements in the x8 type of `type` (rows rounded up to 8). */

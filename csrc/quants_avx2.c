@@ -600,11 +600,13 @@ void vec_dot_q6_K_q8_K_x4_avx2(int64_t n, const void *vw, const void *vx, size_t
  *   Q8_0: q signed: per group maddubs(|q|, sign(x, q)) (<= 2 x 128 x 127 per int16), widened to
  *         int32 with vpmaddwd before the 8 groups are added. */
 
-/* Per token and block of the activations: fp16(dx) as float and -c * sum(qx) (c = 8 for Q4_0). */
-typedef struct { float d; int32_t corr; } q8_0_side;
+/* Per token and block of the activations: fp16(dx) as float, -c * sum(qx) (c = 8 for Q4_0, 16 for
+ * Q5_0, else 0) and, for Q8_1 activations (Q4_1 / Q5_1 weights), fp16(sx) as float. */
+typedef struct { float d; int32_t corr; float s; } q8_0_side;
 
 /* 8 rows' quants of one block, transposed: q[g] holds elements 4g..4g+3 of row p in int32 lane p
- * (Q4_0: unsigned 0..15; Q8_0: signed as stored), d[p] = fp16(d) of row p. */
+ * (Q4_0 / Q4_1: unsigned 0..15; Q5_0 / Q5_1: 0..31; Q8_0: signed as stored), d[p] = fp16(d) of row p
+ * (filled for the file's layout; x8 kernels read d from their blocks). */
 typedef struct {
     __m256i q[8];
     float d[8];
@@ -703,17 +705,30 @@ static inline __attribute__((always_inline)) __m256i rows8_isum_q4_0(const __m25
     return _mm256_add_epi32(_mm256_madd_epi16(s, _mm256_set1_epi16(1)), _mm256_set1_epi32(corr));
 }
 
-/* Per token and block: fp16(dx) and -c * sum(qx) (c = 8 for Q4_0, 0 for Q8_0). */
-static void q8_0_side_data(int64_t nb, const void *x, size_t x_stride, int64_t T, int c_shift, q8_0_side *side) {
+/* The 32-element types with a row-per-lane or x8 kernel here, by their (source) type id: Q4_0, Q8_0,
+ * Q4_1, Q5_0, Q5_1 (a constant in the always_inline kernels below, which specialize on it). */
+static inline int q32_has_m(const int type) { return type == LS_TYPE_Q4_1 || type == LS_TYPE_Q5_1; }
+static inline int q32_q5(const int type) { return type == LS_TYPE_Q5_0 || type == LS_TYPE_Q5_1; }
+/* log2 of the offset c the quants carry (q - c: Q4_0 8, Q5_0 16), -1 for none */
+static inline int q32_c_shift(const int type) { return type == LS_TYPE_Q4_0 ? 3 : type == LS_TYPE_Q5_0 ? 4 : -1; }
+/* the activations' block (Q8_1 for the types with a min, else Q8_0): bytes, and where its qs are */
+static inline size_t q32_xsize(const int type) { return q32_has_m(type) ? sizeof(block_q8_1) : sizeof(block_q8_0); }
+static inline size_t q32_xqs(const int type) { return q32_has_m(type) ? offsetof(block_q8_1, qs) : offsetof(block_q8_0, qs); }
+
+/* Per token and block of activations for weights of `type` (above): fp16(dx), -c * sum(qx), fp16(sx). */
+static void q8_0_side_data(const int type, int64_t nb, const void *x, size_t x_stride, int64_t T, q8_0_side *side) {
+    const int c_shift = q32_c_shift(type), q81 = q32_has_m(type);
     for (int64_t t = 0; t < T; ++t) {
-        const block_q8_0 *xb = (const block_q8_0 *)((const uint8_t *)x + (size_t)t * x_stride);
+        const uint8_t *xt = (const uint8_t *)x + (size_t)t * x_stride;
         for (int64_t b = 0; b < nb; ++b) {
-            side[t * nb + b].d = ls_fp16_to_fp32_f16c(xb[b].d);
+            const uint8_t *xb = xt + (size_t)b * q32_xsize(type);
+            side[t * nb + b].d = ls_fp16_to_fp32_f16c(q81 ? ((const block_q8_1 *)xb)->d : ((const block_q8_0 *)xb)->d);
+            side[t * nb + b].s = q81 ? ls_fp16_to_fp32_f16c(((const block_q8_1 *)xb)->s) : 0.0f;
             if (c_shift < 0) {
                 side[t * nb + b].corr = 0;
                 continue;
             }
-            const __m256i v = _mm256_loadu_si256((const __m256i *)xb[b].qs);
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(xb + q32_xqs(type)));
             const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), v), _mm256_set1_epi16(1));
             __m128i h = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
             h = _mm_add_epi32(h, _mm_unpackhi_epi64(h, h));
@@ -723,20 +738,32 @@ static void q8_0_side_data(int64_t nb, const void *x, size_t x_stride, int64_t T
     }
 }
 
-/* Group register j (elements 4j..4j+3 of each lane's row, as rows8_block_groups makes it) of one block
- * of 8 rows: from a rows8_tile (x8 = 0), or straight from a Q4_0 x8 / Q8_0 x8 block (x8 = 1,
- * formats.h: Q4_0's nibbles unpacked on the way, Q8_0's quants as stored). */
-static inline __attribute__((always_inline)) __m256i rows8_group(const int q4, const int x8, const void *blk, const int j) {
-    if (!x8) return _mm256_load_si256(&((const rows8_tile *)blk)->q[j]);
-    if (!q4) return _mm256_loadu_si256((const __m256i *)((const block_q8_0x8 *)blk)->qs[j]);
-    const __m256i raw = _mm256_loadu_si256((const __m256i *)((const block_q4_0x8 *)blk)->qs[j & 3]);
-    return _mm256_and_si256(j < 4 ? raw : _mm256_srli_epi16(raw, 4), _mm256_set1_epi8(0x0f));
+/* The x8 layout of a 32-element type (formats.h): bytes of a block, and where its quant lines start
+ * (after d[8], m[8] if the type has one, and the 32 bytes of 5th bits if it has them). */
+static inline size_t q32_x8_size(const int type) {
+    return type == LS_TYPE_Q8_0 ? sizeof(block_q8_0x8) : type == LS_TYPE_Q4_0 ? sizeof(block_q4_0x8)
+         : type == LS_TYPE_Q4_1 ? sizeof(block_q4_1x8) : type == LS_TYPE_Q5_0 ? sizeof(block_q5_0x8) : sizeof(block_q5_1x8);
+}
+static inline size_t q32_x8_qs(const int type) { return 16 * (1 + q32_has_m(type)) + (q32_q5(type) ? 32 : 0); }
+
+/* Group register j (elements 4j..4j+3 of each lane's row, as rows8_block_groups makes it) of an x8
+ * block of `type` (formats.h): Q8_0's quants as stored; the nibbles unpacked (line j % 4, low
+ * nibbles for j < 4, high for j >= 4), Q5_0 / Q5_1's 5th bits (bit j of their line) shifted to 16
+ * and or-ed in: 0..15 or 0..31 unsigned. */
+static inline __attribute__((always_inline)) __m256i rows8_group(const int type, const void *blk, const int j) {
+    const uint8_t *qs = (const uint8_t *)blk + q32_x8_qs(type);
+    if (type == LS_TYPE_Q8_0) return _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
+    const __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 32 * (j & 3)));
+    const __m256i q = _mm256_and_si256(j < 4 ? raw : _mm256_srli_epi16(raw, 4), _mm256_set1_epi8(0x0f));
+    if (!q32_q5(type)) return q;
+    const __m256i hq = _mm256_loadu_si256((const __m256i *)(qs - 32));
+    const __m256i hb = j < 4 ? _mm256_slli_epi16(hq, 4 - j) : _mm256_srli_epi16(hq, j - 4);
+    return _mm256_or_si256(q, _mm256_and_si256(hb, _mm256_set1_epi8(16)));
 }
 
-/* The 8 rows' d of one block (rows8_tile or x8 block, as rows8_group) as floats. */
-static inline __attribute__((always_inline)) __m256 rows8_d(const int q4, const int x8, const void *blk) {
-    if (!x8) return _mm256_load_ps(((const rows8_tile *)blk)->d);
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(q4 ? ((const block_q4_0x8 *)blk)->d : ((const block_q8_0x8 *)blk)->d)));
+/* The fp16 fields at byte off of an x8 block (d at 0, m at 16): the 8 rows' values as floats. */
+static inline __m256 rows8_x8_fp16(const void *blk, size_t off) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint8_t *)blk + off)));
 }
 
 /* x8 blocks are fetched this many bytes ahead of the one computed (past the group's end too: the
@@ -746,60 +773,73 @@ static inline __attribute__((always_inline)) __m256 rows8_d(const int q4, const 
 #define ROWS8_X8_AHEAD_BYTES 4096
 #endif
 
-/* nt tokens t0.. (a constant 1..4) against one group of 8 rows, its nb blocks rows8_tiles (x8 = 0)
- * or Q4_0 x8 / Q8_0 x8 blocks read in place (x8 = 1): the same registers either way, so the same
- * bits. y[(t0 + t) * ldy + p] for p < rows. */
+/* nt tokens t0.. (a constant 1..4) against one group of 8 rows of `type` (q32_* above), nb blocks:
+ * the quants from rows8_tiles (tiled) or decoded from the x8 blocks in place, d (and m) from the x8
+ * blocks (x8) or the tiles (!x8: the file's layout, tiled): the same registers either way, so the
+ * same bits. y[(t0 + t) * ldy + p] for p < rows. Unsigned quants: int16 sums of 8 groups for 4-bit
+ * (<= 8 x 2 x 15 x 127 = 30480), of 4 groups at a time for 5-bit (4 x 2 x 31 x 127 = 31496), widened
+ * by vpmaddwd; then + corr (-c * sum(x)). With a min: acc = fma(m, sx, acc) after the block's FMA. */
 static inline __attribute__((always_inline)) void gemm_rows8_tile(
-        const int q4, const int x8, int64_t nb, const void *blocks, const uint8_t *x, size_t x_stride,
-        const q8_0_side *side, int64_t t0, const int nt, float *y, size_t ldy, int rows) {
-    const size_t bsz = !x8 ? sizeof(rows8_tile) : q4 ? sizeof(block_q4_0x8) : sizeof(block_q8_0x8);
+        const int type, const int x8, const int tiled, int64_t nb, const void *blocks, const rows8_tile *tiles,
+        const uint8_t *x, size_t x_stride, const q8_0_side *side, int64_t t0, const int nt, float *y, size_t ldy,
+        int rows) {
+    const size_t bsz = q32_x8_size(type);
+    const int span = q32_q5(type) ? 4 : 8;       /* groups summed in int16 before widening */
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[4];
     for (int t = 0; t < nt; ++t) acc[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
-        const char *blk = (const char *)blocks + (size_t)b * bsz;
-        if (x8)
+        const char *blk = x8 ? (const char *)blocks + (size_t)b * bsz : NULL;
+        if (x8 && !tiled)
             for (size_t o = 0; o < bsz; o += 64) _mm_prefetch(blk + ROWS8_X8_AHEAD_BYTES + o, _MM_HINT_T0);
         const int8_t *xq[4];
-        __m256i s[4];
-        for (int t = 0; t < nt; ++t) xq[t] = ((const block_q8_0 *)(x + (size_t)(t0 + t) * x_stride) + b)->qs;
+        __m256i s[4], s32[4];         /* int16 sums of `span` groups, int32 sums (zeros folded away) */
+        for (int t = 0; t < nt; ++t) {
+            xq[t] = (const int8_t *)(x + (size_t)(t0 + t) * x_stride + (size_t)b * q32_xsize(type) + q32_xqs(type));
+            s[t] = s32[t] = _mm256_setzero_si256();
+        }
         for (int j = 0; j < 8; ++j) {
-            const __m256i q = rows8_group(q4, x8, blk, j);
-            if (q4) {
+            const __m256i q = tiled ? _mm256_load_si256(&tiles[b].q[j]) : rows8_group(type, blk, j);
+            if (type != LS_TYPE_Q8_0) {
                 for (int t = 0; t < nt; ++t) {
                     const __m256i p = _mm256_maddubs_epi16(q, bcast_x4(xq[t] + 4 * j));
-                    s[t] = j ? _mm256_add_epi16(s[t], p) : p;
+                    s[t] = _mm256_add_epi16(s[t], p);
                     LS_KEEP_ORDER(s[t]);
+                    if (j % span == span - 1) {
+                        s32[t] = _mm256_add_epi32(s32[t], _mm256_madd_epi16(s[t], ones));
+                        s[t] = _mm256_setzero_si256();
+                    }
                 }
             } else {
                 const __m256i qa = _mm256_sign_epi8(q, q);
                 for (int t = 0; t < nt; ++t) {
                     const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(qa, _mm256_sign_epi8(bcast_x4(xq[t] + 4 * j), q)), ones);
-                    s[t] = j ? _mm256_add_epi32(s[t], p) : p;
-                    LS_KEEP_ORDER(s[t]);
+                    s32[t] = _mm256_add_epi32(s32[t], p);
+                    LS_KEEP_ORDER(s32[t]);
                 }
             }
         }
-        const __m256 dw = rows8_d(q4, x8, blk);
+        const __m256 dw = x8 ? rows8_x8_fp16(blk, 0) : _mm256_load_ps(tiles[b].d);
         for (int t = 0; t < nt; ++t) {
             const q8_0_side *sd = &side[(t0 + t) * nb + b];
-            const __m256i isum = q4 ? _mm256_add_epi32(_mm256_madd_epi16(s[t], ones), _mm256_set1_epi32(sd->corr)) : s[t];
+            const __m256i isum = q32_c_shift(type) >= 0 ? _mm256_add_epi32(s32[t], _mm256_set1_epi32(sd->corr)) : s32[t];
             acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, _mm256_set1_ps(sd->d)), acc[t]);
+            if (q32_has_m(type)) acc[t] = _mm256_fmadd_ps(rows8_x8_fp16(blk, 16), _mm256_set1_ps(sd->s), acc[t]);
         }
     }
     for (int t = 0; t < nt; ++t) store_rows8(y + (size_t)(t0 + t) * ldy, acc[t], rows);
 }
 
-/* All T tokens against one group of 8 rows (blocks as gemm_rows8_tile), 4 at a time, then the rest. */
+/* All T tokens against one group of 8 rows (as gemm_rows8_tile), 4 at a time, then the rest. */
 static inline __attribute__((always_inline)) void gemm_rows8_tokens(
-        const int q4, const int x8, int64_t nb, const void *blocks, const uint8_t *x, size_t x_stride,
-        const q8_0_side *side, int64_t T, float *y, size_t ldy, int rows) {
+        const int type, const int x8, const int tiled, int64_t nb, const void *blocks, const rows8_tile *tiles,
+        const uint8_t *x, size_t x_stride, const q8_0_side *side, int64_t T, float *y, size_t ldy, int rows) {
     int64_t t = 0;
-    for (; t + 4 <= T; t += 4) gemm_rows8_tile(q4, x8, nb, blocks, x, x_stride, side, t, 4, y, ldy, rows);
+    for (; t + 4 <= T; t += 4) gemm_rows8_tile(type, x8, tiled, nb, blocks, tiles, x, x_stride, side, t, 4, y, ldy, rows);
     switch (T - t) {
-    case 3: gemm_rows8_tile(q4, x8, nb, blocks, x, x_stride, side, t, 3, y, ldy, rows); break;
-    case 2: gemm_rows8_tile(q4, x8, nb, blocks, x, x_stride, side, t, 2, y, ldy, rows); break;
-    case 1: gemm_rows8_tile(q4, x8, nb, blocks, x, x_stride, side, t, 1, y, ldy, rows); break;
+    case 3: gemm_rows8_tile(type, x8, tiled, nb, blocks, tiles, x, x_stride, side, t, 3, y, ldy, rows); break;
+    case 2: gemm_rows8_tile(type, x8, tiled, nb, blocks, tiles, x, x_stride, side, t, 2, y, ldy, rows); break;
+    case 1: gemm_rows8_tile(type, x8, tiled, nb, blocks, tiles, x, x_stride, side, t, 1, y, ldy, rows); break;
     default: break;
     }
 }
@@ -813,7 +853,7 @@ static inline __attribute__((always_inline)) int64_t gemm_q32_q8_0_avx2(
     rows8_tile *tiles = avx2_thread_buffer((size_t)nb * sizeof(rows8_tile), 0);
     q8_0_side *side = avx2_thread_buffer((size_t)(T * nb) * sizeof(q8_0_side), 1);
     if (!tiles || !side) return r0;
-    q8_0_side_data(nb, x, x_stride, T, q4 ? 3 : -1, side);
+    q8_0_side_data(q4 ? LS_TYPE_Q4_0 : LS_TYPE_Q8_0, nb, x, x_stride, T, side);
     for (int64_t r = r0; r < r1; r += 8) {
         const uint8_t *rp[8];
         const int rows = rows8_ptrs(w, w_stride, r, r1, rp);
@@ -827,7 +867,7 @@ static inline __attribute__((always_inline)) int64_t gemm_q32_q8_0_avx2(
             rows8_block_groups(q4, rp, b, tiles[b].q);
             _mm256_store_ps(tiles[b].d, rows8_fp16(rp, (size_t)b * (q4 ? sizeof(block_q4_0) : sizeof(block_q8_0))));
         }
-        gemm_rows8_tokens(q4, 0, nb, tiles, x, x_stride, side, T, y + r, ldy, rows);
+        gemm_rows8_tokens(q4 ? LS_TYPE_Q4_0 : LS_TYPE_Q8_0, 0, 1, nb, NULL, tiles, x, x_stride, side, T, y + r, ldy, rows);
     }
     return r1;
 }
@@ -914,7 +954,7 @@ static inline __attribute__((always_inline)) int64_t gemv_q32_q8_0_avx2(
     q8_0_side *side = avx2_thread_buffer((size_t)(T * nb) * sizeof(q8_0_side), 1);
     __m256i *v = q4 ? NULL : avx2_thread_buffer((size_t)nb * 8 * sizeof(__m256i), 0);
     if (!side || (!q4 && !v)) return r0;
-    q8_0_side_data(nb, x, x_stride, T, q4 ? 3 : -1, side);
+    q8_0_side_data(q4 ? LS_TYPE_Q4_0 : LS_TYPE_Q8_0, nb, x, x_stride, T, side);
     /* 3 tokens at a time, then the rest (nt a constant in each call) */
     for (int64_t t = 0; t < T; t += 3) {
         const int nt = T - t < 3 ? (int)(T - t) : 3;
@@ -957,49 +997,57 @@ int64_t gemv_q8_0_q8_0_avx2(int64_t n, const void *w, size_t w_stride, int64_t r
     return gemv_q32_q8_0_avx2(0, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
 }
 
-/* ---- Repacked (x8) Q4_0 / Q8_0 weights (formats.h "Repacked layouts"): the 8 rows of a group
- * already sit in the lanes, so gemm_rows8_tile reads the x8 blocks in place (x8 = 1) — the registers
- * the transposition above makes, without it, for any T (decode too: no gemv of its own). For many
- * tokens a Q4_0 group's blocks are first unpacked into rows8_tiles (the nibbles once, not once per 4
- * tokens). Either way the integer sums are exact and the float fold is that of
- * gemm_q4_0 / gemm_q8_0 above and of the scalar twins (matmul_rows_q4_0_x8_q8_0,
- * matmul_rows_q8_0_x8_q8_0 in quants.c): a repacked tensor gives its source's bits. */
+/* ---- Repacked (x8) 32-element weights: Q4_0 / Q8_0 (formats.h "Repacked layouts"), and Q4_1 / Q5_0 /
+ * Q5_1, whose x8 blocks are Q4_0 x8's plus their m and transposed 5th bits. The 8 rows of a group
+ * already sit in the lanes, so gemm_rows8_tile reads the x8 blocks in place — the registers the
+ * transposition above makes, without it, for any T (decode too: no gemv of its own). For many
+ * tokens a group's nibbles (and 5th bits) are first unpacked into rows8_tiles (once, not once per 4
+ * tokens). Either way the integer sums are exact and the float fold is the scalar twins'
+ * (matmul_rows_q4_0_x8_q8_0 & co., quants.c fold_q32_x8): per block acc = fma(isum, d * dx, acc), then
+ * with a min (Q4_1, Q5_1) acc = fma(m, sx, acc). For Q4_0 / Q8_0 that is the fold of gemm_q4_0 /
+ * gemm_q8_0 above: a repacked tensor gives its source's bits; Q4_1 / Q5_0 / Q5_1 have no row-per-lane
+ * kernel on the file's layout (vec_dot adds the same terms in another order: rounding apart). */
 
-/* Tokens from which a Q4_0 x8 group is first unpacked into rows8_tiles. Measured (5632 x 2048 and
- * 2048 x 5632, one thread): in place 10-20 % faster up to 48 tokens, tiles 5-10 % faster from 64 on.
- * Q8_0's tiles would be a copy of its x8 blocks: they measured no faster at any T, so none. */
+/* Tokens from which an x8 group is first unpacked into rows8_tiles, per type. Measured for Q4_0
+ * (5632 x 2048 and 2048 x 5632, one thread): in place 10-20 % faster up to 48 tokens, tiles 5-10 %
+ * faster from 64 on. Q8_0's tiles would be a copy of its x8 blocks: they measured no faster at any
+ * T, so none. */
 #ifndef X8_Q4_0_TILE_MIN_T
 #define X8_Q4_0_TILE_MIN_T 64
 #endif
+#ifndef X8_Q5_TILE_MIN_T
+#define X8_Q5_TILE_MIN_T 64
+#endif
+static inline int64_t q32_x8_tile_min_t(const int type) {
+    return type == LS_TYPE_Q8_0 ? INT64_MAX : q32_q5(type) ? X8_Q5_TILE_MIN_T : X8_Q4_0_TILE_MIN_T;
+}
 
-// group of nb Q4_0 x8 (q4) / Q8_0 x8 blocks B -> the rows8_tiles of gemm_q32_q8_0_avx2
-static inline __attribute__((always_inline)) void tile_q32_from_x8(const int q4, int64_t nb, const void *B, rows8_tile *tiles) {
-    const size_t bsz = q4 ? sizeof(block_q4_0x8) : sizeof(block_q8_0x8);
+// group of nb x8 blocks B of `type` -> the quants of the rows8_tiles gemm_rows8_tile reads (d stays in B)
+static inline __attribute__((always_inline)) void tile_q32_from_x8(const int type, int64_t nb, const void *B, rows8_tile *tiles) {
     for (int64_t b = 0; b < nb; ++b) {
-        const char *blk = (const char *)B + (size_t)b * bsz;
-        for (int j = 0; j < 8; ++j) _mm256_store_si256(&tiles[b].q[j], rows8_group(q4, 1, blk, j));
-        _mm256_store_ps(tiles[b].d, rows8_d(q4, 1, blk));
+        const char *blk = (const char *)B + (size_t)b * q32_x8_size(type);
+        for (int j = 0; j < 8; ++j) _mm256_store_si256(&tiles[b].q[j], rows8_group(type, blk, j));
     }
 }
 
-/* Q4_0 x8 (q4 = 1) / Q8_0 x8 weights, rows r0..r1-1 (r0 % 8 == 0) @ x (T, n) Q8_0 -> y[t * ldy + r];
- * returns r1 (r0 when out of memory). */
-static inline __attribute__((always_inline)) int64_t gemm_q32_x8_q8_0_avx2(
-        const int q4, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+/* x8 weights of `type` (Q4_0, Q8_0, Q4_1, Q5_0, Q5_1), rows r0..r1-1 (r0 % 8 == 0) @ x (T, n) in its
+ * activation type -> y[t * ldy + r]; returns r1 (r0 when out of memory). */
+static inline __attribute__((always_inline)) int64_t gemm_q32_x8_avx2(
+        const int type, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
         const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     const int64_t nb = n / QK8_0;
     q8_0_side *side = avx2_thread_buffer((size_t)(T * nb) * sizeof(q8_0_side), 1);
-    rows8_tile *tiles = q4 && T >= X8_Q4_0_TILE_MIN_T ? avx2_thread_buffer((size_t)nb * sizeof(rows8_tile), 0) : NULL;
+    rows8_tile *tiles = T >= q32_x8_tile_min_t(type) ? avx2_thread_buffer((size_t)nb * sizeof(rows8_tile), 0) : NULL;
     if (!side) return r0;
-    q8_0_side_data(nb, x, x_stride, T, q4 ? 3 : -1, side);
+    q8_0_side_data(type, nb, x, x_stride, T, side);
     for (int64_t r = r0; r < r1; r += 8) {
         const void *g = (const char *)w + (size_t)r * w_stride;
         const int rows = r1 - r < 8 ? (int)(r1 - r) : 8;
         if (tiles) {
-            tile_q32_from_x8(q4, nb, g, tiles);
-            gemm_rows8_tokens(q4, 0, nb, tiles, x, x_stride, side, T, y + r, ldy, rows);
+            tile_q32_from_x8(type, nb, g, tiles);
+            gemm_rows8_tokens(type, 1, 1, nb, g, tiles, x, x_stride, side, T, y + r, ldy, rows);
         } else {
-            gemm_rows8_tokens(q4, 1, nb, g, x, x_stride, side, T, y + r, ldy, rows);
+            gemm_rows8_tokens(type, 1, 0, nb, g, NULL, x, x_stride, side, T, y + r, ldy, rows);
         }
     }
     return r1;
@@ -1009,14 +1057,35 @@ static inline __attribute__((always_inline)) int64_t gemm_q32_x8_q8_0_avx2(
 //   = fold over blocks b: acc = fma(float(sum_k q_k x_k - 8 sum_k x_k), d_rb * dx_tb, acc)
 int64_t gemm_q4_0_x8_q8_0_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                       const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    return gemm_q32_x8_q8_0_avx2(1, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
+    return gemm_q32_x8_avx2(LS_TYPE_Q4_0, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
 }
 
 // W rows r0..r1-1 (n_out, n) in Q8_0 x8 @ x (T, n) in Q8_0, any T, r0 % 8 == 0 -> y[t * ldy + r]
 //   = fold over blocks b: acc = fma(float(sum_k q_k x_k), d_rb * dx_tb, acc)
 int64_t gemm_q8_0_x8_q8_0_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                       const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    return gemm_q32_x8_q8_0_avx2(0, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
+    return gemm_q32_x8_avx2(LS_TYPE_Q8_0, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
+}
+
+// W rows r0..r1-1 (n_out, n) in Q4_1 x8 @ x (T, n) in Q8_1, any T, r0 % 8 == 0 -> y[t * ldy + r]
+//   = fold over blocks b: acc = fma(float(sum_k q_k x_k), d_rb * dx_tb, acc); acc = fma(m_rb, sx_tb, acc)
+int64_t gemm_q4_1_x8_q8_1_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                               const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    return gemm_q32_x8_avx2(LS_TYPE_Q4_1, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
+}
+
+// W rows r0..r1-1 (n_out, n) in Q5_0 x8 @ x (T, n) in Q8_0, any T, r0 % 8 == 0 -> y[t * ldy + r]
+//   = fold over blocks b: acc = fma(float(sum_k q_k x_k - 16 sum_k x_k), d_rb * dx_tb, acc), q 5-bit
+int64_t gemm_q5_0_x8_q8_0_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                               const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    return gemm_q32_x8_avx2(LS_TYPE_Q5_0, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
+}
+
+// W rows r0..r1-1 (n_out, n) in Q5_1 x8 @ x (T, n) in Q8_1, any T, r0 % 8 == 0 -> y[t * ldy + r]
+//   = fold over blocks b: acc = fma(float(sum_k q_k x_k), d_rb * dx_tb, acc); acc = fma(m_rb, sx_tb, acc)
+int64_t gemm_q5_1_x8_q8_1_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
+                               const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
+    return gemm_q32_x8_avx2(LS_TYPE_Q5_1, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
 }
 
 /* ---- Q4_K weights (Q8_K activations) with a row per lane, as Q4_0 above. Per row, token and

@@ -10,7 +10,7 @@
 #include "formats.h"
 #include "quants.h"
 
-#define LS_TYPE_SLOTS 73    /* type ids are < 73 (GGML's < 31, BF16 = 30; the x8 layouts 64..72) */
+#define LS_TYPE_SLOTS 76    /* type ids are < 76 (GGML's < 31, BF16 = 30; the x8 layouts 64..75) */
 
 typedef float (*ls_vec_dot_fn)(int64_t n, const void *w, const void *x);
 typedef void (*ls_quantize_fn)(const float *x, void *y, int64_t n);
@@ -78,7 +78,8 @@ typedef int64_t ls_matmul_rows_k(int64_t n, const void *w, size_t w_stride, int6
 /* quants.c: the scalar twins of the x8 kernels */
 ls_matmul_rows_k matmul_rows_q4_K_x8_q8_K, matmul_rows_q5_K_x8_q8_K, matmul_rows_q6_K_x8_q8_K,
                  matmul_rows_q2_K_x8_q8_K, matmul_rows_q3_K_x8_q8_K, matmul_rows_q4_0_x8_q8_0,
-                 matmul_rows_q8_0_x8_q8_0, matmul_rows_iq4_nl_x8_q8_0, matmul_rows_iq4_xs_x8_q8_K;
+                 matmul_rows_q8_0_x8_q8_0, matmul_rows_iq4_nl_x8_q8_0, matmul_rows_iq4_xs_x8_q8_K,
+                 matmul_rows_q4_1_x8_q8_1, matmul_rows_q5_0_x8_q8_0, matmul_rows_q5_1_x8_q8_1;
 /* quants_avx2.c */
 ls_vec_dot_k vec_dot_f32_f32_avx2, vec_dot_f16_f16_avx2, vec_dot_bf16_bf16_avx2, vec_dot_q4_0_q8_0_avx2,
              vec_dot_q4_1_q8_1_avx2, vec_dot_q5_0_q8_0_avx2, vec_dot_q5_1_q8_1_avx2, vec_dot_q8_0_q8_0_avx2,
@@ -93,7 +94,8 @@ ls_matmul_rows_k gemm_q4_0_q8_0_avx2, gemv_q4_0_q8_0_avx2, gemm_q8_0_q8_0_avx2, 
                  gemm_q4_K_q8_K_avx2, gemv_q4_K_q8_K_avx2, gemm_q6_K_q8_K_avx2, gemv_q6_K_q8_K_avx2,
                  gemm_q4_K_x8_q8_K_avx2, gemm_q5_K_x8_q8_K_avx2, gemm_q6_K_x8_q8_K_avx2,
                  gemm_q2_K_x8_q8_K_avx2, gemm_q3_K_x8_q8_K_avx2, gemm_q4_0_x8_q8_0_avx2,
-                 gemm_q8_0_x8_q8_0_avx2, gemm_iq4_nl_x8_q8_0_avx2, gemm_iq4_xs_x8_q8_K_avx2;
+                 gemm_q8_0_x8_q8_0_avx2, gemm_iq4_nl_x8_q8_0_avx2, gemm_iq4_xs_x8_q8_K_avx2,
+                 gemm_q4_1_x8_q8_1_avx2, gemm_q5_0_x8_q8_0_avx2, gemm_q5_1_x8_q8_1_avx2;
 /* quants_avx512.c */
 ls_matmul_rows_k gemm_q4_0_q8_0_avx512, gemv_q4_0_q8_0_avx512, gemm_q8_0_q8_0_avx512, gemv_q8_0_q8_0_avx512,
                  gemm_q4_K_q8_K_avx512, gemv_q4_K_q8_K_avx512, gemm_q6_K_q8_K_avx512, gemv_q6_K_q8_K_avx512;

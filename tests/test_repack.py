@@ -5,8 +5,9 @@ source layout (their scalar twin, matmul_lanes_ref), at both SIMD levels, for an
 x8 blocks read in place for few tokens, tiles made from them for many: Q4_K / Q6_K from 8, Q4_0
 from 64), and a model loaded either way must give the same logits. Bit-identity, not a tolerance:
 prefix reuse and seeded generation rely on it. X8_ONLY_TYPES, whose source layout runs through
-vec_dot (another float order), are pinned to their scalar twins and to the source to rounding; a
-model loaded either way agrees within that, and batching still changes no bit."""
+vec_dot (another float order: Q5_K, Q2_K, Q3_K, IQ4_NL, IQ4_XS, Q4_1, Q5_0, Q5_1), are pinned to
+their scalar twins and to the source to rounding; a model loaded either way agrees within that, and
+batching still changes no bit."""
 import os
 from pathlib import Path
 
@@ -17,12 +18,14 @@ from conftest import shared_path
 from llmstream import _ops
 from llmstream.engine import Linear, Model, Session, repack_by_default
 from llmstream.gguf import GGUFFile
-from quants_ref import (BLOCK, IQ4_NL, IQ4_XS, NAMES, Q2_K, Q3_K, Q4_0, Q4_K, Q5_0, Q5_K, Q6_K, Q8_0,
-                        VEC_DOT_TYPE, extreme_q32_quants, random_activations, random_weights)
+from quants_ref import (BLOCK, F16, IQ4_NL, IQ4_XS, NAMES, Q2_K, Q3_K, Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K,
+                        Q6_K, Q8_0, VEC_DOT_TYPE, extreme_q32_quants, random_activations, random_weights)
 
 X8_TYPES = [Q4_K, Q6_K]          # with a row-per-lane kernel on the source layout (matmul_lanes_ref)
 X8_TYPES += [Q4_0, Q8_0]         # blocks of 32: Q4_0 x8, Q8_0 x8
 X8_ONLY_TYPES = [Q5_K, Q2_K, Q3_K, IQ4_NL, IQ4_XS]   # whose source layout runs through vec_dot
+X8_ONLY_Q32 = [Q4_1, Q5_0, Q5_1]                     # blocks of 32, Q4_0 x8 + their m / 5th bits
+X8_ONLY_TYPES += X8_ONLY_Q32
 IQ4_DATA = Path(__file__).parent / "data" / "iq4"
 
 
@@ -144,11 +147,30 @@ def test_x8_kernels_equal_their_scalar_twin_and_the_source_to_rounding(t):
                 assert (np.abs(got - src) <= tol).all(), f"{NAMES[t]} n={n} rows={rows} T={T}"
 
 
+@pytest.mark.parametrize("t", X8_ONLY_Q32, ids=[NAMES[t] for t in X8_ONLY_Q32])
+def test_x8_only_prompt_sized_batches_equal_their_scalar_twin(t):
+    """Q4_1 / Q5_0 / Q5_1 x8 groups are unpacked into tiles from 64 tokens (quants_avx2.c
+    X8_Q4_0_TILE_MIN_T, X8_Q5_TILE_MIN_T): both sides of that switch, a 1-3 token rest after the
+    4-token tiles, a partial last group, pinned to the scalar twin bit for bit."""
+    if not _ops.cpu_has_avx2():
+        pytest.skip("CPU lacks AVX2/FMA/F16C")
+    rng = np.random.default_rng(7460 + t)
+    for n, rows in ((96, 13), (2048, 16)):
+        w = _weights(t, n, rows, rng)
+        w8, t8 = _ops.repack(w, t, n)
+        x = np.stack([random_activations(n, rng, [1.0, 1e-3, 50.0][k % 3]) for k in range(67)])
+        x[5] = 1.0
+        want = _scalar(lambda: _matmul(t8, w8, x))
+        for T in (48, 63, 64, 67):
+            np.testing.assert_array_equal(_matmul(t8, w8, x[:T]), want[:T], err_msg=f"{NAMES[t]} n={n} T={T}")
+
+
 @pytest.mark.parametrize("t", X8_ONLY_TYPES, ids=[NAMES[t] for t in X8_ONLY_TYPES])
 def test_x8_extreme_quants_do_not_overflow(t):
     """Every quant, scale and min at its largest against activations of +-127: the int16 sums of
     the x8 kernels at their bounds (Q5_K: 4 x 2 x 31 x 127; Q3_K: 4 x 2 x 7 x 127; IQ4: one pair
-    2 x 127 x 127, at IQ4_XS's scale -32)."""
+    2 x 127 x 127, at IQ4_XS's scale -32; Q4_1: 8 x 2 x 15 x 127, Q5_0 / Q5_1: 4 x 2 x 31 x 127, and
+    Q5_0's offset quant 0 - 16)."""
     rng = np.random.default_rng(7450 + t)
     n, rows = 512, 16
     w = _weights(t, n, rows, rng)
@@ -160,6 +182,12 @@ def test_x8_extreme_quants_do_not_overflow(t):
     elif t == Q3_K:
         blocks[:8, :, :108] = 0xff                # high bits set, quants 3 (q = 3), scales 63 - 32
         blocks[8:, :, 32:96] = 0x00               # high bits random, low bits 0 (q = 0 or -4)
+    elif t in X8_ONLY_Q32:
+        blocks = w.reshape(rows, n // 32, -1)
+        head = {Q4_1: 4, Q5_0: 2, Q5_1: 4}[t]     # d (and m); Q5_0 / Q5_1's qh come next
+        blocks[:8, :, head:] = 0xff               # quants 15 / 31 (Q5_0: q - 16 = 15)
+        blocks[8:12, :, head:] = 0x00             # quants 0 (Q5_0: -16)
+        blocks[12:, :, head:] = 0xf0              # 0 and 15 (Q4_1) or 16 and 31 in turn (qh 0xf0)
     elif t == IQ4_NL:
         blocks = w.reshape(rows, n // 32, -1)
         blocks[:8, :, 2:] = 0x00                  # level -127 everywhere
@@ -178,7 +206,7 @@ def test_x8_extreme_quants_do_not_overflow(t):
         np.testing.assert_allclose(got, src, rtol=1e-4, atol=1e-4 * np.abs(src).max())
 
 
-@pytest.mark.parametrize("t", [Q4_K, IQ4_XS], ids=[NAMES[Q4_K], NAMES[IQ4_XS]])
+@pytest.mark.parametrize("t", [Q4_K, IQ4_XS, Q5_1], ids=[NAMES[Q4_K], NAMES[IQ4_XS], NAMES[Q5_1]])
 def test_threads_and_work_items_do_not_change_the_bits(t):
     """Several work items and threads (over the 1 MiB below which a matmul stays on one thread),
     the last group partial."""
@@ -201,9 +229,9 @@ def test_threads_and_work_items_do_not_change_the_bits(t):
 
 def test_types_without_a_layout_and_bad_rows_are_refused():
     rng = np.random.default_rng(7600)
-    assert _ops.repack_type(Q5_0) == -1
+    assert _ops.repack_type(F16) == -1
     with pytest.raises(ValueError, match="no repacked layout"):
-        _ops.repack(_weights(Q5_0, 256, 8, rng), Q5_0, 256)
+        _ops.repack(_weights(F16, 256, 8, rng), F16, 256)
     with pytest.raises(ValueError, match="bytes"):
         _ops.repack(_weights(Q4_K, 512, 8, rng), Q4_K, 256)
     with pytest.raises(ValueError):      # an x8 layout is not a GGML type the row functions take
@@ -257,7 +285,8 @@ def test_a_repacked_q4_0_or_q8_0_model_gives_the_same_logits(name):
 
 
 @pytest.mark.parametrize("name", ["llama-gqa-Q5_K_M.gguf", "llama-gqa-Q2_K.gguf", "llama-gqa-Q3_K_M.gguf",
-                                  "phi2-Q3_K_M.gguf"])
+                                  "phi2-Q3_K_M.gguf", "llama-gqa-Q4_1.gguf", "llama-gqa-Q5_0.gguf",
+                                  "llama-gqa-Q5_1.gguf", "phi2-Q5_1.gguf"])
 def test_a_repacked_model_is_batch_invariant_and_close_to_the_file_layout(name):
     """Files with x8-only types: a token's logits do not depend on batching, and they stay within
     what the scalar and AVX2 levels differ by on these files (measured: rms 0.0068 / 0.0086 / 0.012
