@@ -1053,40 +1053,28 @@ static inline __attribute__((always_inline)) int64_t gemm_q32_x8_avx2(
     return r1;
 }
 
+/* The kernels of the rows (types.c): the kernel signature over gemm_q32_x8_avx2 for one type. */
+#define Q32_X8_KERNEL(name, type)                                                                    \
+    int64_t name(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1, const void *x,    \
+                 size_t x_stride, int64_t T, float *y, size_t ldy) {                                 \
+        return gemm_q32_x8_avx2(type, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);                \
+    }
+
 // W rows r0..r1-1 (n_out, n) in Q4_0 x8 @ x (T, n) in Q8_0, any T, r0 % 8 == 0 -> y[t * ldy + r]
 //   = fold over blocks b: acc = fma(float(sum_k q_k x_k - 8 sum_k x_k), d_rb * dx_tb, acc)
-int64_t gemm_q4_0_x8_q8_0_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                                      const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    return gemm_q32_x8_avx2(LS_TYPE_Q4_0, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
-}
-
+Q32_X8_KERNEL(gemm_q4_0_x8_q8_0_avx2, LS_TYPE_Q4_0)
 // W rows r0..r1-1 (n_out, n) in Q8_0 x8 @ x (T, n) in Q8_0, any T, r0 % 8 == 0 -> y[t * ldy + r]
 //   = fold over blocks b: acc = fma(float(sum_k q_k x_k), d_rb * dx_tb, acc)
-int64_t gemm_q8_0_x8_q8_0_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                                      const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    return gemm_q32_x8_avx2(LS_TYPE_Q8_0, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
-}
-
+Q32_X8_KERNEL(gemm_q8_0_x8_q8_0_avx2, LS_TYPE_Q8_0)
 // W rows r0..r1-1 (n_out, n) in Q4_1 x8 @ x (T, n) in Q8_1, any T, r0 % 8 == 0 -> y[t * ldy + r]
 //   = fold over blocks b: acc = fma(float(sum_k q_k x_k), d_rb * dx_tb, acc); acc = fma(m_rb, sx_tb, acc)
-int64_t gemm_q4_1_x8_q8_1_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                               const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    return gemm_q32_x8_avx2(LS_TYPE_Q4_1, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
-}
-
+Q32_X8_KERNEL(gemm_q4_1_x8_q8_1_avx2, LS_TYPE_Q4_1)
 // W rows r0..r1-1 (n_out, n) in Q5_0 x8 @ x (T, n) in Q8_0, any T, r0 % 8 == 0 -> y[t * ldy + r]
 //   = fold over blocks b: acc = fma(float(sum_k q_k x_k - 16 sum_k x_k), d_rb * dx_tb, acc), q 5-bit
-int64_t gemm_q5_0_x8_q8_0_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                               const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    return gemm_q32_x8_avx2(LS_TYPE_Q5_0, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
-}
-
+Q32_X8_KERNEL(gemm_q5_0_x8_q8_0_avx2, LS_TYPE_Q5_0)
 // W rows r0..r1-1 (n_out, n) in Q5_1 x8 @ x (T, n) in Q8_1, any T, r0 % 8 == 0 -> y[t * ldy + r]
-//   = fold over blocks b: acc = fma(float(sum_k q_k x_k), d_rb * dx_tb, acc); acc = fma(m_rb, sx_tb, acc)
-int64_t gemm_q5_1_x8_q8_1_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
-                               const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
-    return gemm_q32_x8_avx2(LS_TYPE_Q5_1, n, w, w_stride, r0, r1, x, x_stride, T, y, ldy);
-}
+//   = fold over blocks b: acc = fma(float(sum_k q_k x_k), d_rb * dx_tb, acc); acc = fma(m_rb, sx_tb, acc), q 5-bit
+Q32_X8_KERNEL(gemm_q5_1_x8_q8_1_avx2, LS_TYPE_Q5_1)
 
 /* ---- Q4_K weights (Q8_K activations) with a row per lane, as Q4_0 above. Per row, token and
  * super-block (in order), with isum = sum_s sc_s * (q·x)_s and msum = sum_s m_s * bsum_s (exact):
