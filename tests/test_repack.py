@@ -149,8 +149,8 @@ def test_x8_kernels_equal_their_scalar_twin_and_the_source_to_rounding(t):
 
 @pytest.mark.parametrize("t", X8_ONLY_Q32, ids=[NAMES[t] for t in X8_ONLY_Q32])
 def test_x8_only_prompt_sized_batches_equal_their_scalar_twin(t):
-    """Q4_1 / Q5_0 / Q5_1 x8 groups are unpacked into tiles from 64 tokens (quants_avx2.c
-    X8_Q4_0_TILE_MIN_T, X8_Q5_TILE_MIN_T): both sides of that switch, a 1-3 token rest after the
+    """Q5_0 / Q5_1 x8 groups are unpacked into tiles from 64 tokens (quants_avx2.c
+    X8_Q5_TILE_MIN_T; Q4_1's never are): both sides of that switch, a 1-3 token rest after the
     4-token tiles, a partial last group, pinned to the scalar twin bit for bit."""
     if not _ops.cpu_has_avx2():
         pytest.skip("CPU lacks AVX2/FMA/F16C")
