@@ -265,8 +265,9 @@ def _assert_same_logits_repacked(name, types):
     for repack in (False, True):
         with Model(path, repack=repack) as m:
             assert m.repacked is repack
-            if repack:
-                assert {m.layers[0].wq.type, m.top.output.type} <= {_ops.repack_type(t) for t in types}
+            if repack:    # (on AVX-512 CPUs the types its kernels multiply keep the file's layout)
+                want = {t if _ops.matmul_uses_avx512(t) else _ops.repack_type(t) for t in types}
+                assert {m.layers[0].wq.type, m.top.output.type} <= want
             s = Session(m)
             out[repack] = [s.prefill(toks, all_logits=True).copy()] + [s.decode_step(t).copy() for t in (3, 5, 8)]
     for a, b in zip(out[False], out[True]):
