@@ -14,15 +14,18 @@ import numpy as np
 
 from llmstream import _ops
 
-F32, F16, BF16 = 0, 1, 30
-WEIGHTS = [("Q4_K", 12), ("Q6_K", 14), ("Q4_0", 2), ("Q8_0", 8), ("F16", 1), ("Q5_K", 13),
-           ("Q3_K", 11), ("Q2_K", 10), ("Q4_1", 3), ("Q5_0", 6), ("Q5_1", 7), ("IQ4_NL", 20),
-           ("IQ4_XS", 23), ("BF16", 30), ("F32", 0)]
-ACTS = [("Q8_0", 8), ("Q8_1", 9), ("Q8_K", 15), ("F16", 1), ("BF16", 30), ("F32", 0)]
+F32, F16, BF16 = _ops.TYPE_F32, _ops.TYPE_F16, _ops.TYPE_BF16
+# ids from the type table (csrc/types.c): every weight type, then every activation type
+WEIGHTS = [(name, _ops.TYPE_IDS[name]) for name in
+           ("Q4_K", "Q6_K", "Q4_0", "Q8_0", "F16", "Q5_K", "Q3_K", "Q2_K", "Q4_1", "Q5_0", "Q5_1",
+            "IQ4_NL", "IQ4_XS", "BF16", "F32")]
+ACTS = [(_ops.TYPE_NAMES[t], t) for t in _ops.ACTIVATION_TYPES]
 ACT_NAME = {t: name for name, t in ACTS}
 # byte offsets of the fp16 scale fields of a block (set to sane values; the rest is random bits)
-FP16_FIELDS = {2: [0], 3: [0, 2], 6: [0], 7: [0, 2], 8: [0], 10: [80, 82], 11: [108], 12: [0, 2],
-               13: [0, 2], 14: [208], 20: [0], 23: [0]}
+FP16_FIELDS = {_ops.TYPE_IDS[name]: offs for name, offs in
+               {"Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0], "Q2_K": [80, 82],
+                "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208], "IQ4_NL": [0],
+                "IQ4_XS": [0]}.items()}
 
 
 def random_matrix(t, rows, cols, rng):
