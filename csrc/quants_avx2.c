@@ -613,17 +613,6 @@ typedef struct {
 } rows8_tile;
 _Static_assert(sizeof(rows8_tile) == 288, "rows8_tile must be 288 bytes");
 
-static inline void *avx2_thread_buffer(size_t bytes, int which) {
-    static __thread void *buf[2];
-    static __thread size_t cap[2];
-    if (bytes > cap[which]) {
-        free(buf[which]);
-        buf[which] = aligned_alloc(64, (bytes + 63) / 64 * 64);
-        cap[which] = buf[which] ? bytes : 0;
-    }
-    return buf[which];
-}
-
 /* Pointers to rows r .. r+7 of W, those past r1 repeating the last row (their lanes are computed but
  * not stored: a partial group is computed lane for lane as a full one); returns the valid rows. */
 static inline int rows8_ptrs(const void *w, size_t w_stride, int64_t r, int64_t r1, const uint8_t *rp[8]) {
@@ -693,6 +682,20 @@ static inline __m256i bcast_x4(const int8_t *p) {
     memcpy(&v, p, 4);
     return _mm256_set1_epi32(v);
 }
+
+/* Tokens 0..T-1 against one group of rows (any layout): GROUP(args..., t0, nt) 4 at a time, then
+ * the last 1-3, every nt a constant (the always_inline group kernels specialize on it). */
+#define TOKENS_BY_4(T, GROUP, ...)                                                                  \
+    do {                                                                                            \
+        int64_t t_ = 0;                                                                             \
+        for (; t_ + 4 <= (T); t_ += 4) GROUP(__VA_ARGS__, t_, 4);                                   \
+        switch ((T) - t_) {                                                                         \
+        case 3: GROUP(__VA_ARGS__, t_, 3); break;                                                   \
+        case 2: GROUP(__VA_ARGS__, t_, 2); break;                                                   \
+        case 1: GROUP(__VA_ARGS__, t_, 1); break;                                                   \
+        default: break;                                                                             \
+        }                                                                                           \
+    } while (0)
 
 /* Q4_0: the exact integer block sums of 8 rows (lanes, quants g[8] in 0..15) · one token's block xq,
  * corr = -8 * sum(xq). */
@@ -781,8 +784,8 @@ static inline __m256 rows8_x8_fp16(const void *blk, size_t off) {
  * by vpmaddwd; then + corr (-c * sum(x)). With a min: acc = fma(m, sx, acc) after the block's FMA. */
 static inline __attribute__((always_inline)) void gemm_rows8_tile(
         const int type, const int x8, const int tiled, int64_t nb, const void *blocks, const rows8_tile *tiles,
-        const uint8_t *x, size_t x_stride, const q8_0_side *side, int64_t t0, const int nt, float *y, size_t ldy,
-        int rows) {
+        const uint8_t *x, size_t x_stride, const q8_0_side *side, float *y, size_t ldy, int rows,
+        int64_t t0, const int nt) {
     const size_t bsz = q32_x8_size(type);
     const int span = q32_q5(type) ? 4 : 8;       /* groups summed in int16 before widening */
     const __m256i ones = _mm256_set1_epi16(1);
@@ -834,14 +837,7 @@ static inline __attribute__((always_inline)) void gemm_rows8_tile(
 static inline __attribute__((always_inline)) void gemm_rows8_tokens(
         const int type, const int x8, const int tiled, int64_t nb, const void *blocks, const rows8_tile *tiles,
         const uint8_t *x, size_t x_stride, const q8_0_side *side, int64_t T, float *y, size_t ldy, int rows) {
-    int64_t t = 0;
-    for (; t + 4 <= T; t += 4) gemm_rows8_tile(type, x8, tiled, nb, blocks, tiles, x, x_stride, side, t, 4, y, ldy, rows);
-    switch (T - t) {
-    case 3: gemm_rows8_tile(type, x8, tiled, nb, blocks, tiles, x, x_stride, side, t, 3, y, ldy, rows); break;
-    case 2: gemm_rows8_tile(type, x8, tiled, nb, blocks, tiles, x, x_stride, side, t, 2, y, ldy, rows); break;
-    case 1: gemm_rows8_tile(type, x8, tiled, nb, blocks, tiles, x, x_stride, side, t, 1, y, ldy, rows); break;
-    default: break;
-    }
+    TOKENS_BY_4(T, gemm_rows8_tile, type, x8, tiled, nb, blocks, tiles, x, x_stride, side, y, ldy, rows);
 }
 
 /* Q4_0 (q4 = 1) / Q8_0 weights, rows r0..r1-1 @ x (T, n) Q8_0 -> y[t * ldy + r]; returns r1 (r0 when
@@ -850,8 +846,8 @@ static inline __attribute__((always_inline)) int64_t gemm_q32_q8_0_avx2(
         const int q4, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
         const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     const int64_t nb = n / QK8_0;
-    rows8_tile *tiles = avx2_thread_buffer((size_t)nb * sizeof(rows8_tile), 0);
-    q8_0_side *side = avx2_thread_buffer((size_t)(T * nb) * sizeof(q8_0_side), 1);
+    rows8_tile *tiles = ls_thread_buffer((size_t)nb * sizeof(rows8_tile), 0);
+    q8_0_side *side = ls_thread_buffer((size_t)(T * nb) * sizeof(q8_0_side), 1);
     if (!tiles || !side) return r0;
     q8_0_side_data(q4 ? LS_TYPE_Q4_0 : LS_TYPE_Q8_0, nb, x, x_stride, T, side);
     for (int64_t r = r0; r < r1; r += 8) {
@@ -951,8 +947,8 @@ static inline __attribute__((always_inline)) int64_t gemv_q32_q8_0_avx2(
         const int q4, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
         const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     const int64_t nb = n / QK8_0;
-    q8_0_side *side = avx2_thread_buffer((size_t)(T * nb) * sizeof(q8_0_side), 1);
-    __m256i *v = q4 ? NULL : avx2_thread_buffer((size_t)nb * 8 * sizeof(__m256i), 0);
+    q8_0_side *side = ls_thread_buffer((size_t)(T * nb) * sizeof(q8_0_side), 1);
+    __m256i *v = q4 ? NULL : ls_thread_buffer((size_t)nb * 8 * sizeof(__m256i), 0);
     if (!side || (!q4 && !v)) return r0;
     q8_0_side_data(q4 ? LS_TYPE_Q4_0 : LS_TYPE_Q8_0, nb, x, x_stride, T, side);
     /* 3 tokens at a time, then the rest (nt a constant in each call) */
@@ -1038,8 +1034,8 @@ static inline __attribute__((always_inline)) int64_t gemm_q32_x8_avx2(
         const int type, int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
         const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     const int64_t nb = n / QK8_0;
-    q8_0_side *side = avx2_thread_buffer((size_t)(T * nb) * sizeof(q8_0_side), 1);
-    rows8_tile *tiles = T >= q32_x8_tile_min_t(type) ? avx2_thread_buffer((size_t)nb * sizeof(rows8_tile), 0) : NULL;
+    q8_0_side *side = ls_thread_buffer((size_t)(T * nb) * sizeof(q8_0_side), 1);
+    rows8_tile *tiles = T >= q32_x8_tile_min_t(type) ? ls_thread_buffer((size_t)nb * sizeof(rows8_tile), 0) : NULL;
     if (!side) return r0;
     q8_0_side_data(type, nb, x, x_stride, T, side);
     for (int64_t r = r0; r < r1; r += 8) {
@@ -1145,7 +1141,7 @@ static void tile_q4_K_rows8(const uint8_t *const *rp, int64_t b, q4_K_rows8_tile
 /* nt tokens t0.. (a constant 1..4) against the tiles of one 8-row group. */
 static inline __attribute__((always_inline)) void gemm_q4_K_rows8_tile(
         int64_t nb, const q4_K_rows8_tile *tiles, const uint8_t *x, size_t x_stride, const q8_K_side *side,
-        int64_t t0, const int nt, float *y, size_t ldy, int rows) {
+        float *y, size_t ldy, int rows, int64_t t0, const int nt) {
     __m256 acc[4];
     for (int t = 0; t < nt; ++t) acc[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
@@ -1189,14 +1185,7 @@ static inline __attribute__((always_inline)) void gemm_q4_K_rows8_tile(
 /* All T tokens against the tiles of one 8-row group, 4 at a time. */
 static void q4_K_tiles_tokens(int64_t nb, const q4_K_rows8_tile *tiles, const uint8_t *x, size_t x_stride,
                               const q8_K_side *side, int64_t T, float *y, size_t ldy, int rows) {
-    int64_t t = 0;
-    for (; t + 4 <= T; t += 4) gemm_q4_K_rows8_tile(nb, tiles, x, x_stride, side, t, 4, y, ldy, rows);
-    switch (T - t) {
-    case 3: gemm_q4_K_rows8_tile(nb, tiles, x, x_stride, side, t, 3, y, ldy, rows); break;
-    case 2: gemm_q4_K_rows8_tile(nb, tiles, x, x_stride, side, t, 2, y, ldy, rows); break;
-    case 1: gemm_q4_K_rows8_tile(nb, tiles, x, x_stride, side, t, 1, y, ldy, rows); break;
-    default: break;
-    }
+    TOKENS_BY_4(T, gemm_q4_K_rows8_tile, nb, tiles, x, x_stride, side, y, ldy, rows);
 }
 
 // W rows r0..r1-1 (n_out, n) in Q4_K @ x (T, n) in Q8_K, T >= 4 -> y[t * ldy + r]
@@ -1204,8 +1193,8 @@ static void q4_K_tiles_tokens(int64_t nb, const q4_K_rows8_tile *tiles, const ui
 int64_t gemm_q4_K_q8_K_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                    const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     const int64_t nb = n / QK_K;
-    q4_K_rows8_tile *tiles = avx2_thread_buffer((size_t)nb * sizeof(q4_K_rows8_tile), 0);
-    q8_K_side *side = avx2_thread_buffer((size_t)(T * nb) * sizeof(q8_K_side), 1);
+    q4_K_rows8_tile *tiles = ls_thread_buffer((size_t)nb * sizeof(q4_K_rows8_tile), 0);
+    q8_K_side *side = ls_thread_buffer((size_t)(T * nb) * sizeof(q8_K_side), 1);
     if (!tiles || !side) return r0;
     q8_K_side_data(nb, x, x_stride, T, side);
     for (int64_t r = r0; r < r1; r += 8) {
@@ -1281,7 +1270,7 @@ static void gemv_q4_K_rows(int64_t T, int64_t nb, const void *w, size_t w_stride
 int64_t gemv_q4_K_q8_K_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                    const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     const int64_t nb = n / QK_K;
-    __m256i *v = avx2_thread_buffer((size_t)nb * 8 * (sizeof(__m256i) + sizeof(__m128i)), 0);
+    __m256i *v = ls_thread_buffer((size_t)nb * 8 * (sizeof(__m256i) + sizeof(__m128i)), 0);
     if (!v) return r0;
     gemv_q4_K_rows(T, nb, w, w_stride, r0, r1, x, x_stride, y, ldy, v, (__m128i *)(v + nb * 8));
     return r1;
@@ -1332,7 +1321,7 @@ static void tile_q6_K_rows8(const uint8_t *const *rp, int64_t b, q6_K_rows8_tile
 
 static inline __attribute__((always_inline)) void gemm_q6_K_rows8_tile(
         int64_t nb, const q6_K_rows8_tile *tiles, const uint8_t *x, size_t x_stride,
-        int64_t t0, const int nt, float *y, size_t ldy, int rows) {
+        float *y, size_t ldy, int rows, int64_t t0, const int nt) {
     __m256 acc[4];
     for (int t = 0; t < nt; ++t) acc[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
@@ -1375,14 +1364,7 @@ static inline __attribute__((always_inline)) void gemm_q6_K_rows8_tile(
 /* All T tokens against the tiles of one 8-row group, 4 at a time. */
 static void q6_K_tiles_tokens(int64_t nb, const q6_K_rows8_tile *tiles, const uint8_t *x, size_t x_stride,
                               int64_t T, float *y, size_t ldy, int rows) {
-    int64_t t = 0;
-    for (; t + 4 <= T; t += 4) gemm_q6_K_rows8_tile(nb, tiles, x, x_stride, t, 4, y, ldy, rows);
-    switch (T - t) {
-    case 3: gemm_q6_K_rows8_tile(nb, tiles, x, x_stride, t, 3, y, ldy, rows); break;
-    case 2: gemm_q6_K_rows8_tile(nb, tiles, x, x_stride, t, 2, y, ldy, rows); break;
-    case 1: gemm_q6_K_rows8_tile(nb, tiles, x, x_stride, t, 1, y, ldy, rows); break;
-    default: break;
-    }
+    TOKENS_BY_4(T, gemm_q6_K_rows8_tile, nb, tiles, x, x_stride, y, ldy, rows);
 }
 
 // W rows r0..r1-1 (n_out, n) in Q6_K @ x (T, n) in Q8_K, T >= 4 -> y[t * ldy + r]
@@ -1390,7 +1372,7 @@ static void q6_K_tiles_tokens(int64_t nb, const q6_K_rows8_tile *tiles, const ui
 int64_t gemm_q6_K_q8_K_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                    const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     const int64_t nb = n / QK_K;
-    q6_K_rows8_tile *tiles = avx2_thread_buffer((size_t)nb * sizeof(q6_K_rows8_tile), 0);
+    q6_K_rows8_tile *tiles = ls_thread_buffer((size_t)nb * sizeof(q6_K_rows8_tile), 0);
     if (!tiles) return r0;
     for (int64_t r = r0; r < r1; r += 8) {
         const uint8_t *rp[8];
@@ -1450,7 +1432,7 @@ static void gemv_q6_K_rows(int64_t T, int64_t nb, const void *w, size_t w_stride
 int64_t gemv_q6_K_q8_K_avx2(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                    const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     const int64_t nb = n / QK_K;
-    __m256i *v = avx2_thread_buffer((size_t)nb * 8 * sizeof(__m256i), 0);
+    __m256i *v = ls_thread_buffer((size_t)nb * 8 * sizeof(__m256i), 0);
     if (!v) return r0;
     gemv_q6_K_rows(T, nb, w, w_stride, r0, r1, x, x_stride, y, ldy, v);
     return r1;
@@ -1531,7 +1513,7 @@ static inline __attribute__((always_inline)) void k4_x8_sub(const int q5, const 
  * bsize bytes each -> 8 rows of y. */
 static inline __attribute__((always_inline)) void gemm_k4_x8_group(
         const int q5, const size_t bsize, int64_t nb, const uint8_t *restrict g, const uint8_t *x, size_t x_stride,
-        int64_t t0, const int nt, float *y, size_t ldy, int rows) {
+        float *y, size_t ldy, int rows, int64_t t0, const int nt) {
     __m256 acc[4];
     for (int t = 0; t < nt; ++t) acc[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
@@ -1575,14 +1557,7 @@ static inline __attribute__((always_inline)) void gemm_k4_x8_rows(
     for (int64_t r = r0; r < r1; r += 8) {
         const uint8_t *g = (const uint8_t *)w + (size_t)r * w_stride;
         const int rows = r1 - r < 8 ? (int)(r1 - r) : 8;
-        int64_t t = 0;
-        for (; t + 4 <= T; t += 4) gemm_k4_x8_group(q5, bsize, nb, g, x, x_stride, t, 4, y + r, ldy, rows);
-        switch (T - t) {
-        case 3: gemm_k4_x8_group(q5, bsize, nb, g, x, x_stride, t, 3, y + r, ldy, rows); break;
-        case 2: gemm_k4_x8_group(q5, bsize, nb, g, x, x_stride, t, 2, y + r, ldy, rows); break;
-        case 1: gemm_k4_x8_group(q5, bsize, nb, g, x, x_stride, t, 1, y + r, ldy, rows); break;
-        default: break;
-        }
+        TOKENS_BY_4(T, gemm_k4_x8_group, q5, bsize, nb, g, x, x_stride, y + r, ldy, rows);
     }
 }
 
@@ -1623,8 +1598,8 @@ int64_t gemm_q4_K_x8_q8_K_avx2(int64_t n, const void *w, size_t w_stride, int64_
                                       const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     const int64_t nb = n / QK_K;
     if (T >= X8_TILE_MIN_T) {
-        q4_K_rows8_tile *tiles = avx2_thread_buffer((size_t)nb * sizeof(q4_K_rows8_tile), 0);
-        q8_K_side *side = avx2_thread_buffer((size_t)(T * nb) * sizeof(q8_K_side), 1);
+        q4_K_rows8_tile *tiles = ls_thread_buffer((size_t)nb * sizeof(q4_K_rows8_tile), 0);
+        q8_K_side *side = ls_thread_buffer((size_t)(T * nb) * sizeof(q8_K_side), 1);
         if (tiles && side) {
             q8_K_side_data(nb, x, x_stride, T, side);
             for (int64_t r = r0; r < r1; r += 8) {
@@ -1644,8 +1619,8 @@ int64_t gemm_q4_K_x8_q8_K_avx2(int64_t n, const void *w, size_t w_stride, int64_
  * the scale. Q3_K's quants are taken as q + 4 (unsigned), the 4 x scale x bsum it adds is taken off
  * per token (as Q6_K's 32). */
 static inline __attribute__((always_inline)) void gemm_k2_x8_group(
-        const int q3, int64_t nb, const uint8_t *restrict g, const uint8_t *x, size_t x_stride, int64_t t0,
-        const int nt, float *y, size_t ldy, int rows) {
+        const int q3, int64_t nb, const uint8_t *restrict g, const uint8_t *x, size_t x_stride,
+        float *y, size_t ldy, int rows, int64_t t0, const int nt) {
     const size_t bsize = q3 ? sizeof(block_q3_Kx8) : sizeof(block_q2_Kx8);
     const __m256i three = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1), low4 = _mm256_set1_epi8(0x0f);
     __m256 acc[4];
@@ -1720,14 +1695,7 @@ static inline __attribute__((always_inline)) void gemm_k2_x8_rows(
     for (int64_t r = r0; r < r1; r += 8) {
         const uint8_t *g = (const uint8_t *)w + (size_t)r * w_stride;
         const int rows = r1 - r < 8 ? (int)(r1 - r) : 8;
-        int64_t t = 0;
-        for (; t + 4 <= T; t += 4) gemm_k2_x8_group(q3, nb, g, x, x_stride, t, 4, y + r, ldy, rows);
-        switch (T - t) {
-        case 3: gemm_k2_x8_group(q3, nb, g, x, x_stride, t, 3, y + r, ldy, rows); break;
-        case 2: gemm_k2_x8_group(q3, nb, g, x, x_stride, t, 2, y + r, ldy, rows); break;
-        case 1: gemm_k2_x8_group(q3, nb, g, x, x_stride, t, 1, y + r, ldy, rows); break;
-        default: break;
-        }
+        TOKENS_BY_4(T, gemm_k2_x8_group, q3, nb, g, x, x_stride, y + r, ldy, rows);
     }
 }
 
@@ -1751,8 +1719,8 @@ int64_t gemm_q3_K_x8_q8_K_avx2(int64_t n, const void *w, size_t w_stride, int64_
  * h and pair of groups j = 2i, 2i + 1 (they share each quarter's sub-block, 8h + 2c + i / 2): two
  * groups add in int16 (2 x 2 x 63 x 127 = 32004 fits) before vpmaddwd applies the scale. */
 static inline __attribute__((always_inline)) void gemm_q6_K_x8_group(
-        int64_t nb, const block_q6_Kx8 *restrict g, const uint8_t *x, size_t x_stride, int64_t t0, const int nt,
-        float *y, size_t ldy, int rows) {
+        int64_t nb, const block_q6_Kx8 *restrict g, const uint8_t *x, size_t x_stride,
+        float *y, size_t ldy, int rows, int64_t t0, const int nt) {
     __m256 acc[4];
     for (int t = 0; t < nt; ++t) acc[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
@@ -1821,7 +1789,7 @@ int64_t gemm_q6_K_x8_q8_K_avx2(int64_t n, const void *w, size_t w_stride, int64_
                                       const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     const int64_t nb = n / QK_K;
     if (T >= X8_TILE_MIN_T) {
-        q6_K_rows8_tile *tiles = avx2_thread_buffer((size_t)nb * sizeof(q6_K_rows8_tile), 0);
+        q6_K_rows8_tile *tiles = ls_thread_buffer((size_t)nb * sizeof(q6_K_rows8_tile), 0);
         if (tiles) {
             for (int64_t r = r0; r < r1; r += 8) {
                 tile_q6_K_from_x8(nb, (const block_q6_Kx8 *)((const char *)w + (size_t)r * w_stride), tiles);
@@ -1833,14 +1801,7 @@ int64_t gemm_q6_K_x8_q8_K_avx2(int64_t n, const void *w, size_t w_stride, int64_
     for (int64_t r = r0; r < r1; r += 8) {
         const block_q6_Kx8 *restrict g = (const block_q6_Kx8 *)((const char *)w + (size_t)r * w_stride);
         const int rows = r1 - r < 8 ? (int)(r1 - r) : 8;
-        int64_t t = 0;
-        for (; t + 4 <= T; t += 4) gemm_q6_K_x8_group(nb, g, x, x_stride, t, 4, y + r, ldy, rows);
-        switch (T - t) {
-        case 3: gemm_q6_K_x8_group(nb, g, x, x_stride, t, 3, y + r, ldy, rows); break;
-        case 2: gemm_q6_K_x8_group(nb, g, x, x_stride, t, 2, y + r, ldy, rows); break;
-        case 1: gemm_q6_K_x8_group(nb, g, x, x_stride, t, 1, y + r, ldy, rows); break;
-        default: break;
-        }
+        TOKENS_BY_4(T, gemm_q6_K_x8_group, nb, g, x, x_stride, y + r, ldy, rows);
     }
     return r1;
 }
@@ -2181,20 +2142,6 @@ static inline __attribute__((always_inline)) void gemm_iq4_x8_group(
     for (int t = 0; t < nt; ++t) store_rows8(y + (size_t)(t0 + t) * ldy, acc[t], rows);
 }
 
-/* Tokens 0..T-1 against one group: GROUP(args..., t0, nt) 4 at a time, then the last 1-3, every nt
- * a constant (the always_inline group kernels specialize on it). */
-#define X8_TOKENS(T, GROUP, ...)                                                                    \
-    do {                                                                                            \
-        int64_t t_ = 0;                                                                             \
-        for (; t_ + 4 <= (T); t_ += 4) GROUP(__VA_ARGS__, t_, 4);                                   \
-        switch ((T) - t_) {                                                                         \
-        case 3: GROUP(__VA_ARGS__, t_, 3); break;                                                   \
-        case 2: GROUP(__VA_ARGS__, t_, 2); break;                                                   \
-        case 1: GROUP(__VA_ARGS__, t_, 1); break;                                                   \
-        default: break;                                                                             \
-        }                                                                                           \
-    } while (0)
-
 /* Rows r0..r1-1 (r0 % 8 == 0) of an IQ4 x8 tensor (xs: as gemm_iq4_x8_group), group after group
  * against the T tokens, the group's levels decoded into a tile first when T >= X8_TILE_MIN_T (and
  * the buffer can be had). */
@@ -2203,16 +2150,16 @@ static inline __attribute__((always_inline)) void gemm_iq4_x8_rows(
         const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     const int64_t nb = n / (xs ? QK_K : QK4_NL);
     const int lines = xs ? 32 : 4;
-    iq4_x8_half *tl = T >= X8_TILE_MIN_T ? avx2_thread_buffer((size_t)nb * 2 * lines * sizeof(iq4_x8_half), 0) : NULL;
+    iq4_x8_half *tl = T >= X8_TILE_MIN_T ? ls_thread_buffer((size_t)nb * 2 * lines * sizeof(iq4_x8_half), 0) : NULL;
     for (int64_t r = r0; r < r1; r += 8) {
         const uint8_t *g = (const uint8_t *)w + (size_t)r * w_stride;
         const int rows = r1 - r < 8 ? (int)(r1 - r) : 8;
         if (tl) {
             iq4_x8_tile(nb, g, xs ? sizeof(block_iq4_xsx8) : sizeof(block_iq4_nlx8),
                         xs ? offsetof(block_iq4_xsx8, qs) : offsetof(block_iq4_nlx8, qs), lines, tl);
-            X8_TOKENS(T, gemm_iq4_x8_group, xs, nb, g, tl, x, x_stride, y + r, ldy, rows);
+            TOKENS_BY_4(T, gemm_iq4_x8_group, xs, nb, g, tl, x, x_stride, y + r, ldy, rows);
         } else {
-            X8_TOKENS(T, gemm_iq4_x8_group, xs, nb, g, NULL, x, x_stride, y + r, ldy, rows);
+            TOKENS_BY_4(T, gemm_iq4_x8_group, xs, nb, g, NULL, x, x_stride, y + r, ldy, rows);
         }
     }
 }

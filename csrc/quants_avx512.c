@@ -216,17 +216,6 @@ static inline __attribute__((always_inline)) void gemm_q4_0_tile(
     for (int t = 0; t < nt; ++t) store_tile_rows(y + (size_t)(t0 + t) * ldy, acc[t], rows);
 }
 
-static inline void *thread_buffer(size_t bytes, int which) {
-    static __thread void *buf[3];
-    static __thread size_t cap[3];
-    if (bytes > cap[which]) {
-        free(buf[which]);
-        buf[which] = aligned_alloc(64, (bytes + 63) / 64 * 64);
-        cap[which] = buf[which] ? bytes : 0;
-    }
-    return buf[which];
-}
-
 // W rows rp[0..15] (Q8_0), blocks 0..nb-1 -> tiles[nb], quants + 128 (unsigned)
 static void tile_q8_0_rows16(int64_t nb, const uint8_t *const *rp, q4_0_tile16 *tiles) {
     const __m512i bias = _mm512_set1_epi8((char)0x80);
@@ -439,8 +428,8 @@ static inline __attribute__((always_inline)) int64_t gemm_q32_q8_0(
         int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1, const void *x, size_t x_stride,
         int64_t T, float *y, size_t ldy, const enum gemm_kind kind, int shift) {
     const int64_t nb = n / 32;
-    q4_0_tile16 *tiles = thread_buffer((size_t)nb * sizeof(q4_0_tile16), 0);
-    q8_0_side *side = thread_buffer((size_t)(T * nb) * sizeof(q8_0_side), 1);
+    q4_0_tile16 *tiles = ls_thread_buffer((size_t)nb * sizeof(q4_0_tile16), 0);
+    q8_0_side *side = ls_thread_buffer((size_t)(T * nb) * sizeof(q8_0_side), 1);
     if (!tiles || !side) return r0;
     for (int64_t t = 0; t < T; ++t) {
         const block_q8_0 *xb = (const block_q8_0 *)((const uint8_t *)x + (size_t)t * x_stride);
@@ -469,8 +458,8 @@ int64_t gemm_q8_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t
 int64_t gemm_q4_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                      const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     const int64_t nb = n / QK_K;
-    q4_K_tile16 *tiles = thread_buffer((size_t)nb * sizeof(q4_K_tile16), 0);
-    q8_K_side *side = thread_buffer((size_t)(T * nb) * sizeof(q8_K_side), 1);
+    q4_K_tile16 *tiles = ls_thread_buffer((size_t)nb * sizeof(q4_K_tile16), 0);
+    q8_K_side *side = ls_thread_buffer((size_t)(T * nb) * sizeof(q8_K_side), 1);
     if (!tiles || !side) return r0;
     for (int64_t t = 0; t < T; ++t) {
         const block_q8_K *xb = (const block_q8_K *)((const uint8_t *)x + (size_t)t * x_stride);
@@ -491,7 +480,7 @@ int64_t gemm_q4_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, int64_t
 int64_t gemm_q6_K_q8_K_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                      const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     const int64_t nb = n / QK_K;
-    q6_K_tile16 *tiles = thread_buffer((size_t)nb * sizeof(q6_K_tile16), 0);
+    q6_K_tile16 *tiles = ls_thread_buffer((size_t)nb * sizeof(q6_K_tile16), 0);
     if (!tiles) return r0;
     return gemm_groups16(GEMM_Q6_K, nb, w, w_stride, r0, r1, tiles, NULL, x, x_stride, T, y, ldy);
 }
@@ -534,8 +523,8 @@ static inline void pair_sums(__m512i v, int32_t *a, int32_t *b) {
 int64_t gemv_q8_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                      const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     const int64_t np = n / 64;
-    q8_0_pair_rec *xp = thread_buffer((size_t)np * sizeof(q8_0_pair_rec), 1);
-    int32_t *v = thread_buffer((size_t)np * 32 * sizeof(int32_t), 2);
+    q8_0_pair_rec *xp = ls_thread_buffer((size_t)np * sizeof(q8_0_pair_rec), 1);
+    int32_t *v = ls_thread_buffer((size_t)np * 32 * sizeof(int32_t), 2);
     if (n % 64 || !xp || !v) return r0;
     for (int64_t t = 0; t < T; ++t) {
         pack_q8_0(n, (const block_q8_0 *)((const uint8_t *)x + (size_t)t * x_stride), xp);
@@ -577,7 +566,7 @@ int64_t gemv_q8_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t
 int64_t gemv_q4_0_q8_0_avx512(int64_t n, const void *w, size_t w_stride, int64_t r0, int64_t r1,
                                      const void *x, size_t x_stride, int64_t T, float *y, size_t ldy) {
     const int64_t nb = n / QK4_0;
-    q8_0_side *side = thread_buffer((size_t)nb * sizeof(q8_0_side), 1);
+    q8_0_side *side = ls_thread_buffer((size_t)nb * sizeof(q8_0_side), 1);
     if (!side) return r0;
     const __m512i low4 = _mm512_set1_epi8(0x0f);
     for (int64_t t = 0; t < T; ++t) {
@@ -681,7 +670,7 @@ static inline __attribute__((always_inline)) int64_t gemv_q8_K_rows(
     __m512i idx[4];
     for (int k = 0; k < 4; ++k) idx[k] = q6 ? scale_index(4 * k, 8) : scale_index(2 * k, 16);
     const int64_t nb = n / QK_K;
-    int32_t *v = thread_buffer((size_t)nb * (q6 ? 16 : 32) * sizeof(int32_t), 2);
+    int32_t *v = ls_thread_buffer((size_t)nb * (q6 ? 16 : 32) * sizeof(int32_t), 2);
     if (!v) return r0;
     int32_t *m = v + nb * 16;       /* each row's block sums, then read with a row per lane */
     for (int64_t t = 0; t < T; ++t) {

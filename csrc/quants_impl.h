@@ -177,9 +177,24 @@ static inline void ls_unpack_scales_q3k(const uint8_t *q, uint8_t sc[16]) {
  * F16C (their target pragmas come before this include); other files do not see these. ---- */
 #if defined(__AVX2__) && defined(__F16C__)
 #include <immintrin.h>
+#include <stdlib.h>
 #include <string.h>
 
 static inline float ls_fp16_to_fp32_f16c(ls_fp16_t h) { return _cvtsh_ss(h); }
+
+/* A per-thread scratch buffer of at least `bytes` (64-byte aligned), one of 3 slots (`which`) per
+ * thread and per file including this; kept and grown, never shrunk. NULL when out of memory (the
+ * kernels then decline, see ls_matmul_rows). */
+static inline void *ls_thread_buffer(size_t bytes, int which) {
+    static __thread void *buf[3];
+    static __thread size_t cap[3];
+    if (bytes > cap[which]) {
+        free(buf[which]);
+        buf[which] = aligned_alloc(64, (bytes + 63) / 64 * 64);
+        cap[which] = buf[which] ? bytes : 0;
+    }
+    return buf[which];
+}
 
 /* Sum of the 8 float lanes (a fixed order: high half onto low, then pairs). */
 static inline float ls_hsum_ps(__m256 v) {
