@@ -50,22 +50,25 @@ def _rows():
     return out
 
 
+_ROWS = _rows()     # the table is compiled in: read it once
+
+
 def type_table():
     """{type id: (name, elements per block, bytes per block, vec_dot type id)} of every GGML type
     llmstream computes, from the rows of csrc/types.c (the one place types are declared)."""
-    return {t: (name, blck, size, vdt) for t, name, blck, size, vdt, x8 in _rows() if blck and not x8}
+    return {t: (name, blck, size, vdt) for t, name, blck, size, vdt, x8 in _ROWS if blck and not x8}
 
 
 def ggml_type_names():
     """{type id: GGML's name} of every GGML type csrc/types.c names, computed or not."""
-    return {t: name for t, name, blck, size, vdt, x8 in _rows() if not x8}
+    return {t: name for t, name, blck, size, vdt, x8 in _ROWS if not x8}
 
 
 # {id: name} of the GGML types llmstream computes, and TYPE_<name> = id for each of them and for
 # the repacked layouts (TYPE_Q4_K_X8, ...): derived from csrc/types.c, not restated here
 TYPE_NAMES = {t: v[0] for t, v in type_table().items()}
 TYPE_IDS = {name: t for t, name in TYPE_NAMES.items()}
-globals().update({f"TYPE_{name}": t for t, name, blck, size, vdt, x8 in _rows() if blck})
+globals().update({f"TYPE_{name}": t for t, name, blck, size, vdt, x8 in _ROWS if blck})
 
 # Activation types ls_quantize_row can produce (the "vec_dot types"): the rows with a quantizer.
 ACTIVATION_TYPES = tuple(t for t in TYPE_NAMES if ls_type_quantizes(t))

@@ -80,7 +80,7 @@ def _tensor_types(ftype: str, name: str, layer: int, n_layer: int, n_gqa: int = 
 
 def _random_blocks(rng, type_name: str, n_rows: int, n_in: int) -> np.ndarray:
     from . import _ops
-    blck, size = _ops.type_table()[_ops.TYPE_IDS[type_name]][1:3]
+    blck, size, _ = _ops.type_info(_ops.TYPE_IDS[type_name])
     scale_offsets = SCALE_OFFSETS[type_name]
     if type_name == "F32":
         return (rng.standard_normal((n_rows, n_in), dtype=np.float32) * 0.02)

@@ -323,7 +323,7 @@ def write_demo_model(path: Path) -> None:
     w.add_add_bos_token(False)
 
     qtype = gguf.GGMLQuantizationType[WEIGHT_TYPE]
-    block_bytes = _ops.type_table()[_ops.TYPE_IDS[WEIGHT_TYPE]][2]
+    block_bytes = _ops.type_info(_ops.TYPE_IDS[WEIGHT_TYPE])[1]
 
     def add(name: str, n_rows: int, n_in: int, scale: float | None = None):
         data = _random_blocks(rng, WEIGHT_TYPE, n_rows, n_in)
