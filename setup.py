@@ -39,6 +39,10 @@ if OPENMP:
     compile_args.append("-fopenmp")
     link_args.append("-fopenmp")
 
+# Test builds only: LLMSTREAM_EMULATE_AVX512=1 compiles the AVX-512 kernels for AVX2 through SIMDe
+# (csrc/avx512_emulated.h) so that tests can run them on a CPU without AVX-512. Never for use.
+EMULATE_AVX512 = os.environ.get("LLMSTREAM_EMULATE_AVX512") == "1"
+
 sources = ["llmstream/_ops.pyx"] + sorted(
     os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswith(".c"))
 
@@ -46,10 +50,11 @@ ext = Extension(
     "llmstream._ops",
     sources=sources,
     include_dirs=["csrc", np.get_include()],
-    extra_compile_args=compile_args,
+    extra_compile_args=compile_args + (["-Wno-psabi"] if EMULATE_AVX512 else []),
     extra_link_args=link_args,
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
-                   ("LS_OPENMP", "1" if OPENMP else "0")],
+                   ("LS_OPENMP", "1" if OPENMP else "0")]
+                  + ([("LS_EMULATE_AVX512", "1")] if EMULATE_AVX512 else []),
 )
 
 setup(

@@ -30,8 +30,17 @@ int ls_cpu_has_avx2(void) {
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 }
 
+int ls_simd_emulated(void) {
+#ifdef LS_EMULATE_AVX512
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 int ls_cpu_has_avx512(void) {
     __builtin_cpu_init();
+    if (ls_simd_emulated()) return ls_cpu_has_avx2();   /* test build: AVX-512 through SIMDe on AVX2 */
     return ls_cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
         && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 }
@@ -100,8 +109,6 @@ __attribute__((constructor)) static void ls_cpu_init(void) {
     build_tables();
     max_level = ls_cpu_has_avx512() ? LS_SIMD_AVX512 : ls_cpu_has_avx2() ? LS_SIMD_AVX2 : LS_SIMD_SCALAR;
     int want = max_level;
-    const char *e512 = getenv("LLMSTREAM_AVX512");
-    if (e512 && (env_is(e512, "off", "0") || !strcasecmp(e512, "no")) && want > LS_SIMD_AVX2) want = LS_SIMD_AVX2;
     const char *env = getenv("LLMSTREAM_SIMD");
     if (env && *env) {
         if (env_is(env, "scalar", "0") || !strcasecmp(env, "none")) want = LS_SIMD_SCALAR;
@@ -110,5 +117,7 @@ __attribute__((constructor)) static void ls_cpu_init(void) {
         else if (strcasecmp(env, "auto"))
             fprintf(stderr, "llmstream: ignoring LLMSTREAM_SIMD=%s (expected scalar, avx2, avx512 or auto)\n", env);
     }
+    const char *e512 = getenv("LLMSTREAM_AVX512");   /* a cap, whatever LLMSTREAM_SIMD asks */
+    if (e512 && (env_is(e512, "off", "0") || !strcasecmp(e512, "no")) && want > LS_SIMD_AVX2) want = LS_SIMD_AVX2;
     ls_set_simd(want);
 }

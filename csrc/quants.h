@@ -111,5 +111,6 @@ int     ls_get_simd(void);
 int     ls_set_simd(int level);
 int     ls_cpu_has_avx2(void);
 int     ls_cpu_has_avx512(void);
+int     ls_simd_emulated(void);   /* 1 in a test build whose AVX-512 kernels run through SIMDe */
 
 #endif

@@ -14,9 +14,13 @@
  * additions differs from them. Pinned to the scalar vec_dot (and gemm to gemv, bit for bit) by
  * tests/test_quants_simd.py.
  */
+#ifdef LS_EMULATE_AVX512   /* test builds only: the same code on an AVX2 CPU (avx512_emulated.h) */
+#pragma GCC target("avx2,fma,f16c")
+#include "avx512_emulated.h"
+#else
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")
-
 #include <immintrin.h>
+#endif
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>

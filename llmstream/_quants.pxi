@@ -21,6 +21,7 @@ cdef extern from "quants.h" nogil:
     int ls_set_simd(int level)
     int ls_cpu_has_avx2()
     int ls_cpu_has_avx512()
+    int ls_simd_emulated()
     const char *ls_type_name(int type)
     int ls_type_is_x8(int type)
     int ls_type_quantizes(int type)
@@ -227,6 +228,12 @@ def cpu_has_avx512():
     """True when the CPU has AVX512F/BW/VL/VNNI (the SIMD_AVX512 level: the Q4_0 / Q8_0 / Q4_K /
     Q6_K matmuls)."""
     return bool(ls_cpu_has_avx512())
+
+
+def simd_emulated():
+    """True in a test build (LLMSTREAM_EMULATE_AVX512=1) whose AVX-512 kernels are emulated on AVX2
+    through SIMDe: correct and slow; cpu_has_avx512() is then True on any AVX2 CPU."""
+    return bool(ls_simd_emulated())
 
 
 def simd_x4_types():

@@ -493,6 +493,10 @@ def main(argv=None) -> int:
                    help=argparse.SUPPRESS)
     p.add_argument("--worker-model", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    from . import _ops
+    if _ops.simd_emulated():
+        p.error("this build's AVX-512 kernels are emulated (built with LLMSTREAM_EMULATE_AVX512=1, "
+                "for tests only) and far slower than real ones: rebuild with `make build` to measure")
     unknown = [t for t in args.types.split(",") if t.strip() and t.strip() not in FTYPES]
     if unknown:
         p.error(f"--types: unknown {', '.join(unknown)}; choose from {', '.join(FTYPES)}")

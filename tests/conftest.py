@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
+# LLMSTREAM_TEST_SHARED: where ../shared is when the tests run from a copy of the project
+# (tests/test_avx512_emulated.py)
+SHARED = Path(os.environ.get("LLMSTREAM_TEST_SHARED") or ROOT.parent / "shared")
 
 
 def shared_path(*parts) -> Path:

@@ -348,12 +348,19 @@ def test_simd_level_api():
         _ops.set_simd(before)
 
 
-@pytest.mark.parametrize("env,want_avx2", [("scalar", False), ("avx2", True), (None, True)])
-def test_llmstream_simd_env(env, want_avx2):
-    e = dict(os.environ)
-    e.pop("LLMSTREAM_SIMD", None)
-    if env is not None:
-        e["LLMSTREAM_SIMD"] = env
+def _best_level():
+    return 2 if _ops.cpu_has_avx512() else 1 if _ops.cpu_has_avx2() else 0
+
+
+@pytest.mark.parametrize("env,cap", [({"LLMSTREAM_SIMD": "scalar"}, 0), ({"LLMSTREAM_SIMD": "avx2"}, 1),
+                                     ({"LLMSTREAM_SIMD": "avx512"}, 2), ({}, 2),
+                                     ({"LLMSTREAM_AVX512": "0"}, 1),
+                                     ({"LLMSTREAM_SIMD": "avx512", "LLMSTREAM_AVX512": "0"}, 1)],
+                         ids=["scalar", "avx2", "avx512", "default", "avx512-off", "avx512-and-off"])
+def test_llmstream_simd_env(env, cap):
+    """The start-up level: the best the CPU has, at most what LLMSTREAM_SIMD / LLMSTREAM_AVX512 ask."""
+    e = {k: v for k, v in os.environ.items() if k not in ("LLMSTREAM_SIMD", "LLMSTREAM_AVX512")}
+    e.update(env)
     out = subprocess.run([sys.executable, "-c", "from llmstream import _ops; print(_ops.get_simd())"],
                          env=e, capture_output=True, text=True, check=True).stdout.strip()
-    assert out == str(int(want_avx2 and _ops.cpu_has_avx2()))
+    assert out == str(min(cap, _best_level()))

@@ -335,9 +335,17 @@ def test_a_repacked_iq4_model_is_close_and_batch_invariant(name, t):
     assert rms <= 0.01 and mx <= 0.1, f"repacked logits differ by rms {rms:.2e}, max {mx:.2e} of their std"
 
 
-def test_repacking_is_on_for_avx2_and_env_decides(monkeypatch):
+def test_repacking_is_on_with_simd_kernels_and_env_decides(monkeypatch):
+    """On by default at the AVX2 and AVX-512 levels (where AVX-512 multiplies a type itself, that type
+    stays in the file's layout: test below), off at the scalar level."""
     monkeypatch.delenv("LLMSTREAM_REPACK", raising=False)
-    assert repack_by_default() == (_ops.get_simd() == _ops.SIMD_AVX2)
+    was = _ops.get_simd()
+    try:
+        for level in (_ops.SIMD_SCALAR, _ops.SIMD_AVX2, _ops.SIMD_AVX512):
+            got = _ops.set_simd(level)
+            assert repack_by_default() == (got != _ops.SIMD_SCALAR), got
+    finally:
+        _ops.set_simd(was)
     monkeypatch.setenv("LLMSTREAM_REPACK", "0")
     assert repack_by_default() is False
     monkeypatch.setenv("LLMSTREAM_REPACK", "1")
