@@ -390,7 +390,7 @@ def _run_worker(engine: str, path: Path, args) -> dict | list | None:
                "--runs", str(args.runs), "--concurrency", args.concurrency or "",
                "--conc-prompt", str(args.conc_prompt), "--long-prompt", str(args.long_prompt)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    with busy_loops(args.contention):
+    with busy_loops(args.contention, args.contention_nice):
         r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         print(f"{engine} failed on {path.name}:\n{r.stderr[-2000:]}", file=sys.stderr)
@@ -403,11 +403,12 @@ class busy_loops:
     """Context manager: k processes that each keep a core busy (a pure-Python loop), started and
     stopped by the bench, to measure both engines on a machine that is not theirs alone."""
 
-    def __init__(self, k: int):
-        self.k, self.procs = max(0, int(k or 0)), []
+    def __init__(self, k: int, nice: int = 0):
+        self.k, self.nice, self.procs = max(0, int(k or 0)), int(nice or 0), []
 
     def __enter__(self):
-        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        lower = (lambda: os.nice(self.nice)) if self.nice else None
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=lower)
                       for _ in range(self.k)]
         if self.procs:
             time.sleep(0.2)          # let them start spinning
@@ -478,6 +479,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-llama-cpp", action="store_true", help="measure llmstream only")
     p.add_argument("--contention", type=int, default=0, metavar="K",
                    help="run K busy-loop processes beside each engine while it is measured")
+    p.add_argument("--contention-nice", type=int, default=0, metavar="N",
+                   help="run the --contention processes at nice N (e.g. 19: background jobs)")
     p.add_argument("--concurrency", metavar="N,N,...",
                    help="measure N streams at once for each N (e.g. 1,2,4,8) instead of pp/tg; "
                         "--tg is each stream's answer length")
@@ -522,8 +525,9 @@ def main(argv=None) -> int:
         print(json.dumps(fn(args.worker_model, args.threads, args.pp, args.tg, args.runs)))
         return 0
 
-    print(simd_report() + (f"; {args.contention} busy-loop process(es) beside each engine"
-                           if args.contention else ""), file=sys.stderr, flush=True)
+    print(simd_report() + (f"; {args.contention} busy-loop process(es)"
+                           + (f" at nice {args.contention_nice}" if args.contention_nice else "")
+                           + " beside each engine" if args.contention else ""), file=sys.stderr, flush=True)
     compare = not args.no_llama_cpp and have_llama_cpp()
     if not compare and not args.no_llama_cpp:
         print("llama_cpp is not installed: printing llmstream's figures only. For the side-by-side "

@@ -18,6 +18,9 @@ The per-family forward passes live in `models/`.
 from __future__ import annotations
 
 import os
+import statistics
+import time
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,16 +50,33 @@ def repack_by_default() -> bool:
 
 
 class CoreWatch:
-    """How many threads a forward pass should use now: at most `cap`, and no more than the cores
-    other work leaves free. On a busy machine a thread whose core another process holds makes
-    its peers wait at every barrier (measured on 2 cores with one busy loop: 2 threads gave half
-    the tokens/s of 1); so each forward counts the other runnable tasks (/proc/loadavg's running
-    count, minus this process's own running threads) and uses the cores left, at least one. Results do not depend
-    on the thread count (tests/test_threads.py). Only where the process sees the whole machine
-    (its CPU affinity is every online CPU: /proc/loadavg counts the whole machine's tasks);
-    LLMSTREAM_ADAPTIVE_THREADS=0 turns it off."""
+    """How many threads a forward pass should use now: at most `cap`, or fewer when other work
+    holds cores. On a busy machine a thread whose core another process holds makes its peers wait
+    at every barrier (2 cores, one busy loop at nice 0: 2 threads gave half the tokens/s of 1). But
+    a runnable task holds a core only as far as the kernel's scheduler gives it one, which neither
+    the run-queue length nor niceness tells: beside one busy loop at nice 19, 2-thread
+    TinyLlama-shape Q4_K_M decode measured 14-21 tok/s in some minutes and 8.4 in others (1 thread
+    about 11.5; quiet 21-24; Linux 6.18, 2 cores). What does tell is how long our own threads wait
+    to run: the run delay of our slowest thread (/proc/self/task/*/schedstat) as a fraction of the
+    pass measured a median of 0.43-0.48 where the other task hurt (nice 0; nice 19 at its worst)
+    and 0.002-0.3 where 2 threads stayed well ahead of 1 (nice 19, 10, 5). So:
+
+    - no other runnable task (/proc/loadavg's running count minus this process's own running
+      threads): every thread — one read of /proc/loadavg per pass;
+    - others runnable: every thread while the median of the last WINDOW such passes' fractions
+      is under DELAY_LIMIT (each pass with every thread is timed that way), else the cores the
+      others leave free (at least one), with a short pass (at most PROBE_MAX_TOKENS tokens)
+      trying every thread again every PROBE_EVERY seconds; what it measures decides alone.
+
+    Results do not depend on the thread count (tests/test_threads.py). Only where the process sees
+    the whole machine (its CPU affinity is every online CPU: /proc/loadavg counts the whole
+    machine's tasks); LLMSTREAM_ADAPTIVE_THREADS=0 turns it off."""
 
     LOADAVG = "/proc/loadavg"
+    DELAY_LIMIT = 0.4        # of a pass's wall time, the longest one of our threads waited to run
+    WINDOW = 5               # passes whose median decides (one pass can be unlucky)
+    PROBE_EVERY = 4.0        # seconds between passes that try every thread while fewer are used
+    PROBE_MAX_TOKENS = 16    # only short passes probe: one kept waiting costs little
 
     def __init__(self, cap: int):
         self.cap = max(1, cap)
@@ -67,8 +87,20 @@ class CoreWatch:
         self.enabled = (whole and self.cap > 1
                         and os.environ.get("LLMSTREAM_ADAPTIVE_THREADS", "1") != "0")
         self.n_cpus = os.cpu_count() or 1
+        self._waits = deque(maxlen=self.WINDOW)   # fractions of the last passes our threads waited
+        self._next_probe = 0.0     # while fewer threads are used: when to try every thread again
+        self._timing = None        # (start, run delays) of the pass being timed
+        self.clock, self.run_delays = time.monotonic, _run_delays   # (tests replace them)
 
-    def threads(self) -> int:
+    @property
+    def waited(self) -> float:
+        """Median fraction of the recent passes with every thread (while others were runnable)
+        that our slowest thread spent waiting to run; 0 when there are none."""
+        return statistics.median(self._waits) if self._waits else 0.0
+
+    def threads(self, n_tokens: int = 1) -> int:
+        """The threads for the next forward pass (of n_tokens tokens); call observe() after it."""
+        self._timing = None
         if not self.enabled:
             return self.cap
         try:
@@ -77,7 +109,48 @@ class CoreWatch:
         except (OSError, ValueError, IndexError):
             return self.cap
         others = max(0, running - _own_running_threads())
+        if others == 0:
+            return self.cap
+        now = self.clock()
+        full = self.waited < self.DELAY_LIMIT
+        if full or (now >= self._next_probe and n_tokens <= self.PROBE_MAX_TOKENS):
+            if not full:
+                self._waits.clear()      # a probe: what it measures decides alone
+            self._timing = (now, self.run_delays())
+            return self.cap
         return max(1, min(self.cap, self.n_cpus - others))
+
+    def observe(self):
+        """After the forward pass threads() was asked for: when it ran every thread beside other
+        runnable work, how long did our slowest thread wait to run?"""
+        if self._timing is None:
+            return
+        (start, before), self._timing = self._timing, None
+        now = self.clock()
+        if now <= start:
+            return
+        after = self.run_delays()
+        waited = max((after[t] - before[t] for t in after if t in before), default=0) / 1e9
+        self._waits.append(waited / (now - start))
+        if self.waited >= self.DELAY_LIMIT:
+            self._next_probe = now + self.PROBE_EVERY
+
+
+def _run_delays() -> dict:
+    """Nanoseconds each thread of this process has waited on a run queue so far, by thread id
+    (/proc/self/task/*/schedstat, second field; empty where the kernel keeps no schedstats)."""
+    out = {}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                out[tid] = int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
 
 
 def _own_running_threads() -> int:
@@ -260,10 +333,11 @@ class Model:
             out = self.ws.logits[:len(want)]
         elif out.shape != (len(want), self.n_vocab) or out.dtype != np.float32:
             raise ValueError("out must be float32 (len(want), n_vocab)")
-        _ops.set_threads(self.cores.threads())
+        _ops.set_threads(self.cores.threads(T))
         try:
             self._forward(self, pool, ids, pos, seq, want, out)
         finally:
+            self.cores.observe()
             _ops.set_threads(self._threads)      # the setting outside forward passes stays
         return out
 

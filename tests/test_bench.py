@@ -111,3 +111,18 @@ def test_bench_latency_measures_prewarmed_ttft_and_itl_beside_a_long_prefill(tmp
     assert row["cached_tokens"] < row["prompt_tokens"]
     assert row["ttft_ms_prewarmed"] > 0 and row["ttft_ms_no_prefix_cache"] > 0
     assert row["prefill_s"] > 0 and row["itl_p95_during_over_median"] > 0
+
+
+def test_busy_loops_run_at_the_niceness_asked_and_stop():
+    """--contention K --contention-nice N: K busy processes at nice N beside the engines, gone after."""
+    import os
+
+    from llmstream.bench import busy_loops
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    with busy_loops(2, 19) as b:
+        assert len(b.procs) == 2
+        assert all(os.getpriority(os.PRIO_PROCESS, p.pid) == min(19, base + 19) for p in b.procs)
+        assert all(p.poll() is None for p in b.procs)
+    assert all(p.poll() is not None for p in b.procs)
+    with busy_loops(1) as b:
+        assert os.getpriority(os.PRIO_PROCESS, b.procs[0].pid) == base

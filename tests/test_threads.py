@@ -51,17 +51,42 @@ def test_logits_do_not_depend_on_the_thread_count(models, name):
 
 
 def test_forward_passes_leave_cores_that_other_work_holds(tmp_path, monkeypatch):
-    """CoreWatch: the threads of a forward are at most the cap and the cores other runnable tasks
-    leave free (never fewer than one); off when the process does not see the whole machine or
-    with LLMSTREAM_ADAPTIVE_THREADS=0."""
+    """CoreWatch: every thread on a quiet machine; beside other runnable tasks, every thread while
+    our threads are not kept waiting (their run delay, median of the last passes, under
+    DELAY_LIMIT of the pass), else the cores the others leave free (never fewer than one), with
+    a short pass trying every thread again each PROBE_EVERY seconds; off when the process does not
+    see the whole machine or with LLMSTREAM_ADAPTIVE_THREADS=0."""
     from llmstream.engine import CoreWatch
     loadavg = tmp_path / "loadavg"
     monkeypatch.setattr(CoreWatch, "LOADAVG", str(loadavg))
     w = CoreWatch(4)
     w.enabled, w.n_cpus = True, 4
-    for running, expect in [(1, 4), (2, 3), (3, 2), (4, 1), (9, 1)]:
+    now, waited = [100.0], {"1": 0, "2": 0}
+    w.clock, w.run_delays = (lambda: now[0]), (lambda: dict(waited))
+
+    def forward(running, wait_frac, n_tokens=1, seconds=0.1):
+        """One pass: `running` tasks on the machine; our slowest thread waits wait_frac of it."""
         loadavg.write_text(f"0.50 0.40 0.30 {running}/321 4242\n")
-        assert w.threads() == expect, running
+        n = w.threads(n_tokens)
+        now[0] += seconds
+        waited["2"] += int(wait_frac * seconds * 1e9)
+        w.observe()
+        return n
+
+    assert [forward(1, 0.0) for _ in range(3)] == [4, 4, 4]       # quiet: nothing timed
+    assert forward(3, 0.05) == 4 and forward(3, 0.02) == 4         # others runnable, harmless
+    assert forward(3, 0.45) == 4 and w.waited < w.DELAY_LIMIT      # one unlucky pass
+    assert forward(3, 0.45) == 4 and forward(3, 0.45) == 4         # kept waiting: the median says so
+    assert w.waited >= w.DELAY_LIMIT
+    assert forward(3, 0.0) == 2 and forward(9, 0.0) == 1           # the cores the others leave
+    now[0] += w.PROBE_EVERY
+    assert forward(3, 0.5, n_tokens=100) == 2                      # a long pass does not probe
+    assert forward(3, 0.5) == 4                                    # a probe, still kept waiting
+    assert forward(3, 0.0) == 2
+    now[0] += w.PROBE_EVERY
+    assert forward(3, 0.05) == 4 and forward(3, 0.05) == 4         # the probe found it harmless
+    assert [forward(3, 0.5) for _ in range(3)] == [4, 4, 4] and forward(3, 0.0) == 2
+    assert forward(1, 0.0) == 4                                    # quiet: every thread at once
     loadavg.write_text("garbage")
     assert w.threads() == 4
     w.enabled = False
@@ -69,3 +94,19 @@ def test_forward_passes_leave_cores_that_other_work_holds(tmp_path, monkeypatch)
     assert w.threads() == 4
     monkeypatch.setenv("LLMSTREAM_ADAPTIVE_THREADS", "0")
     assert not CoreWatch(4).enabled
+
+
+def test_run_delays_are_read_for_this_processes_threads():
+    """The kernel's per-thread run-queue wait (what CoreWatch times) is read for our threads, in
+    nanoseconds, and never goes back."""
+    import os
+    import threading
+
+    from llmstream.engine import _run_delays
+    if not os.path.exists(f"/proc/self/task/{threading.get_native_id()}/schedstat"):
+        pytest.skip("this kernel keeps no per-thread schedstat")
+    a = _run_delays()
+    assert str(threading.get_native_id()) in a and all(v >= 0 for v in a.values())
+    sum(range(200000))
+    b = _run_delays()
+    assert all(b[t] >= a[t] for t in a if t in b)
