@@ -136,19 +136,29 @@ class CoreWatch:
             self._next_probe = now + self.PROBE_EVERY
 
 
-def _run_delays() -> dict:
-    """Nanoseconds each thread of this process has waited on a run queue so far, by thread id
-    (/proc/self/task/*/schedstat, second field; empty where the kernel keeps no schedstats)."""
-    out = {}
+def _thread_files(name: str):
+    """(thread id, text of /proc/self/task/<tid>/<name>) for each thread of this process that
+    still has one; nothing where /proc/self/task cannot be listed."""
     try:
         tids = os.listdir("/proc/self/task")
     except OSError:
-        return out
+        return
     for tid in tids:
         try:
-            with open(f"/proc/self/task/{tid}/schedstat") as f:
-                out[tid] = int(f.read().split()[1])
-        except (OSError, IndexError, ValueError):
+            with open(f"/proc/self/task/{tid}/{name}") as f:
+                yield tid, f.read()
+        except OSError:
+            pass
+
+
+def _run_delays() -> dict:
+    """Nanoseconds each thread of this process has waited on a run queue so far, by thread id
+    (schedstat's second field; empty where the kernel keeps no schedstats)."""
+    out = {}
+    for tid, text in _thread_files("schedstat"):
+        try:
+            out[tid] = int(text.split()[1])
+        except (IndexError, ValueError):
             pass
     return out
 
@@ -157,16 +167,11 @@ def _own_running_threads() -> int:
     """Threads of this process that are running now (the caller, and kernel threads still
     spinning after the previous pass): they are not other work."""
     n = 0
-    try:
-        for tid in os.listdir("/proc/self/task"):
-            try:
-                with open(f"/proc/self/task/{tid}/stat") as f:
-                    if f.read().rsplit(")", 1)[1].split()[0] == "R":
-                        n += 1
-            except (OSError, IndexError):
-                pass
-    except OSError:
-        return 1
+    for _, text in _thread_files("stat"):
+        try:
+            n += text.rsplit(")", 1)[1].split()[0] == "R"
+        except IndexError:
+            pass
     return max(1, n)
 
 
